@@ -1,0 +1,60 @@
+"""Monthly rent invoices for every organization (DAG `tentman_monthly_rent_generation`)."""
+
+from airflow.sdk import Param
+
+from tentman.airflow_dag import build_billing_dag
+
+DOC_MD = """
+# Monthly rent generation
+
+Drafts **next month's** rent invoices for every active organization: the run of the 26th bills
+the following month (the Jan 26 run bills February). Runs at 02:00 UTC on the 26th.
+
+* One mapped task per organization (labelled with its name); each retries with exponential
+  backoff, and one organization failing never stops the others.
+* Idempotent: re-running, clearing a task or backfilling updates the draft invoices the job owns
+  and never duplicates one. Issued, paid and void invoices are never touched.
+* `record_invoice_runs` writes one `invoice_runs` row per organization (counts, errors) and fails
+  the run if any organization failed.
+
+**Params**: `billing_month` (`YYYY-MM`, empty = from the run date), `organization_ids` (empty = all
+active), `proration_method`, `dry_run` (compute and report, write nothing).
+"""
+
+dag = build_billing_dag(
+    dag_id="tentman_monthly_rent_generation",
+    run_type="monthly_rent",
+    schedule="0 2 26 * *",
+    tags=["rent"],
+    doc_md=DOC_MD,
+    params={
+        "billing_month": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$",
+            title="Billing month",
+            description="Month to bill as YYYY-MM. Empty: the month after the run's logical date.",
+        ),
+        "organization_ids": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "integer"},
+            minItems=1,
+            title="Organization ids",
+            description="Ids of the organizations to bill. Empty: every active organization.",
+        ),
+        "proration_method": Param(
+            "ActualDaysInMonth",
+            type="string",
+            enum=["ActualDaysInMonth", "ThirtyDayMonth", "Annual365", "NoProration"],
+            title="Proration method",
+            description="How partial months are prorated.",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Compute and report everything, write nothing.",
+        ),
+    },
+)

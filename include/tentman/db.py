@@ -1,0 +1,64 @@
+"""Database access: engines for the TentMan database, from a URI or from the Airflow connection."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine
+
+from tentman.settings import TENTMAN_CONN_ID, tentman_database_uri
+
+_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"}
+
+
+def sqlalchemy_url(uri: str) -> URL:
+    """Turn an Airflow-style connection URI into a SQLAlchemy URL using psycopg 3.
+
+    Accepts `postgresql://user:pw@host:port/db?opt=…`, including a URL-encoded socket directory as
+    the host (`postgresql://postgres@%2Ftmp%2Fpg/tentman`), which is how Airflow connections name a
+    Unix-socket server such as the embedded one.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme not in _SCHEMES:
+        raise ValueError(
+            f"unsupported database URI scheme {parts.scheme!r} in {_redact(uri)}; "
+            "expected postgresql:// (or postgres://)"
+        )
+    host = unquote(parts.hostname or "") if parts.hostname else None
+    # urlsplit lower-cases hostnames; a socket directory must keep its case, so re-read it raw.
+    netloc_host = parts.netloc.rpartition("@")[2]
+    if netloc_host.startswith("%2F") or netloc_host.startswith("%2f"):
+        host = unquote(netloc_host.split(":")[0])
+    return URL.create(
+        drivername="postgresql+psycopg",
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        host=host or None,
+        port=parts.port,
+        database=unquote(parts.path.lstrip("/")) or None,
+        query=dict(parse_qsl(parts.query)),
+    )
+
+
+def _redact(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.password:
+        return uri.replace(f":{parts.password}@", ":***@")
+    return uri
+
+
+def create_engine_from_uri(uri: str, **kwargs) -> Engine:
+    return sa.create_engine(sqlalchemy_url(uri), **kwargs)
+
+
+def tentman_engine() -> Engine:
+    """Engine for the TentMan DB named by AIRFLOW_CONN_TENTMAN_DB (CLI, demo, tools)."""
+    return create_engine_from_uri(tentman_database_uri())
+
+
+def airflow_tentman_engine() -> Engine:
+    """Engine for the `tentman_db` Airflow connection, as DAG tasks reach it (PostgresHook)."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    return PostgresHook(postgres_conn_id=TENTMAN_CONN_ID).get_sqlalchemy_engine()

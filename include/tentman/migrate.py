@@ -1,0 +1,44 @@
+"""Apply the TentMan schema migrations (Alembic) over an explicit engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+# Our own version table, so the TentMan DB may share a database with other Alembic users.
+VERSION_TABLE = "tentman_alembic_version"
+
+
+def _config(connection=None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.set_main_option("version_table", VERSION_TABLE)
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> str:
+    """Upgrade the schema to `revision`; returns the revision now applied."""
+    with engine.begin() as connection:
+        # Serialise concurrent `tentman db upgrade` calls (e.g. several containers starting).
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('tentman_migrations'))")
+        command.upgrade(_config(connection), revision)
+    return current_revision(engine)
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(
+            connection, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(_config()).get_current_head()

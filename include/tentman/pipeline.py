@@ -1,0 +1,345 @@
+"""The steps of a billing DAG run, as plain functions over an engine.
+
+The DAG files wire these together (resolve → list organizations → one task per organization →
+record the runs); everything here is testable without Airflow. Values passed between steps are
+plain JSON-able dicts because Airflow carries them as XComs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tentman import invoice_runs
+from tentman.invoice_runs import RunKey
+from tentman.periods import BillingPeriod, rent_period_for_run, utility_period_for_run
+from tentman.proration import ProrationMethod
+from tentman.rent import OrganizationBillingResult, generate_rent_invoices
+
+log = logging.getLogger(__name__)
+
+RENT = "monthly_rent"
+UTILITY = "utility"
+RUN_TYPES = (RENT, UTILITY)
+# A scheduled run starting further than this from its logical date is reported in the log.
+LATE_RUN_TOLERANCE = timedelta(days=1)
+
+
+class BillingRunFailed(RuntimeError):
+    """Raised by the aggregation step so the DAG run shows as failed (and alerts fire)."""
+
+
+@dataclass(frozen=True)
+class BillingRun:
+    """What one DAG run bills: resolved and validated once, then passed to every task."""
+
+    run_type: str
+    billing_period_start: str
+    billing_period_end: str
+    proration_method: str | None
+    dry_run: bool
+    organization_ids: list[int] | None
+
+    @property
+    def period(self) -> BillingPeriod:
+        return BillingPeriod.from_dict(asdict(self))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BillingRun":
+        return cls(**data)
+
+
+def _parse_organization_ids(value: object) -> list[int] | None:
+    expected = "expected a non-empty list of organization ids (whole numbers), or null for all active organizations"
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"organization_ids {value!r} is not valid; {expected}")
+    ids = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (int, str)) or not str(item).strip().isdigit():
+            raise ValueError(f"organization_ids contains {item!r}; {expected}")
+        ids.append(int(item))
+    return sorted(set(ids))
+
+
+def _parse_dry_run(value: object) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(f"dry_run {value!r} is not valid; expected true or false")
+    return value
+
+
+def resolve_billing_run(
+    engine: Engine,
+    *,
+    run_type: str,
+    params: dict,
+    logical_date: datetime | None,
+    run_after: datetime,
+    scheduled: bool = False,
+    started_at: datetime | None = None,
+) -> BillingRun:
+    """Validate a run's params and resolve its billing period; raises ValueError naming a bad value.
+
+    The period comes from `billing_month` when given, otherwise from the run's logical date (or,
+    for a manual run without one, its `run_after`) — never from the wall clock, so late runs and
+    backfills bill the month they stand for.
+    """
+    if run_type not in RUN_TYPES:
+        raise ValueError(f"run_type {run_type!r} is not one of {', '.join(RUN_TYPES)}")
+    moment = logical_date or run_after
+    billing_month = params.get("billing_month")
+    if billing_month is not None:
+        period = BillingPeriod.parse(billing_month)
+    elif run_type == RENT:
+        period = rent_period_for_run(moment)
+    else:
+        period = utility_period_for_run(moment)
+
+    method = None
+    if run_type == RENT:
+        method = ProrationMethod.parse(params.get("proration_method")).value
+    organization_ids = _parse_organization_ids(params.get("organization_ids"))
+    dry_run = _parse_dry_run(params.get("dry_run"))
+
+    if organization_ids is not None:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT id, is_active FROM organizations WHERE id = ANY(:ids)"),
+                {"ids": organization_ids},
+            ).all()
+        known = {r.id: r.is_active for r in rows}
+        unknown = [i for i in organization_ids if i not in known]
+        if unknown:
+            raise ValueError(
+                f"organization_ids names organizations that do not exist: {unknown}; "
+                "expected ids of active organizations, or null for all of them"
+            )
+        inactive = [i for i in organization_ids if not known[i]]
+        if inactive:
+            raise ValueError(
+                f"organization_ids names inactive organizations: {inactive}; "
+                "inactive organizations are not billed"
+            )
+
+    if scheduled and logical_date is not None and started_at is not None:
+        drift = abs(started_at - logical_date)
+        if drift > LATE_RUN_TOLERANCE:
+            log.warning(
+                "Scheduled run started at %s, %s away from its logical date %s; billing %s as of "
+                "the logical date",
+                started_at.isoformat(),
+                drift,
+                logical_date.isoformat(),
+                period.label,
+            )
+    run = BillingRun(
+        run_type=run_type,
+        billing_period_start=period.start.isoformat(),
+        billing_period_end=period.end.isoformat(),
+        proration_method=method,
+        dry_run=dry_run,
+        organization_ids=organization_ids,
+    )
+    log.info(
+        "Billing run %s for %s (%s to %s), proration %s, dry_run=%s, organizations=%s",
+        run_type,
+        period.label,
+        run.billing_period_start,
+        run.billing_period_end,
+        method or "-",
+        dry_run,
+        organization_ids or "all active",
+    )
+    return run
+
+
+def list_organizations(engine: Engine, run: BillingRun) -> list[dict]:
+    """The organizations to bill, in stable id order, as {"id", "name", "label"} dicts."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                """
+                SELECT id, name FROM organizations
+                WHERE is_active AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(:ids))
+                ORDER BY id
+                """
+            ),
+            {"ids": run.organization_ids},
+        ).all()
+    organizations = [
+        {"id": r.id, "name": r.name, "label": f"{r.name or 'organization'} (#{r.id})"} for r in rows
+    ]
+    log.info("%d organizations to bill: %s", len(organizations), ", ".join(o["label"] for o in organizations))
+    return organizations
+
+
+def _generate(run: BillingRun):
+    if run.run_type == RENT:
+        method = ProrationMethod.parse(run.proration_method)
+
+        def generate(conn, organization_id, invoice_run_id):
+            return generate_rent_invoices(
+                conn,
+                organization_id=organization_id,
+                period=run.period,
+                proration_method=method,
+                invoice_run_id=invoice_run_id,
+            )
+
+        return generate
+    from tentman.utility import generate_utility_invoices
+
+    def generate(conn, organization_id, invoice_run_id):
+        return generate_utility_invoices(
+            conn, organization_id=organization_id, period=run.period, invoice_run_id=invoice_run_id
+        )
+
+    return generate
+
+
+def bill_organization(
+    engine: Engine, run: BillingRun, organization: dict, *, dag_id: str, dag_run_id: str
+) -> dict:
+    """Bill one organization in one transaction, with its `invoice_runs` row; returns its result.
+
+    An organization-level failure (connection lost, deadlock, …) rolls everything back, notes the
+    error on the row and re-raises so Airflow retries the organization. A dry run computes the
+    same result and rolls back: nothing is written, not even the run row.
+    """
+    generate = _generate(run)
+    organization_id = organization["id"]
+    if run.dry_run:
+        with engine.connect() as conn:
+            with conn.begin() as tx:
+                result = generate(conn, organization_id, None)
+                tx.rollback()
+        _log_result(organization, result, dry_run=True)
+        return result.to_dict()
+
+    key = RunKey(dag_id, dag_run_id, organization_id)
+    with engine.begin() as conn:
+        invoice_run_id = invoice_runs.open_invoice_run(
+            conn, key, run_type=run.run_type, period=run.period, proration_method=run.proration_method
+        )
+    try:
+        with engine.begin() as conn:
+            result = generate(conn, organization_id, invoice_run_id)
+            invoice_runs.complete_invoice_run(conn, invoice_run_id, result)
+    except Exception as exc:
+        log.error("Billing organization %s failed: %s", organization["label"], exc)
+        try:
+            with engine.begin() as conn:
+                invoice_runs.note_attempt_error(conn, invoice_run_id, f"{type(exc).__name__}: {exc}"[:2000])
+        except Exception:  # the database may be the thing that is down
+            log.warning("Could not record the error on invoice run %s", invoice_run_id, exc_info=True)
+        raise
+    _log_result(organization, result, dry_run=False)
+    return {**result.to_dict(), "invoice_run_id": invoice_run_id}
+
+
+def _log_result(organization: dict, result: OrganizationBillingResult, *, dry_run: bool) -> None:
+    log.info(
+        "%s%s: status=%s leases=%d success=%d skipped=%d failed=%d created=%d updated=%d "
+        "unchanged=%d stale_drafts_removed=%d amount=%s",
+        "[dry run] " if dry_run else "",
+        organization["label"],
+        result.status,
+        result.total_leases,
+        result.success_count,
+        result.skipped_count,
+        result.failure_count,
+        result.invoices_created,
+        result.invoices_updated,
+        result.invoices_unchanged,
+        result.stale_drafts_removed,
+        result.amount_billed,
+    )
+    for error in result.errors:
+        log.warning("%s: lease %s not billed: %s", organization["label"], error["lease_id"], error["error"])
+
+
+def record_invoice_runs(
+    engine: Engine,
+    run: BillingRun | None,
+    organizations: list[dict] | None,
+    results: list[dict],
+    *,
+    dag_id: str,
+    dag_run_id: str,
+) -> list[dict]:
+    """Aggregation step (runs whatever happened upstream): complete the run's `invoice_runs` rows.
+
+    Organizations whose task failed after its retries get a 'failed' row. Logs one summary line per
+    organization, then raises BillingRunFailed if anything failed, so the DAG run is marked failed.
+    `results` are the successful organization tasks' return values, matched by organization id
+    (never by position: failed instances leave no result).
+    """
+    if run is None:
+        raise BillingRunFailed("the billing period could not be resolved; nothing was billed (see the first task's log)")
+    if organizations is None:
+        raise BillingRunFailed("the organizations could not be listed; nothing was billed (see that task's log)")
+    by_org = {r["organization_id"]: r for r in results or []}
+    if run.dry_run:
+        summary = [
+            {"organization_id": o["id"], "organization": o["label"], **by_org.get(o["id"], {"status": "failed"})}
+            for o in organizations
+        ]
+    else:
+        with engine.begin() as conn:
+            invoice_runs.fail_unfinished_invoice_runs(
+                conn,
+                dag_id=dag_id,
+                dag_run_id=dag_run_id,
+                organization_ids=[o["id"] for o in organizations],
+                run_type=run.run_type,
+                period=run.period,
+                proration_method=run.proration_method,
+            )
+            rows = {r.organization_id: r for r in invoice_runs.invoice_runs_of_dag_run(conn, dag_id, dag_run_id)}
+        summary = []
+        for o in organizations:
+            row = rows.get(o["id"])
+            summary.append(
+                {
+                    "organization_id": o["id"],
+                    "organization": o["label"],
+                    "status": row.status if row else "failed",
+                    "total_leases": row.total_leases if row else 0,
+                    "success_count": row.success_count if row else 0,
+                    "skipped_count": row.skipped_count if row else 0,
+                    "failure_count": row.failure_count if row else 0,
+                    "errors": row.errors if row else [],
+                }
+            )
+    for s in summary:
+        log.info(
+            "%s %s %s: %s, leases=%s success=%s skipped=%s failed=%s",
+            "[dry run]" if run.dry_run else "",
+            run.period.label,
+            s["organization"],
+            s["status"],
+            s.get("total_leases", 0),
+            s.get("success_count", 0),
+            s.get("skipped_count", 0),
+            s.get("failure_count", 0),
+        )
+    failed = [s for s in summary if s["status"] == "failed"]
+    if failed:
+        details = "; ".join(
+            f"{s['organization']}: {(s.get('errors') or [{}])[0].get('error', 'task failed')}" for s in failed
+        )
+        raise BillingRunFailed(
+            f"{run.run_type} billing for {run.period.label} failed for {len(failed)} of "
+            f"{len(summary)} organizations: {details}"
+        )
+    return summary

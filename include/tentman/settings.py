@@ -1,0 +1,58 @@
+"""Settings read from the environment.
+
+This module is imported by the DAG files at parse time, so it must stay cheap: os.environ only,
+no database, no Airflow imports.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+TENTMAN_CONN_ID = "tentman_db"
+TENTMAN_CONN_ENV = "AIRFLOW_CONN_TENTMAN_DB"
+
+
+def _int_env(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class OrganizationTaskPolicy:
+    """Retry and concurrency policy of the per-organization billing tasks."""
+
+    retries: int
+    retry_delay: timedelta
+    max_retry_delay: timedelta
+    max_active_organizations: int
+
+
+def organization_task_policy() -> OrganizationTaskPolicy:
+    """Defaults: 10 retries, exponential backoff from 1 minute capped at 1 hour, 5 orgs at once."""
+    return OrganizationTaskPolicy(
+        retries=_int_env("TENTMAN_ORG_TASK_RETRIES", 10),
+        retry_delay=timedelta(seconds=_int_env("TENTMAN_ORG_TASK_RETRY_DELAY_SECONDS", 60, 1)),
+        max_retry_delay=timedelta(seconds=_int_env("TENTMAN_ORG_TASK_MAX_RETRY_DELAY_SECONDS", 3600, 1)),
+        max_active_organizations=_int_env("TENTMAN_MAX_ACTIVE_ORGANIZATIONS", 5, 1),
+    )
+
+
+def tentman_database_uri() -> str:
+    """The TentMan database URI of the `tentman_db` Airflow connection, from the environment."""
+    uri = os.environ.get(TENTMAN_CONN_ENV, "").strip()
+    if not uri:
+        raise RuntimeError(
+            f"{TENTMAN_CONN_ENV} is not set: set it to a postgresql:// URI of the TentMan database "
+            "(e.g. postgresql://postgres@127.0.0.1:5432/tentman)"
+        )
+    return uri
