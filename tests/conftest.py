@@ -1,0 +1,109 @@
+"""Shared fixtures: a real PostgreSQL for every test, and an Airflow environment for DAG tests.
+
+The server is the one named by TENTMAN_TEST_DATABASE_URL (an admin URI, e.g.
+postgresql://postgres@127.0.0.1:5432/postgres) or, when unset, an embedded PostgreSQL started
+from the pgserver wheel in a temporary folder. Every test gets its own database, cloned from a
+migrated template, with a unique name; nothing is shared with a running scheduler.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tentman.db import create_engine_from_uri
+from tentman.local import airflow_metadata_uri, start_embedded_postgres, server_uri, with_database
+from tentman.migrate import upgrade
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _admin_engine(admin_uri: str) -> sa.Engine:
+    return create_engine_from_uri(admin_uri, isolation_level="AUTOCOMMIT")
+
+
+def create_database(admin_uri: str, prefix: str, template: str | None = None) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    engine = _admin_engine(admin_uri)
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    engine.dispose()
+    return name
+
+
+def drop_database(admin_uri: str, name: str) -> None:
+    engine = _admin_engine(admin_uri)
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_uri(tmp_path_factory):
+    url = os.environ.get("TENTMAN_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    server = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    yield server_uri(server)
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_admin_uri):
+    """A database with the TentMan schema migrated, cloned by each test."""
+    name = create_database(pg_admin_uri, "tentman_tpl")
+    engine = create_engine_from_uri(with_database(pg_admin_uri, name))
+    upgrade(engine)
+    engine.dispose()
+    yield name
+    drop_database(pg_admin_uri, name)
+
+
+@pytest.fixture
+def db_uri(pg_admin_uri, template_db):
+    """URI of a fresh, migrated TentMan database for this test."""
+    name = create_database(pg_admin_uri, "tentman_test", template=template_db)
+    yield with_database(pg_admin_uri, name)
+    drop_database(pg_admin_uri, name)
+
+
+@pytest.fixture
+def engine(db_uri):
+    engine = create_engine_from_uri(db_uri)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def airflow_home(pg_admin_uri, tmp_path_factory):
+    """Environment of in-process Airflow (dag.test): its own migrated metadata DB.
+
+    Set before Airflow is first imported in this process; the DAG tests import it lazily.
+    """
+    if "airflow.settings" in sys.modules:
+        pytest.fail("Airflow was imported before its test environment was configured")
+    metadata_db = create_database(pg_admin_uri, "airflow_meta")
+    home = tmp_path_factory.mktemp("airflow_home")
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_metadata_uri(with_database(pg_admin_uri, metadata_db)),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex * 2,
+        # Organization tasks fail fast in tests: dag.test() would otherwise wait out the backoff.
+        "TENTMAN_ORG_TASK_RETRIES": "0",
+    }
+    os.environ.update(env)
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=dict(os.environ))
+    yield home
+    drop_database(pg_admin_uri, metadata_db)
