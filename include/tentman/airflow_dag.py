@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from datetime import timedelta
+
 from airflow.sdk import DAG, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from tentman.settings import organization_task_policy
 
@@ -35,24 +38,28 @@ def build_billing_dag(*, dag_id: str, run_type: str, schedule: str, params: dict
         default_args={"owner": "billing"},
     ) as dag:
 
-        @task(task_id="resolve_billing_period", retries=0)
+        @task(task_id="resolve_billing_period", retries=3, retry_delay=timedelta(seconds=30))
         def resolve_billing_period() -> dict:
             from tentman.pipeline import resolve_billing_run
 
             context = get_current_context()
             dag_run = context["dag_run"]
-            run = resolve_billing_run(
-                _engine(),
-                run_type=run_type,
-                params=dict(context["params"]),
-                logical_date=context.get("logical_date"),
-                run_after=dag_run.run_after,
-                scheduled=str(dag_run.run_type).endswith("scheduled"),
-                started_at=dag_run.start_date,
-            )
+            try:
+                run = resolve_billing_run(
+                    _engine(),
+                    run_type=run_type,
+                    params=dict(context["params"]),
+                    logical_date=context.get("logical_date"),
+                    run_after=dag_run.run_after,
+                    scheduled=str(dag_run.run_type).endswith("scheduled"),
+                    started_at=dag_run.start_date,
+                )
+            except ValueError as exc:
+                # A bad parameter will not get better by retrying: fail now, nothing written.
+                raise AirflowFailException(f"Invalid run parameters: {exc}") from exc
             return run.to_dict()
 
-        @task(task_id="list_organizations", retries=3)
+        @task(task_id="list_organizations", retries=3, retry_delay=timedelta(seconds=30))
         def list_organizations(run: dict) -> list[dict]:
             from tentman.pipeline import BillingRun, list_organizations
 
@@ -81,19 +88,24 @@ def build_billing_dag(*, dag_id: str, run_type: str, schedule: str, params: dict
                 dag_run_id=context["run_id"],
             )
 
-        @task(task_id="record_invoice_runs", trigger_rule="all_done", retries=3)
+        @task(task_id="record_invoice_runs", trigger_rule="all_done", retries=3, retry_delay=timedelta(seconds=30))
         def record_invoice_runs(run: dict | None, organizations: list[dict] | None, results) -> list[dict]:
-            from tentman.pipeline import BillingRun, record_invoice_runs
+            from tentman.pipeline import BillingRun, BillingRunFailed, record_invoice_runs
 
             context = get_current_context()
-            return record_invoice_runs(
-                _engine(),
-                BillingRun.from_dict(run) if run else None,
-                organizations,
-                list(results or []),
-                dag_id=context["dag"].dag_id,
-                dag_run_id=context["run_id"],
-            )
+            try:
+                return record_invoice_runs(
+                    _engine(),
+                    BillingRun.from_dict(run) if run else None,
+                    organizations,
+                    list(results or []),
+                    dag_id=context["dag"].dag_id,
+                    dag_run_id=context["run_id"],
+                )
+            except BillingRunFailed as exc:
+                # Fails the DAG run on purpose (an all_done leaf that succeeds would mark it
+                # successful); retrying would only repeat the verdict.
+                raise AirflowFailException(str(exc)) from exc
 
         run = resolve_billing_period()
         organizations = list_organizations(run)

@@ -1,0 +1,153 @@
+"""The DAG files: parse cleanly and cheaply, and run end to end with dag.test() on real databases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from factories import add_charge, add_lease, add_organization, inject_invoice_fault
+
+pytestmark = pytest.mark.airflow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAGS = REPO_ROOT / "dags"
+RENT_DAG_ID = "tentman_monthly_rent_generation"
+
+
+def load_dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    return bag.dags[dag_id]
+
+
+def test_dag_files_parse_without_touching_the_billing_code():
+    """Parsing imports neither the engine nor SQLAlchemy-heavy TentMan modules, nor any DB access."""
+    code = (
+        "import sys, runpy\n"
+        f"runpy.run_path({str(DAGS / 'tentman_monthly_rent_generation.py')!r})\n"
+        "heavy = sorted(m for m in sys.modules if m.startswith('tentman.') and m not in "
+        "('tentman.airflow_dag', 'tentman.settings'))\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PATH": ""})
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_rent_dag_definition(airflow_home, monkeypatch):
+    for name in ("TENTMAN_ORG_TASK_RETRIES", "TENTMAN_MAX_ACTIVE_ORGANIZATIONS"):
+        monkeypatch.delenv(name, raising=False)
+    dag = load_dag(RENT_DAG_ID)
+    from airflow.sdk import CronTriggerTimetable
+
+    assert isinstance(dag.timetable, CronTriggerTimetable)
+    assert dag.timetable.expression == "0 2 26 * *" and str(dag.timetable.timezone) == "UTC"
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert {"tentman", "billing", "rent"} <= set(dag.tags)
+    assert "Monthly rent generation" in dag.doc_md
+    assert set(dag.params.keys()) == {"billing_month", "organization_ids", "proration_method", "dry_run"}
+    assert dag.params["proration_method"] == "ActualDaysInMonth" and dag.params["dry_run"] is False
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "resolve_billing_period", "list_organizations", "bill_organization", "record_invoice_runs"]
+    org_task = dag.get_task("bill_organization")
+    assert org_task.retries == 10
+    assert org_task.retry_delay == timedelta(minutes=1)
+    assert org_task.retry_exponential_backoff == 2.0
+    assert org_task.max_retry_delay == timedelta(hours=1)
+    assert org_task.max_active_tis_per_dagrun == 5
+    assert dag.get_task("record_invoice_runs").trigger_rule == "all_done"
+
+
+def test_retry_and_concurrency_are_configurable(airflow_home, monkeypatch):
+    monkeypatch.setenv("TENTMAN_ORG_TASK_RETRIES", "3")
+    monkeypatch.setenv("TENTMAN_MAX_ACTIVE_ORGANIZATIONS", "16")
+    org_task = load_dag(RENT_DAG_ID).get_task("bill_organization")
+    assert (org_task.retries, org_task.max_active_tis_per_dagrun) == (3, 16)
+
+
+def _states(dag_run) -> dict:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {
+            (ti.task_id, ti.map_index): (ti.state, ti.rendered_map_index)
+            for ti in dag_run.get_task_instances(session=session)
+        }
+
+
+@pytest.fixture
+def tentman_conn(db_uri, monkeypatch, airflow_home):
+    monkeypatch.setenv("AIRFLOW_CONN_TENTMAN_DB", db_uri)
+    return db_uri
+
+
+def test_dag_test_run_bills_every_organization_and_records_a_failing_one(engine, tentman_conn):
+    with engine.begin() as conn:
+        a = add_organization(conn, "Alpha Homes")
+        b = add_organization(conn, "Broken Estates")
+        c = add_organization(conn, "Cedar Lofts", currency="CAD")
+        add_organization(conn, "Dormant", is_active=False)
+        a1 = add_lease(conn, a, date(2025, 1, 1), None, "1500.00")
+        add_charge(conn, a1, "75.00", date(2025, 1, 1))
+        a2 = add_lease(conn, a, date(2026, 2, 10), None, "1500.00")  # 1500 * 19 / 28 = 1017.86
+        a_bad = add_lease(conn, a, date(2025, 1, 1), None, "-5.00")
+        add_lease(conn, b, date(2025, 1, 1), None, "900.00")
+        c1 = add_lease(conn, c, date(2025, 1, 1), date(2026, 2, 14), "2800.00")  # 2800 * 14 / 28 = 1400.00
+        inject_invoice_fault(conn, b)
+
+    dag = load_dag(RENT_DAG_ID)
+    dag_run = dag.test(logical_date=datetime(2026, 1, 26, 2, tzinfo=timezone.utc))
+
+    assert dag_run.state == "failed"  # organization B failed: the run says so
+    states = _states(dag_run)
+    assert states[("resolve_billing_period", -1)][0] == "success"
+    assert states[("list_organizations", -1)][0] == "success"
+    assert {k[1]: v for k, v in states.items() if k[0] == "bill_organization"} == {
+        0: ("success", f"Alpha Homes (#{a})"),
+        1: ("failed", f"Broken Estates (#{b})"),
+        2: ("success", f"Cedar Lofts (#{c})"),
+    }
+    assert states[("record_invoice_runs", -1)][0] == "failed"
+
+    with engine.connect() as conn:
+        totals = dict(conn.execute(sa.text(
+            "SELECT lease_id, total FROM invoices WHERE billing_period_start = '2026-02-01' AND status = 'draft'")).all())
+        runs = {r.organization_id: r for r in conn.execute(sa.text("SELECT * FROM invoice_runs"))}
+    assert totals == {a1: Decimal("1575.00"), a2: Decimal("1017.86"), c1: Decimal("1400.00")}
+    assert set(runs) == {a, b, c}
+    assert (runs[a].status, runs[a].total_leases, runs[a].success_count, runs[a].failure_count) == (
+        "completed_with_errors", 3, 2, 1)
+    assert runs[a].errors == [{"lease_id": a_bad, "error": "monthly_rent -5.00 is negative"}]
+    assert runs[b].status == "failed" and "injected fault" in runs[b].errors[0]["error"]
+    assert (runs[c].status, runs[c].success_count) == ("completed", 1)
+    assert all(r.dag_id == RENT_DAG_ID and r.dag_run_id == dag_run.run_id for r in runs.values())
+    assert all(r.billing_period_start == date(2026, 2, 1) for r in runs.values())
+
+
+def test_dag_test_rerun_is_idempotent_and_bad_params_write_nothing(engine, tentman_conn):
+    with engine.begin() as conn:
+        a = add_organization(conn, "Alpha Homes")
+        for i in range(5):
+            lease = add_lease(conn, a, date(2025, 1, 1), None, f"{1000 + i}.00")
+            add_charge(conn, lease, "10.00", date(2025, 1, 1))
+    dag = load_dag(RENT_DAG_ID)
+    for _ in range(2):
+        dag_run = dag.test(logical_date=datetime(2026, 1, 26, 2, tzinfo=timezone.utc), run_conf={"billing_month": "2026-03"})
+        assert dag_run.state == "success"
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*), sum(total) FROM invoices WHERE billing_period_start = '2026-03-01'")).one() == (
+            5, Decimal("5060.00"))
+        assert conn.execute(sa.text("SELECT count(*) FROM invoice_lines")).scalar() == 10
+
+    bad = dag.test(logical_date=datetime(2026, 2, 26, 2, tzinfo=timezone.utc), run_conf={"organization_ids": [4242]})
+    assert bad.state == "failed"
+    assert _states(bad)[("resolve_billing_period", -1)][0] == "failed"
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM invoices WHERE billing_period_start = '2026-03-01'")).scalar() == 5
+        assert conn.execute(sa.text("SELECT count(*) FROM invoices WHERE billing_period_start <> '2026-03-01'")).scalar() == 0
