@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -33,7 +33,7 @@ def utc(*args):
         (utc(2026, 12, 26, 2), (date(2027, 1, 1), date(2027, 1, 31))),
         (utc(2028, 1, 26, 2), (date(2028, 2, 1), date(2028, 2, 29))),
         # 23:30 on Jan 31 in UTC-5 is Feb 1 in UTC: periods are UTC.
-        (datetime(2026, 1, 31, 23, 30, tzinfo=timezone(__import__("datetime").timedelta(hours=-5))),
+        (datetime(2026, 1, 31, 23, 30, tzinfo=timezone(timedelta(hours=-5))),
          (date(2026, 3, 1), date(2026, 3, 31))),
     ],
 )

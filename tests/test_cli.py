@@ -1,0 +1,83 @@
+"""The `tentman` command, the demo data set and the benchmark, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from tentman import bench
+from tentman.demo import load_demo_data
+from tentman.pipeline import bill_organization, list_organizations, record_invoice_runs, resolve_billing_run
+
+
+def tentman(*args, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONN_TENTMAN_DB"}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "tentman.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_db_upgrade_applies_the_migrations(pg_admin_uri):
+    from conftest import create_database, drop_database
+    from tentman.local import with_database
+
+    name = create_database(pg_admin_uri, "tentman_cli")
+    try:
+        uri = with_database(pg_admin_uri, name)
+        out = tentman("db", "upgrade", env_extra={"AIRFLOW_CONN_TENTMAN_DB": uri})
+        assert out.returncode == 0, out.stderr
+        assert "TentMan schema at revision 0" in out.stdout
+        again = tentman("db", "upgrade", env_extra={"AIRFLOW_CONN_TENTMAN_DB": uri})
+        assert again.returncode == 0
+        current = tentman("db", "current", env_extra={"AIRFLOW_CONN_TENTMAN_DB": uri})
+        revision = current.stdout.split()[1]
+        assert current.stdout.strip() == f"current: {revision}  head: {revision}"
+    finally:
+        drop_database(pg_admin_uri, name)
+
+
+def test_missing_connection_is_a_clear_error():
+    out = tentman("db", "upgrade")
+    assert out.returncode == 2
+    assert "AIRFLOW_CONN_TENTMAN_DB is not set" in out.stderr
+
+
+def test_demo_data_bills_as_documented(engine, db_uri):
+    with engine.begin() as conn:
+        assert load_demo_data(conn) is True
+        assert load_demo_data(conn) is False  # loading twice changes nothing
+    run = resolve_billing_run(engine, run_type="monthly_rent", params={"billing_month": "2026-12"},
+                              logical_date=None, run_after=datetime(2026, 11, 26, 2, tzinfo=timezone.utc))
+    orgs = list_organizations(engine, run)
+    assert [o["name"] for o in orgs] == ["Harbor View Properties", "Maple Street Rentals", "Cedar Lofts"]
+    results = [bill_organization(engine, run, o, dag_id="demo", dag_run_id="r") for o in orgs]
+    record_invoice_runs(engine, run, orgs, results, dag_id="demo", dag_run_id="r")
+    harbor = results[0]
+    assert harbor["errors"] == [{"lease_id": 105, "error": "monthly_rent -50.00 is negative"}]
+    assert harbor["skipped_count"] == 1  # lease 106: December already issued
+    with engine.connect() as conn:
+        totals = dict(conn.execute(sa.text(
+            "SELECT lease_id, total FROM invoices WHERE billing_period_start = '2026-12-01' AND lease_id < 200")).all())
+    # 101: 1500 + parking 75 + pet from Dec 15 (17 days) 25 * 17 / 31 = 13.71
+    # 102: moves in Dec 10 (22 days): 1800 * 22 / 31 = 1277.42, storage 40 * 22 / 31 = 28.39
+    # 103: moves out Dec 20: 1200 * 20 / 31 = 774.19, parking to Dec 20: 60 * 20 / 31 = 38.71
+    # 106: issued invoice kept as it was; 108: Dec 5..18 = 14 days: 2000 * 14 / 31 = 903.23
+    assert totals == {101: Decimal("1588.71"), 102: Decimal("1305.81"), 103: Decimal("812.90"),
+                      106: Decimal("1650.00"), 108: Decimal("903.23")}
+
+    out = tentman("runs", "summary", "--dag-id", "demo", env_extra={"AIRFLOW_CONN_TENTMAN_DB": db_uri})
+    assert out.returncode == 0, out.stderr
+    assert "Harbor View Properties #1" in out.stdout and "completed_with_errors" in out.stdout
+    assert "lease 105: monthly_rent -50.00 is negative" in out.stdout
+
+
+def test_benchmark_reports_its_figures(pg_admin_uri, capsys):
+    figures = bench.run(300, pg_admin_uri)
+    for key in ("engine_leases_per_s", "rerun_leases_per_s", "copy_floor_leases_per_s", "peak_rss_mb"):
+        assert figures[key] > 0
+    json.dumps(figures)
