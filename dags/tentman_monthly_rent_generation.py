@@ -2,7 +2,8 @@
 
 from airflow.sdk import Param
 
-from tentman.airflow_dag import build_billing_dag
+from tentman.airflow_dag import billing_month_param, build_billing_dag, dry_run_param, organization_ids_param
+from tentman.proration import DEFAULT_PRORATION_METHOD, ProrationMethod
 
 DOC_MD = """
 # Monthly rent generation
@@ -28,33 +29,15 @@ dag = build_billing_dag(
     tags=["rent"],
     doc_md=DOC_MD,
     params={
-        "billing_month": Param(
-            None,
-            type=["null", "string"],
-            pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$",
-            title="Billing month",
-            description="Month to bill as YYYY-MM. Empty: the month after the run's logical date.",
-        ),
-        "organization_ids": Param(
-            None,
-            type=["null", "array"],
-            items={"type": "integer"},
-            minItems=1,
-            title="Organization ids",
-            description="Ids of the organizations to bill. Empty: every active organization.",
-        ),
+        "billing_month": billing_month_param("the month after the run's logical date"),
+        "organization_ids": organization_ids_param(),
         "proration_method": Param(
-            "ActualDaysInMonth",
+            DEFAULT_PRORATION_METHOD.value,
             type="string",
-            enum=["ActualDaysInMonth", "ThirtyDayMonth", "Annual365", "NoProration"],
+            enum=[method.value for method in ProrationMethod],
             title="Proration method",
             description="How partial months are prorated.",
         ),
-        "dry_run": Param(
-            False,
-            type="boolean",
-            title="Dry run",
-            description="Compute and report everything, write nothing.",
-        ),
+        "dry_run": dry_run_param(),
     },
 )

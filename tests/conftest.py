@@ -106,4 +106,6 @@ def airflow_home(pg_admin_uri, tmp_path_factory):
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=dict(os.environ))
     yield home
+    if "airflow.settings" in sys.modules:
+        sys.modules["airflow.settings"].dispose_orm()
     drop_database(pg_admin_uri, metadata_db)

@@ -81,3 +81,23 @@ def test_benchmark_reports_its_figures(pg_admin_uri, capsys):
     for key in ("engine_leases_per_s", "rerun_leases_per_s", "copy_floor_leases_per_s", "peak_rss_mb"):
         assert figures[key] > 0
     json.dumps(figures)
+
+
+def test_demo_utility_statements_bill_as_documented(engine):
+    with engine.begin() as conn:
+        load_demo_data(conn)
+    run = resolve_billing_run(engine, run_type="utility", params={}, logical_date=datetime(2026, 12, 7, 3, tzinfo=timezone.utc),
+                              run_after=datetime(2026, 12, 7, 3, tzinfo=timezone.utc))
+    assert run.billing_period_start == "2026-12-01"
+    orgs = list_organizations(engine, run)
+    results = {o["id"]: bill_organization(engine, run, o, dag_id="demo-utility", dag_run_id="r") for o in orgs}
+    assert results[1]["statements_billed"] == 6
+    assert results[1]["errors"] == [{"lease_id": 106, "error": "utility statement 5006 of lease 106 has no amount"}]
+    assert results[2]["errors"] == [{"lease_id": None, "error": "utility statement 5007 names lease null, which does not exist"}]
+    with engine.connect() as conn:
+        totals = dict(conn.execute(sa.text("SELECT lease_id, total FROM invoices WHERE invoice_type = 'utility'")).all())
+        pending = conn.execute(sa.text("SELECT id FROM utility_statements WHERE invoice_line_id IS NULL ORDER BY id")).scalars().all()
+    # 101: water 42.17 + electricity 88.40 + December water 40.00; 102: late October water 19.95;
+    # 104: moved-out tenant 27.30; 108: a credit of -12.50.
+    assert totals == {101: Decimal("170.57"), 102: Decimal("19.95"), 104: Decimal("27.30"), 108: Decimal("-12.50")}
+    assert pending == [5004, 5006, 5007]  # a draft statement, and the two bad ones

@@ -33,7 +33,7 @@ def test_dag_files_parse_without_touching_the_billing_code():
         "import sys, runpy\n"
         f"runpy.run_path({str(DAGS / 'tentman_monthly_rent_generation.py')!r})\n"
         "heavy = sorted(m for m in sys.modules if m.startswith('tentman.') and m not in "
-        "('tentman.airflow_dag', 'tentman.settings'))\n"
+        "('tentman.airflow_dag', 'tentman.settings', 'tentman.proration'))\n"
         "print(heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PATH": ""})
@@ -151,3 +151,75 @@ def test_dag_test_rerun_is_idempotent_and_bad_params_write_nothing(engine, tentm
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM invoices WHERE billing_period_start = '2026-03-01'")).scalar() == 5
         assert conn.execute(sa.text("SELECT count(*) FROM invoices WHERE billing_period_start <> '2026-03-01'")).scalar() == 0
+
+
+UTILITY_DAG_ID = "tentman_utility_billing"
+
+
+def test_utility_dag_definition(airflow_home, monkeypatch):
+    for name in ("TENTMAN_ORG_TASK_RETRIES", "TENTMAN_MAX_ACTIVE_ORGANIZATIONS"):
+        monkeypatch.delenv(name, raising=False)
+    dag = load_dag(UTILITY_DAG_ID)
+    assert dag.timetable.expression == "0 3 * * 1" and str(dag.timetable.timezone) == "UTC"
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert {"tentman", "billing", "utility"} <= set(dag.tags)
+    assert "Utility billing" in dag.doc_md
+    assert set(dag.params.keys()) == {"billing_month", "organization_ids", "dry_run"}
+    org_task = dag.get_task("bill_organization")
+    assert (org_task.retries, org_task.retry_delay, org_task.retry_exponential_backoff, org_task.max_retry_delay,
+            org_task.max_active_tis_per_dagrun) == (10, timedelta(minutes=1), 2.0, timedelta(hours=1), 5)
+    assert dag.get_task("record_invoice_runs").trigger_rule == "all_done"
+
+
+def _statement(conn, org, lease, amount, start=date(2026, 11, 1), end=date(2026, 11, 30)):
+    return conn.execute(sa.text(
+        """INSERT INTO utility_statements (organization_id, lease_id, utility_type, period_start, period_end, amount, status)
+           VALUES (:o, :l, 'water', :s, :e, :a, 'finalized') RETURNING id"""),
+        {"o": org, "l": lease, "s": start, "e": end, "a": amount}).scalar_one()
+
+
+def test_utility_dag_test_run_bills_each_statement_once(engine, tentman_conn):
+    with engine.begin() as conn:
+        a = add_organization(conn, "Alpha Homes")
+        b = add_organization(conn, "Broken Estates")
+        a1 = add_lease(conn, a, date(2025, 1, 1))
+        a2 = add_lease(conn, a, date(2024, 1, 1), date(2026, 10, 31), status="ended")  # moved out
+        s1 = _statement(conn, a, a1, Decimal("42.17"))
+        s2 = _statement(conn, a, a2, Decimal("27.30"), date(2026, 10, 1), date(2026, 10, 31))
+        s_bad = _statement(conn, a, a1, None)
+        b1 = add_lease(conn, b, date(2025, 1, 1))
+        _statement(conn, b, b1, Decimal("5.00"))
+        inject_invoice_fault(conn, b)
+
+    dag = load_dag(UTILITY_DAG_ID)
+    # The Monday run of Dec 7, 2026 bills December.
+    first = dag.test(logical_date=datetime(2026, 12, 7, 3, tzinfo=timezone.utc))
+    assert first.state == "failed"
+    assert _states(first)[("bill_organization", 1)] == ("failed", f"Broken Estates (#{b})")
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TRIGGER test_fault_{b} ON invoices"))
+    second = dag.test(logical_date=datetime(2026, 12, 14, 3, tzinfo=timezone.utc))
+    assert second.state == "success"
+
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT lease_id, billing_period_start, total FROM invoices WHERE invoice_type = 'utility' ORDER BY lease_id")).all()
+        assert rows == [(a1, date(2026, 12, 1), Decimal("42.17")), (a2, date(2026, 12, 1), Decimal("27.30")),
+                        (b1, date(2026, 12, 1), Decimal("5.00"))]
+        assert conn.execute(sa.text("SELECT count(*), count(DISTINCT source_id) FROM invoice_lines")).one() == (3, 3)
+        assert conn.execute(sa.text("SELECT id FROM utility_statements WHERE invoice_line_id IS NULL")).scalars().all() == [s_bad]
+        runs = conn.execute(sa.text(
+            "SELECT dag_run_id, organization_id, run_type, status, total_leases, success_count, failure_count, errors "
+            "FROM invoice_runs ORDER BY started_at, organization_id")).all()
+    by_run = {}
+    for r in runs:
+        by_run.setdefault(r.dag_run_id, {})[r.organization_id] = r
+    assert set(by_run) == {first.run_id, second.run_id}
+    assert by_run[first.run_id][a].status == "completed" and by_run[first.run_id][b].status == "failed"
+    assert by_run[first.run_id][a].errors == [
+        {"lease_id": a1, "error": f"utility statement {s_bad} of lease {a1} has no amount"}]
+    assert (by_run[first.run_id][a].total_leases, by_run[first.run_id][a].success_count) == (2, 2)
+    # The second run finds only the bad statement still pending for A, and bills B.
+    assert (by_run[second.run_id][a].total_leases, by_run[second.run_id][a].failure_count) == (1, 1)
+    assert by_run[second.run_id][b].status == "completed" and by_run[second.run_id][b].success_count == 1
+    assert all(r.run_type == "utility" for r in runs)

@@ -10,12 +10,37 @@ from datetime import datetime, timezone
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, get_current_context, task
+from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from tentman.settings import organization_task_policy
 
 TAGS = ["tentman", "billing"]
+
+
+def billing_month_param(default_description: str) -> Param:
+    return Param(
+        None,
+        type=["null", "string"],
+        pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$",
+        title="Billing month",
+        description=f"Month to bill as YYYY-MM. Empty: {default_description}.",
+    )
+
+
+def organization_ids_param() -> Param:
+    return Param(
+        None,
+        type=["null", "array"],
+        items={"type": "integer"},
+        minItems=1,
+        title="Organization ids",
+        description="Ids of the organizations to bill. Empty: every active organization.",
+    )
+
+
+def dry_run_param() -> Param:
+    return Param(False, type="boolean", title="Dry run", description="Compute and report everything, write nothing.")
 
 
 def _engine():

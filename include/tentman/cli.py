@@ -96,10 +96,11 @@ def _dev_demo(args) -> int:
         log_path = LOCAL_DIR / f"{dag_id}.log"
         log_path.write_text(result.stdout + result.stderr)
         print(f"\n==> airflow dags test {dag_id} {logical_date} (task logs: {log_path})", flush=True)
+        summary = subprocess.run(tentman + ["runs", "summary", "--dag-id", dag_id], env=env)
         if result.returncode != 0:
-            print(result.stdout[-4000:] + result.stderr[-4000:])
-            return result.returncode
-        subprocess.run(tentman + ["runs", "summary", "--dag-id", dag_id], env=env, check=True)
+            print(f"The DAG run failed (exit code {result.returncode}); see {log_path}.")
+            if summary.returncode != 0:
+                return result.returncode
     print(
         "\nDone. Run `make demo` again: the same drafts are updated in place, never duplicated."
         "\nThe embedded PostgreSQL keeps running (data in .local/pgdata); `make db-stop` stops it."

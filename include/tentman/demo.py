@@ -97,9 +97,13 @@ def _generated_leases() -> tuple[list[tuple], list[tuple]]:
 
 
 def load_demo_data(conn: Connection) -> bool:
-    """Insert the demo data set unless organizations exist already; returns whether it loaded."""
+    """Insert the demo data set into an empty database; returns whether anything was loaded.
+
+    Idempotent: parts already present are left as they are (utility statements are loaded on
+    their own when a database that has the rest was migrated to a schema with statements).
+    """
     if conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM organizations)")).scalar():
-        return False
+        return _load_utility_statements(conn)
     generated_leases, generated_charges = _generated_leases()
     conn.execute(
         sa.text("INSERT INTO organizations (id, name, currency, is_active) VALUES (:id, :name, :currency, :active)"),
@@ -147,10 +151,9 @@ def load_demo_data(conn: Connection) -> bool:
     return True
 
 
-def _load_utility_statements(conn: Connection) -> None:
-    exists = conn.execute(sa.text("SELECT to_regclass('utility_statements') IS NOT NULL")).scalar()
-    if not exists:
-        return
+def _load_utility_statements(conn: Connection) -> bool:
+    if conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM utility_statements)")).scalar():
+        return False
     keys = ("id", "org", "lease", "type", "start", "end", "amount", "status", "finalized")
     conn.execute(
         sa.text(
@@ -165,6 +168,7 @@ def _load_utility_statements(conn: Connection) -> None:
     conn.execute(
         sa.text("SELECT setval(pg_get_serial_sequence('utility_statements', 'id'), (SELECT max(id) FROM utility_statements))")
     )
+    return True
 
 
 def run_summary(conn: Connection, dag_id: str) -> list[sa.Row]:
@@ -217,5 +221,6 @@ def format_summary(rows: list[sa.Row]) -> str:
             f"{r.draft_total:>12}"
         )
         for error in r.errors:
-            lines.append(f"{'':4}! lease {error.get('lease_id')}: {error.get('error')}")
+            lease = error.get('lease_id')
+            lines.append(f"{'':4}! {'lease ' + str(lease) if lease is not None else 'no lease'}: {error.get('error')}")
     return "\n".join(lines)

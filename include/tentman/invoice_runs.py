@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tentman.periods import BillingPeriod
-from tentman.rent import OrganizationBillingResult
+from tentman.billing import OrganizationBillingResult
 
 
 @dataclass(frozen=True)

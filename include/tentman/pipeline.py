@@ -16,9 +16,10 @@ from sqlalchemy.engine import Engine
 
 from tentman import invoice_runs
 from tentman.invoice_runs import RunKey
+from tentman.billing import OrganizationBillingResult
 from tentman.periods import BillingPeriod, rent_period_for_run, utility_period_for_run
 from tentman.proration import ProrationMethod
-from tentman.rent import OrganizationBillingResult, generate_rent_invoices
+from tentman.rent import generate_rent_invoices
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +198,18 @@ def _generate(run: BillingRun):
             )
 
         return generate
-    from tentman.utility import generate_utility_invoices
+    from tentman.settings import utility_due_days
+    from tentman.utility import default_due_date, generate_utility_invoices
+
+    due_date = default_due_date(run.period, utility_due_days())
 
     def generate(conn, organization_id, invoice_run_id):
         return generate_utility_invoices(
-            conn, organization_id=organization_id, period=run.period, invoice_run_id=invoice_run_id
+            conn,
+            organization_id=organization_id,
+            period=run.period,
+            invoice_run_id=invoice_run_id,
+            due_date=due_date,
         )
 
     return generate

@@ -16,93 +16,16 @@ Rules (see README "Billing rules"):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from datetime import date
-from decimal import Decimal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tentman.billing import MAX_AMOUNT, OrganizationBillingResult, lock_organization, organization_currency
 from tentman.periods import BillingPeriod
 from tentman.proration import ProrationMethod
 
 log = logging.getLogger(__name__)
-
-LEASE_STATUSES = ("draft", "active", "terminated", "ended")
-# numeric(12, 2): the largest amount an invoice or line can hold.
-MAX_AMOUNT = Decimal("9999999999.99")
-
-
-class OrganizationNotFound(LookupError):
-    pass
-
-
-@dataclass
-class OrganizationBillingResult:
-    """What billing one organization for one period did (or, for a dry run, would do)."""
-
-    organization_id: int
-    total_leases: int = 0
-    success_count: int = 0
-    skipped_count: int = 0
-    failure_count: int = 0
-    errors: list[dict] = field(default_factory=list)
-    invoices_created: int = 0
-    invoices_updated: int = 0
-    invoices_unchanged: int = 0
-    stale_drafts_removed: int = 0
-    amount_billed: Decimal = Decimal("0.00")
-
-    @property
-    def status(self) -> str:
-        if any(e.get("lease_id") is None for e in self.errors):
-            return "failed"
-        return "completed_with_errors" if self.failure_count else "completed"
-
-    def to_dict(self) -> dict:
-        return {
-            "organization_id": self.organization_id,
-            "status": self.status,
-            "total_leases": self.total_leases,
-            "success_count": self.success_count,
-            "skipped_count": self.skipped_count,
-            "failure_count": self.failure_count,
-            "errors": self.errors,
-            "invoices_created": self.invoices_created,
-            "invoices_updated": self.invoices_updated,
-            "invoices_unchanged": self.invoices_unchanged,
-            "stale_drafts_removed": self.stale_drafts_removed,
-            "amount_billed": str(self.amount_billed),
-        }
-
-
-def lock_organization(conn: Connection, invoice_type: str, organization_id: int) -> None:
-    """Serialise billing of one organization and invoice type until the transaction ends.
-
-    Overlapping runs (a manual trigger beside the scheduled run, backfills, a cleared task) then
-    take turns per organization instead of racing or deadlocking on the same invoices, while rent
-    and utility billing, and different organizations, never wait for each other.
-    """
-    conn.execute(
-        sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-        {"key": f"tentman:{invoice_type}:{organization_id}"},
-    )
-
-
-def organization_currency(conn: Connection, organization_id: int) -> tuple[str | None, str | None]:
-    """(currency, error): the organization's invoice currency, or why it cannot be used."""
-    row = conn.execute(
-        sa.text("SELECT currency FROM organizations WHERE id = :org"), {"org": organization_id}
-    ).one_or_none()
-    if row is None:
-        raise OrganizationNotFound(f"organization {organization_id} does not exist")
-    currency = (row.currency or "").strip()
-    if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
-        return None, (
-            f"organization {organization_id} has currency {row.currency!r}; expected a 3-letter "
-            "upper-case ISO 4217 code such as 'USD'"
-        )
-    return currency, None
 
 
 def generate_rent_invoices(
@@ -123,6 +46,7 @@ def generate_rent_invoices(
     result = OrganizationBillingResult(organization_id)
     currency, org_error = organization_currency(conn, organization_id)
     if org_error:
+        result.organization_error = org_error
         result.errors.append({"lease_id": None, "error": org_error})
         return result
 
@@ -265,7 +189,7 @@ LEFT JOIN invoices i
 
 _FLAG_BAD_TOTALS = """
 UPDATE tm_rent_lease l
-SET error = format('invoice total %s exceeds the largest amount an invoice can hold (%s)', t.total, :max_amount)
+SET error = format('invoice total %s exceeds the largest amount an invoice can hold (%s)', t.total, CAST(:max_amount AS numeric))
 FROM tm_rent_target t
 WHERE t.lease_id = l.lease_id AND t.total > :max_amount
 """

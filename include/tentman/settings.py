@@ -56,3 +56,8 @@ def tentman_database_uri() -> str:
             "(e.g. postgresql://postgres@127.0.0.1:5432/tentman)"
         )
     return uri
+
+
+def utility_due_days() -> int:
+    """Days after the end of the billing period a utility invoice is due (default 0: period end)."""
+    return _int_env("TENTMAN_UTILITY_DUE_DAYS", 0)

@@ -1,0 +1,36 @@
+"""Weekly utility billing for every organization (DAG `tentman_utility_billing`)."""
+
+from tentman.airflow_dag import billing_month_param, build_billing_dag, dry_run_param, organization_ids_param
+
+DOC_MD = """
+# Utility billing
+
+Bills every **finalized, not yet invoiced** utility statement onto the lease's draft utility
+invoice of the **current month** (the month of the run's logical date). Runs Mondays 03:00 UTC.
+
+* Statements of earlier months that were finalized late are billed too; a moved-out tenant's
+  statements are billed as well.
+* Exactly once: each statement is linked to its invoice line in the same transaction, and the
+  database refuses a second line for the same statement. Re-runs, cleared tasks, overlapping runs
+  and backfills never bill a statement twice.
+* If the month's utility invoice was already issued, the statements stay pending for the next
+  month's run (recorded in the run's errors). Bad statements are recorded and left pending.
+* One mapped task per organization; `record_invoice_runs` writes one `invoice_runs` row
+  (`run_type = 'utility'`) per organization and fails the run if any organization failed.
+
+**Params**: `billing_month` (`YYYY-MM`, empty = the run's month), `organization_ids` (empty = all
+active), `dry_run` (compute and report, write nothing).
+"""
+
+dag = build_billing_dag(
+    dag_id="tentman_utility_billing",
+    run_type="utility",
+    schedule="0 3 * * 1",
+    tags=["utility"],
+    doc_md=DOC_MD,
+    params={
+        "billing_month": billing_month_param("the month of the run's logical date"),
+        "organization_ids": organization_ids_param(),
+        "dry_run": dry_run_param(),
+    },
+)
