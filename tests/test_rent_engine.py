@@ -331,3 +331,22 @@ def test_two_runs_at_once_never_duplicate(engine):
         assert conn.execute(sa.text("SELECT sum(total) FROM invoices")).scalar() == Decimal(
             sum(1000 + i for i in range(200)) + 25 * len(leases[::3])
         ).quantize(Decimal("0.01"))
+
+
+def test_unexpected_error_on_one_lease_is_isolated_and_the_others_are_billed(engine):
+    # A constraint the engine knows nothing about rejects one lease's line (a stand-in for any
+    # unforeseen data error): that lease is recorded, all others are still billed.
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE invoice_lines ADD CONSTRAINT test_no_777 CHECK (amount <> 777.77)")
+        org = add_organization(conn)
+        leases = [add_lease(conn, org, date(2025, 1, 1), None, f"{100 + i}.00") for i in range(40)]
+        bad = add_lease(conn, org, date(2025, 1, 1), None, "777.77")
+        more = [add_lease(conn, org, date(2025, 1, 1), None, "50.00") for _ in range(9)]
+    result = bill(engine, org, MAR_2026)
+    assert (result.total_leases, result.success_count, result.failure_count) == (50, 49, 1)
+    assert result.errors[0]["lease_id"] == bad
+    assert result.errors[0]["error"].startswith("unexpected error while billing this lease:")
+    assert "test_no_777" in result.errors[0]["error"]
+    with engine.connect() as conn:
+        assert sorted(i.lease_id for i in invoices(conn)) == leases + more
+        assert conn.execute(sa.text("SELECT count(*) FROM invoice_lines")).scalar() == 49

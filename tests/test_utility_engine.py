@@ -266,3 +266,22 @@ def test_due_date_is_configurable(engine):
     bill(engine, org, DEC, due_date=date(2027, 1, 15))
     with engine.connect() as conn:
         assert invoice_for(conn, lease, DEC.start, "utility").due_date == date(2027, 1, 15)
+
+
+def test_unexpected_error_on_one_lease_is_isolated(engine):
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE invoice_lines ADD CONSTRAINT test_no_6666 CHECK (amount <> 66.66)")
+        org = add_organization(conn)
+        good = [add_lease(conn, org, date(2025, 1, 1)) for _ in range(7)]
+        bad = add_lease(conn, org, date(2025, 1, 1))
+        for lease in good:
+            add_statement(conn, org, lease, "10.00")
+        ok_of_bad = add_statement(conn, org, bad, "1.00")
+        rejected = add_statement(conn, org, bad, "66.66")
+    result = bill(engine, org)
+    assert (result.total_leases, result.success_count, result.failure_count, result.statements_billed) == (8, 7, 1, 7)
+    assert result.errors[0]["lease_id"] == bad and "test_no_6666" in result.errors[0]["error"]
+    with engine.connect() as conn:
+        assert invoice_for(conn, bad, DEC.start, "utility") is None
+        assert statement_line(conn, ok_of_bad) is None and statement_line(conn, rejected) is None
+        assert conn.execute(sa.text("SELECT count(*) FROM invoices WHERE invoice_type = 'utility'")).scalar() == 7

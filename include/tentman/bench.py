@@ -30,6 +30,7 @@ from tentman.migrate import upgrade
 from tentman.periods import BillingPeriod
 from tentman.proration import ProrationMethod
 from tentman.rent import generate_rent_invoices
+from tentman.utility import benchmark_utility
 
 PERIOD = BillingPeriod.for_month(2026, 3)
 
@@ -155,7 +156,7 @@ def run(n: int, admin_uri: str) -> dict:
             "engine_vs_copy_floor": round(floor_s / first_s, 2),
             "peak_rss_mb": round(engine_rss_mb, 1),
         }
-        figures.update(_utility_figures(engine, org, n_statements=n))
+        figures.update(benchmark_utility(engine, org, n, copy_floor))
         return figures
     finally:
         engine.dispose()
@@ -163,15 +164,6 @@ def run(n: int, admin_uri: str) -> dict:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
-
-
-def _utility_figures(engine, organization_id: int, n_statements: int) -> dict:
-    """Utility billing figures, once the utility engine exists (issue: utility billing DAG)."""
-    try:
-        from tentman.utility import benchmark_utility
-    except ImportError:
-        return {}
-    return benchmark_utility(engine, organization_id, n_statements, copy_floor)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -86,3 +87,45 @@ def organization_currency(conn: Connection, organization_id: int) -> tuple[str |
             "upper-case ISO 4217 code such as 'USD'"
         )
     return currency, None
+
+
+# Errors that belong to the rows being written (SQLSTATE classes 22 "data exception" and 23
+# "integrity constraint violation"), as opposed to the connection, a lock or the server.
+_ROW_ERRORS = (sa.exc.DataError, sa.exc.IntegrityError)
+_FULL_RANGE = (-(2**63), 2**63 - 1)
+
+
+def write_isolating_bad_leases(
+    conn: Connection,
+    write_batch: Callable[[int, int], None],
+    pending_lease_ids: Callable[[], list[int]],
+    record_failure: Callable[[int, str], None],
+) -> None:
+    """Write all leases at once; if a row error occurs, bisect to the leases at fault.
+
+    `write_batch(lo, hi)` writes the pending leases with ids in [lo, hi] inside a savepoint. On a
+    data or integrity error the savepoint is rolled back and the id range is split in halves until
+    each failing lease is alone; it is then recorded with `record_failure(lease_id, reason)` and the
+    others are written. The common case costs a single savepoint; the ids are only read on failure.
+    """
+    try:
+        with conn.begin_nested():
+            write_batch(*_FULL_RANGE)
+        return
+    except _ROW_ERRORS:
+        pass
+    pending = [pending_lease_ids()]
+    while pending:
+        ids = pending.pop()
+        if not ids:
+            continue
+        try:
+            with conn.begin_nested():
+                write_batch(ids[0], ids[-1])
+        except _ROW_ERRORS as exc:
+            if len(ids) == 1:
+                reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+                record_failure(ids[0], f"unexpected error while billing this lease: {reason}")
+            else:
+                mid = len(ids) // 2
+                pending += [ids[mid:], ids[:mid]]

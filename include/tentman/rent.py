@@ -21,7 +21,13 @@ from datetime import date
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tentman.billing import MAX_AMOUNT, OrganizationBillingResult, lock_organization, organization_currency
+from tentman.billing import (
+    MAX_AMOUNT,
+    OrganizationBillingResult,
+    lock_organization,
+    organization_currency,
+    write_isolating_bad_leases,
+)
 from tentman.periods import BillingPeriod
 from tentman.proration import ProrationMethod
 
@@ -64,7 +70,12 @@ def generate_rent_invoices(
     for statement in _STAGE_STATEMENTS:
         conn.execute(sa.text(statement), params)
 
-    _write_invoices(conn, params)
+    write_isolating_bad_leases(
+        conn,
+        lambda lo, hi: _write_invoices(conn, {**params, "lo": lo, "hi": hi}),
+        lambda: list(conn.execute(sa.text(_PENDING_LEASE_IDS)).scalars()),
+        lambda lease_id, reason: conn.execute(sa.text(_RECORD_WRITE_FAILURE), {"lease": lease_id, "reason": reason}),
+    )
 
     counts = conn.execute(sa.text(_COUNTS), params).one()
     result.total_leases = counts.total
@@ -258,7 +269,7 @@ WITH new_invoice AS (
                           invoice_run_id)
     SELECT :org, t.lease_id, 'rent', :p0, :p1, 'draft', :currency, t.total, t.total, :due, :run_id
     FROM tm_rent_target t
-    WHERE t.invoice_id IS NULL
+    WHERE t.invoice_id IS NULL AND t.lease_id BETWEEN :lo AND :hi
     ORDER BY t.lease_id
     ON CONFLICT (lease_id, invoice_type, billing_period_start) DO NOTHING
     RETURNING id, lease_id
@@ -277,7 +288,8 @@ WHERE t.lease_id = n.lease_id
 """
 
 _MARK_CONCURRENTLY_CREATED = """
-UPDATE tm_rent_target SET outcome = 'skipped' WHERE invoice_id IS NULL AND outcome IS NULL
+UPDATE tm_rent_target SET outcome = 'skipped'
+WHERE invoice_id IS NULL AND outcome IS NULL AND lease_id BETWEEN :lo AND :hi
 """
 
 # Existing drafts that differ are updated; `status = 'draft'` is re-checked on the row itself so
@@ -286,7 +298,7 @@ _UPDATE_CHANGED = """
 WITH changed AS (
     SELECT t.invoice_id, t.total
     FROM tm_rent_target t
-    WHERE t.invoice_status = 'draft' AND t.outcome IS NULL
+    WHERE t.invoice_status = 'draft' AND t.outcome IS NULL AND t.lease_id BETWEEN :lo AND :hi
       AND (t.header_changed OR EXISTS (SELECT 1 FROM tm_rent_line_diff d WHERE d.invoice_id = t.invoice_id))
 ), updated AS (
     UPDATE invoices i
@@ -306,7 +318,7 @@ _DELETE_OLD_LINES = """
 DELETE FROM invoice_lines il
 USING tm_rent_line_diff d
 JOIN tm_rent_target t ON t.invoice_id = d.invoice_id AND t.outcome = 'updated'
-WHERE il.id = d.old_line_id AND d.line_type IS NULL
+WHERE il.id = d.old_line_id AND d.line_type IS NULL AND t.lease_id BETWEEN :lo AND :hi
 """
 
 _UPSERT_CHANGED_LINES = """
@@ -316,7 +328,7 @@ SELECT d.invoice_id, d.line_type, d.source_id, d.description, d.service_period_s
        d.service_period_end, d.amount
 FROM tm_rent_line_diff d
 JOIN tm_rent_target t ON t.invoice_id = d.invoice_id AND t.outcome = 'updated'
-WHERE d.line_type IS NOT NULL
+WHERE d.line_type IS NOT NULL AND t.lease_id BETWEEN :lo AND :hi
 ORDER BY d.invoice_id, d.line_type, d.source_id
 ON CONFLICT (invoice_id, line_type, source_id) DO UPDATE
 SET description = excluded.description,
@@ -326,7 +338,7 @@ SET description = excluded.description,
 """
 
 _MARK_UNCHANGED = """
-UPDATE tm_rent_target SET outcome = 'unchanged' WHERE outcome IS NULL
+UPDATE tm_rent_target SET outcome = 'unchanged' WHERE outcome IS NULL AND lease_id BETWEEN :lo AND :hi
 """
 
 
@@ -341,6 +353,17 @@ def _write_invoices(conn: Connection, params: dict) -> None:
     ):
         conn.execute(sa.text(statement), params)
 
+
+_PENDING_LEASE_IDS = """
+SELECT lease_id FROM tm_rent_target WHERE outcome IS NULL ORDER BY lease_id
+"""
+
+_RECORD_WRITE_FAILURE = """
+WITH failed AS (
+    UPDATE tm_rent_lease SET error = :reason WHERE lease_id = :lease
+)
+DELETE FROM tm_rent_target WHERE lease_id = :lease
+"""
 
 _COUNTS = """
 SELECT (SELECT count(*) FROM tm_rent_lease) AS total,

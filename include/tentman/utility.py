@@ -21,7 +21,13 @@ from datetime import date, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tentman.billing import MAX_AMOUNT, OrganizationBillingResult, lock_organization, organization_currency
+from tentman.billing import (
+    MAX_AMOUNT,
+    OrganizationBillingResult,
+    lock_organization,
+    organization_currency,
+    write_isolating_bad_leases,
+)
 from tentman.periods import BillingPeriod
 
 
@@ -60,21 +66,34 @@ def generate_utility_invoices(
     }
     for statement in _STAGE_STATEMENTS:
         conn.execute(sa.text(statement), params)
-    billed = conn.execute(sa.text(_BILL_STATEMENTS), params).one()
-    if billed.lines != billed.linked:
-        raise ConcurrentStatementChange(
-            f"{billed.lines - billed.linked} utility statements of organization {organization_id} changed "
-            "while they were being billed; nothing was written, the organization will be retried"
-        )
-    conn.execute(sa.text(_MARK_CONCURRENTLY_ISSUED), params)
-    conn.execute(sa.text(_RECOMPUTE_TOTALS), params)
+    statements_billed = 0
+
+    def write_batch(lo: int, hi: int) -> None:
+        nonlocal statements_billed
+        batch = {**params, "lo": lo, "hi": hi}
+        billed = conn.execute(sa.text(_BILL_STATEMENTS), batch).one()
+        if billed.lines != billed.linked:
+            raise ConcurrentStatementChange(
+                f"{billed.lines - billed.linked} utility statements of organization {organization_id} changed "
+                "while they were being billed; nothing was written, the organization will be retried"
+            )
+        conn.execute(sa.text(_MARK_CONCURRENTLY_ISSUED), batch)
+        conn.execute(sa.text(_RECOMPUTE_TOTALS), batch)
+        statements_billed += billed.lines
+
+    write_isolating_bad_leases(
+        conn,
+        write_batch,
+        lambda: list(conn.execute(sa.text(_PENDING_LEASE_IDS)).scalars()),
+        lambda lease_id, reason: conn.execute(sa.text(_RECORD_WRITE_FAILURE), {"lease": lease_id, "reason": reason}),
+    )
 
     counts = conn.execute(sa.text(_COUNTS)).one()
     result.total_leases = counts.total
     result.success_count = counts.success
     result.skipped_count = counts.skipped
     result.failure_count = counts.failed
-    result.statements_billed = billed.lines
+    result.statements_billed = statements_billed
     result.invoices_created = counts.created
     result.invoices_updated = counts.success - counts.created
     result.amount_billed = counts.amount_billed or 0
@@ -167,17 +186,17 @@ _STAGE_STATEMENTS = (
     "ANALYZE tm_util_lease",
 )
 
-# One statement: ensure the draft invoices (new ones start at 0 and get their totals below; an
-# existing draft is locked, a non-draft one is not returned), write one line per statement and
-# link each statement to its line. ON CONFLICT on the once-per-statement index means a statement
+# One statement: ensure the draft invoices (a new one is born with its total; an existing draft
+# is locked and its total recomputed below; a non-draft one is not returned), write one line per
+# statement and link each statement to its line. ON CONFLICT on the once-per-statement index means a statement
 # billed meanwhile by another writer is never billed twice.
 _BILL_STATEMENTS = """
 WITH invoice AS (
     INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, billing_period_end,
                           status, currency, subtotal, total, due_date, invoice_run_id)
-    SELECT :org, l.lease_id, 'utility', :p0, :p1, 'draft', :currency, 0, 0, :due, :run_id
+    SELECT :org, l.lease_id, 'utility', :p0, :p1, 'draft', :currency, l.new_amount, l.new_amount, :due, :run_id
     FROM tm_util_lease l
-    WHERE l.outcome IS NULL
+    WHERE l.outcome IS NULL AND l.lease_id BETWEEN :lo AND :hi
     ORDER BY l.lease_id
     ON CONFLICT (lease_id, invoice_type, billing_period_start) DO UPDATE
     SET updated_at = now()
@@ -216,7 +235,7 @@ UPDATE tm_util_lease
 SET outcome = 'skipped',
     error = format('utility invoice of lease %s for %s was issued while this run was billing it; '
                    'its statements stay pending for the next run', lease_id, to_char(CAST(:p0 AS date), 'YYYY-MM'))
-WHERE outcome IS NULL
+WHERE outcome IS NULL AND lease_id BETWEEN :lo AND :hi
 """
 
 _RECOMPUTE_TOTALS = """
@@ -226,10 +245,17 @@ SET subtotal = s.total, total = s.total, due_date = :due, currency = :currency,
 FROM (
     SELECT il.invoice_id, sum(il.amount) AS total
     FROM invoice_lines il
-    WHERE il.invoice_id IN (SELECT invoice_id FROM tm_util_lease WHERE outcome IN ('created', 'updated'))
+    WHERE il.invoice_id IN (SELECT invoice_id FROM tm_util_lease
+                            WHERE outcome = 'updated' AND lease_id BETWEEN :lo AND :hi)
     GROUP BY il.invoice_id
 ) s
 WHERE i.id = s.invoice_id
+"""
+
+_PENDING_LEASE_IDS = "SELECT lease_id FROM tm_util_lease WHERE outcome IS NULL ORDER BY lease_id"
+
+_RECORD_WRITE_FAILURE = """
+UPDATE tm_util_lease SET outcome = 'failed', error = :reason WHERE lease_id = :lease
 """
 
 # Counts are of leases with pending statements. A lease with at least one statement billed is a
