@@ -195,3 +195,18 @@ def test_organization_task_that_never_finished_is_marked_failed(engine):
     with engine.connect() as conn:
         statuses = dict(conn.execute(sa.text("SELECT organization_id, status FROM invoice_runs")).all())
     assert statuses == {a: "failed", b: "completed"}
+
+
+def test_scheduled_run_starting_late_logs_a_warning_naming_both_dates(engine, caplog):
+    logical = utc(2026, 1, 26, 2)
+    with caplog.at_level("WARNING", logger="tentman.pipeline"):
+        run = resolve_billing_run(engine, run_type="monthly_rent", params={}, logical_date=logical,
+                                  run_after=logical, scheduled=True, started_at=utc(2026, 1, 29, 8))
+    assert run.billing_period_start == "2026-02-01"  # still the month of the logical date
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "2026-01-29T08:00:00+00:00" in record.getMessage() and "2026-01-26T02:00:00+00:00" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tentman.pipeline"):
+        resolve_billing_run(engine, run_type="monthly_rent", params={}, logical_date=logical,
+                            run_after=logical, scheduled=True, started_at=utc(2026, 1, 26, 2, 5))
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
