@@ -73,6 +73,23 @@ def lock_organization(conn: Connection, invoice_type: str, organization_id: int)
     )
 
 
+def start_organization_billing(
+    conn: Connection, invoice_type: str, organization_id: int
+) -> tuple[OrganizationBillingResult, str | None]:
+    """Take the organization's lock for `invoice_type` and check it can be billed.
+
+    Returns the result to fill in and the invoice currency; the currency is None when the
+    organization cannot be billed, and the result then carries the organization-level error.
+    """
+    lock_organization(conn, invoice_type, organization_id)
+    result = OrganizationBillingResult(organization_id)
+    currency, org_error = organization_currency(conn, organization_id)
+    if org_error:
+        result.organization_error = org_error
+        result.errors.append({"lease_id": None, "error": org_error})
+    return result, currency
+
+
 def organization_currency(conn: Connection, organization_id: int) -> tuple[str | None, str | None]:
     """(currency, error): the organization's invoice currency, or why it cannot be used."""
     row = conn.execute(

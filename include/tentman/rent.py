@@ -24,8 +24,7 @@ from sqlalchemy.engine import Connection
 from tentman.billing import (
     MAX_AMOUNT,
     OrganizationBillingResult,
-    lock_organization,
-    organization_currency,
+    start_organization_billing,
     write_isolating_bad_leases,
 )
 from tentman.periods import BillingPeriod
@@ -48,12 +47,8 @@ def generate_rent_invoices(
     Runs on the caller's transaction and takes the organization's rent lock. Raises on
     organization-level failures (lost connection, missing organization) so the caller can retry.
     """
-    lock_organization(conn, "rent", organization_id)
-    result = OrganizationBillingResult(organization_id)
-    currency, org_error = organization_currency(conn, organization_id)
-    if org_error:
-        result.organization_error = org_error
-        result.errors.append({"lease_id": None, "error": org_error})
+    result, currency = start_organization_billing(conn, "rent", organization_id)
+    if currency is None:
         return result
 
     params = {

@@ -24,8 +24,7 @@ from sqlalchemy.engine import Connection
 from tentman.billing import (
     MAX_AMOUNT,
     OrganizationBillingResult,
-    lock_organization,
-    organization_currency,
+    start_organization_billing,
     write_isolating_bad_leases,
 )
 from tentman.periods import BillingPeriod
@@ -48,12 +47,8 @@ def generate_utility_invoices(
     Runs on the caller's transaction and takes the organization's utility lock (never the rent
     one: rent and utility runs do not wait for each other).
     """
-    lock_organization(conn, "utility", organization_id)
-    result = OrganizationBillingResult(organization_id)
-    currency, org_error = organization_currency(conn, organization_id)
-    if org_error:
-        result.organization_error = org_error
-        result.errors.append({"lease_id": None, "error": org_error})
+    result, currency = start_organization_billing(conn, "utility", organization_id)
+    if currency is None:
         return result
     params = {
         "org": organization_id,
