@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lock db-stop env clean
+.PHONY: demo test bench lock db-stop env clean up down
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ venv: $(STAMP)
 ## Run the monthly rent DAG (and the utility DAG) once on demo data, on an embedded PostgreSQL.
 demo: $(STAMP)
 	$(BIN)/tentman dev demo
+
+## A live Airflow (api-server, scheduler, dag-processor, triggerer) on demo data: UI on :8080.
+up: $(STAMP)
+	$(BIN)/tentman dev up --port $(or $(PORT),8080)
+
+down: $(STAMP)
+	$(BIN)/tentman dev down
 
 ## The whole test suite (embedded PostgreSQL, or TENTMAN_TEST_DATABASE_URL when set).
 test: $(STAMP)
@@ -43,5 +50,5 @@ env: $(STAMP)
 db-stop: $(STAMP)
 	$(BIN)/tentman dev stop-db
 
-clean: db-stop
+clean: down db-stop
 	rm -rf .local

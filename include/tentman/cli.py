@@ -108,6 +108,52 @@ def _dev_demo(args) -> int:
     return 0
 
 
+def _dev_up(args) -> int:
+    """`make up`: a live Airflow (api-server, scheduler, dag-processor, triggerer) on demo data."""
+    from tentman.airflow_stack import AirflowStack, stack_environment, write_passwords
+    from tentman.local import LOCAL_DIR, local_environment
+
+    home = LOCAL_DIR / "airflow"
+    if any(home.glob("*.pid")):
+        print("Airflow is already up (pid files in .local/airflow); `make down` stops it.")
+        return 0
+    env = stack_environment(local_environment(), home=home, port=args.port)
+    passwords = write_passwords(home / "passwords.json")
+    stack = AirflowStack(env=env, home=home, port=args.port)
+    tentman = [sys.executable, "-m", "tentman.cli"]
+    _run(["airflow", "db", "migrate"], env, "Airflow metadata DB")
+    _run(tentman + ["db", "upgrade"], env, "TentMan schema")
+    _run(tentman + ["demo", "load"], env, "Demo data")
+    print("\n==> Starting Airflow: " + ", ".join(("api-server", "scheduler", "dag-processor", "triggerer")), flush=True)
+    stack.start(detached=True)
+    try:
+        stack.wait_healthy(timeout=args.timeout)
+        # Unpaused so a manual trigger runs at once; catchup is off, so no backlog is created.
+        for dag_id in (RENT_DAG_ID, UTILITY_DAG_ID):
+            stack.wait_for_dag(dag_id, timeout=args.timeout)
+            stack.airflow("dags", "unpause", dag_id)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"Airflow did not come up: {exc}\nLogs: {stack.log_dir}", file=sys.stderr)
+        return 1
+    print(
+        f"\nAirflow is up: {stack.base_url}\n"
+        + "".join(f"  log in as {user} / {pw}\n" for user, pw in passwords.items())
+        + f"  (passwords in {home / 'passwords.json'}; process logs in {stack.log_dir})\n"
+        "DAGs: tentman_monthly_rent_generation, tentman_utility_billing (Trigger → params form).\n"
+        "Stop with `make down`."
+    )
+    return 0
+
+
+def _dev_down(args) -> int:
+    from tentman.airflow_stack import stop_detached
+    from tentman.local import LOCAL_DIR
+
+    stopped = stop_detached(LOCAL_DIR / "airflow")
+    print("Stopped: " + ", ".join(stopped) if stopped else "Airflow was not running.")
+    return 0
+
+
 def _dev_stop_db(args) -> int:
     from tentman.local import LOCAL_DIR
 
@@ -151,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd = dev.add_parser("demo", help="what `make demo` runs")
     demo_cmd.add_argument("--rent-only", dest="with_utility", action="store_false")
     demo_cmd.set_defaults(func=_dev_demo)
+    up = dev.add_parser("up", help="what `make up` runs: a live local Airflow on demo data")
+    up.add_argument("--port", type=int, default=8080)
+    up.add_argument("--timeout", type=float, default=240)
+    up.set_defaults(func=_dev_up)
+    dev.add_parser("down", help="stop what `make up` started").set_defaults(func=_dev_down)
     dev.add_parser("stop-db", help="stop the embedded PostgreSQL").set_defaults(func=_dev_stop_db)
     return parser
 
