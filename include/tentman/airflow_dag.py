@@ -13,6 +13,7 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from tentman.alerts import BillingFailureNotifier
 from tentman.settings import organization_task_policy
 
 TAGS = ["tentman", "billing"]
@@ -98,6 +99,8 @@ def build_billing_dag(*, dag_id: str, run_type: str, schedule: str, params: dict
             max_retry_delay=policy.max_retry_delay,
             max_active_tis_per_dagrun=policy.max_active_organizations,
             map_index_template="{{ organization_label }}",
+            # After the last retry only: a retry is not worth waking anyone.
+            on_failure_callback=[BillingFailureNotifier()],
         )
         def bill_organization(organization: dict, run: dict) -> dict:
             from tentman.pipeline import BillingRun, bill_organization
@@ -113,7 +116,13 @@ def build_billing_dag(*, dag_id: str, run_type: str, schedule: str, params: dict
                 dag_run_id=context["run_id"],
             )
 
-        @task(task_id="record_invoice_runs", trigger_rule="all_done", retries=3, retry_delay=timedelta(seconds=30))
+        @task(
+            task_id="record_invoice_runs",
+            trigger_rule="all_done",
+            retries=3,
+            retry_delay=timedelta(seconds=30),
+            on_failure_callback=[BillingFailureNotifier()],
+        )
         def record_invoice_runs(run: dict | None, organizations: list[dict] | None, results) -> list[dict]:
             from tentman.pipeline import BillingRun, BillingRunFailed, record_invoice_runs
 

@@ -33,6 +33,10 @@ LATE_RUN_TOLERANCE = timedelta(days=1)
 class BillingRunFailed(RuntimeError):
     """Raised by the aggregation step so the DAG run shows as failed (and alerts fire)."""
 
+    def __init__(self, message: str, organizations: list[str] | None = None):
+        super().__init__(message)
+        self.organizations = organizations or []
+
 
 @dataclass(frozen=True)
 class BillingRun:
@@ -348,6 +352,7 @@ def record_invoice_runs(
         )
         raise BillingRunFailed(
             f"{run.run_type} billing for {run.period.label} failed for {len(failed)} of "
-            f"{len(summary)} organizations: {details}"
+            f"{len(summary)} organizations: {details}",
+            organizations=[s["organization"] for s in failed],
         )
     return summary
