@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lock db-stop env clean up down
+.PHONY: demo test tools bench lock db-stop env clean up down
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ up: $(STAMP)
 down: $(STAMP)
 	$(BIN)/tentman dev down
 
+## Debian's docker-compose validates docker-compose.yaml offline (no Docker engine needed).
+tools:
+	@command -v docker-compose >/dev/null || { \
+	  apt-get install -y -q --no-install-recommends docker-compose >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends docker-compose >/dev/null; }; } \
+	  || { echo "make test needs docker-compose: apt-get install --no-install-recommends docker-compose"; exit 1; }
+
 ## The whole test suite (embedded PostgreSQL, or TENTMAN_TEST_DATABASE_URL when set).
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Benchmark of the billing engine (not a test).

@@ -7,6 +7,7 @@ its runs to its own organizations (`organization_ids`) so tests do not see each 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -335,3 +336,21 @@ def test_login_is_required_and_viewers_cannot_trigger(live, admin):
     assert viewer.trigger(RENT, {"billing_month": "2027-07"}).status_code == 403
     bad_login = httpx.post(f"{stack.base_url}/auth/token", json={"username": "admin", "password": "wrong"}, timeout=30)
     assert bad_login.status_code == 401
+
+
+def test_cli_trigger_with_a_dry_run_writes_nothing(live, admin):
+    stack, engine = live
+    orgs, leases = _orgs_with_leases(engine, "Preview", [["1234.00"]])
+    out = stack.airflow("dags", "trigger", RENT, "--conf",
+                        f'{{"billing_month": "2027-08", "organization_ids": {orgs}, "dry_run": true}}', "-o", "json")
+    assert out.returncode == 0, out.stderr
+    run_id = json.loads(out.stdout.strip().splitlines()[-1])[0]["dag_run_id"]  # logs come first
+    assert admin.wait(RENT, run_id)["state"] == "success"
+    # The preview is in the organization task's result (XCom) and log; nothing is in the database.
+    xcom = admin.client.get(f"/dags/{RENT}/dagRuns/{run_id}/taskInstances/bill_organization/xcomEntries/return_value",
+                            params={"map_index": 0, "deserialize": True})
+    assert xcom.status_code == 200, xcom.text
+    preview = xcom.json()["value"]
+    assert (preview["organization_id"], preview["invoices_created"], preview["amount_billed"]) == (orgs[0], 1, "1234.00")
+    assert _count(engine, "SELECT count(*) FROM invoices WHERE organization_id = ANY(:o)", o=orgs) == 0
+    assert _count(engine, "SELECT count(*) FROM invoice_runs WHERE organization_id = ANY(:o)", o=orgs) == 0

@@ -61,6 +61,8 @@ def stack_environment(base_env: dict[str, str], *, home: Path, port: int) -> dic
             # New DAG files show up within seconds, not the 5-minute default.
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            # One mapped task per organization: room for thousands (the default is 1024).
+            "AIRFLOW__CORE__MAX_MAP_LENGTH": "4096",
         }
     )
     env.setdefault("AIRFLOW__CORE__PARALLELISM", "8")

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One-shot init of the compose deployment: Airflow metadata DB, TentMan schema, login passwords.
+set -euo pipefail
+airflow db migrate
+tentman db upgrade
+# The simple auth manager reads passwords from this file; they come from the environment.
+python - <<'PY'
+import json, os
+passwords = {"admin": os.environ["AIRFLOW_ADMIN_PASSWORD"]}
+if os.environ.get("AIRFLOW_VIEWER_PASSWORD"):
+    passwords["viewer"] = os.environ["AIRFLOW_VIEWER_PASSWORD"]
+path = os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path, "w") as fh:
+    json.dump(passwords, fh)
+os.chmod(path, 0o600)
+PY
+echo "Airflow and TentMan databases migrated; login users: ${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS}"
