@@ -158,6 +158,15 @@ def test_trigger_through_rest_with_params(live, admin):
     assert totals == {leases[0][0]: Decimal("1025.00"), leases[0][1]: Decimal("1200.00"), leases[1][0]: Decimal("800.00")}
     assert runs == [(orgs[0], "completed", 2, 2), (orgs[1], "completed", 1, 1)]
 
+    # What the UI shows: the DAG's docs and trigger-form params, and per-organization log lines.
+    details = admin.client.get(f"/dags/{RENT}/details").json()
+    assert "Monthly rent generation" in details["doc_md"]
+    assert set(details["params"]) == {"billing_month", "organization_ids", "proration_method", "dry_run"}
+    log = admin.client.get(f"/dags/{RENT}/dagRuns/{run['dag_run_id']}/taskInstances/bill_organization/logs/1",
+                           params={"map_index": 0}, headers={"Accept": "application/json"})
+    assert log.status_code == 200, log.text
+    assert f"Rest 0 (#{orgs[0]}): status=completed leases=2 success=2" in log.text
+
 
 @pytest.mark.parametrize(
     "conf, named",
