@@ -122,6 +122,14 @@ def admin(live):
     return api
 
 
+def _poll(condition, timeout: float = 300, interval: float = 1) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(interval)
+
+
 def _orgs_with_leases(engine, prefix: str, rents: list[list[str]]) -> tuple[list[int], list[list[int]]]:
     orgs, leases = [], []
     with engine.begin() as conn:
@@ -234,8 +242,8 @@ def test_clearing_one_organization_reruns_only_it_and_the_aggregation(live, admi
     assert cleared.status_code == 200, cleared.text
     assert sorted((t["task_id"], t["map_index"]) for t in cleared.json()["task_instances"]) == [
         ("bill_organization", 1), ("record_invoice_runs", -1)]
-    time.sleep(2)
-    assert admin.wait(RENT, run_id)["state"] == "success"
+    _poll(lambda: admin.task_instances(RENT, run_id)[("record_invoice_runs", -1)]["try_number"] == 2
+          and admin.run(RENT, run_id)["state"] == "success")
     tis = admin.task_instances(RENT, run_id)
     assert {k: v["try_number"] for k, v in tis.items()} == {
         ("resolve_billing_period", -1): 1, ("list_organizations", -1): 1, ("bill_organization", 0): 1,
@@ -306,7 +314,7 @@ def test_backfill_three_months_then_reprocess(live, admin):
     out = stack.airflow("backfill", "create", "--dag-id", RENT, "--from-date", "2026-06-01", "--to-date", "2026-08-31",
                         "--dag-run-conf", conf, "--reprocess-behavior", "completed", check=False)
     assert out.returncode == 0, out.stderr
-    time.sleep(3)
+    _poll(lambda: len(admin.client.get("/backfills", params={"dag_id": RENT}).json()["backfills"]) == 2)
     runs = _wait_backfill(admin, RENT, 3)
     assert all(r["state"] == "success" for r in runs)
     assert counts() == (per_month, 0, run_rows, aug_total)
