@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test tools bench lock db-stop env clean up down
+.PHONY: demo test test-fast reliability-report tools bench lock db-stop env clean up down
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ tools:
 ## The whole test suite (embedded PostgreSQL, or TENTMAN_TEST_DATABASE_URL when set).
 test: $(STAMP) tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The fast subset: no live Airflow processes, no slow fault runs.
+test-fast: $(STAMP) tools
+	$(BIN)/python -m pytest -m "not live and not slow" $(PYTEST_ARGS)
+
+## Reliability scenarios (faults, concurrency, bad input, isolation, properties) and their audit table.
+reliability-report: $(STAMP) tools
+	$(BIN)/python -m pytest -m reliability --reliability-report -q $(PYTEST_ARGS)
 
 ## Benchmark of the billing engine (not a test).
 bench: $(STAMP)

@@ -4,6 +4,7 @@ from airflow.sdk import Param
 
 from tentman.airflow_dag import billing_month_param, build_billing_dag, dry_run_param, organization_ids_param
 from tentman.proration import DEFAULT_PRORATION_METHOD, ProrationMethod
+from tentman.settings import rent_schedule
 
 DOC_MD = """
 # Monthly rent generation
@@ -25,7 +26,7 @@ active), `proration_method`, `dry_run` (compute and report, write nothing).
 dag = build_billing_dag(
     dag_id="tentman_monthly_rent_generation",
     run_type="monthly_rent",
-    schedule="0 2 26 * *",
+    schedule=rent_schedule(),  # "0 2 26 * *" (UTC) unless TENTMAN_RENT_SCHEDULE is set
     tags=["rent"],
     doc_md=DOC_MD,
     params={

@@ -1,6 +1,7 @@
 """Weekly utility billing for every organization (DAG `tentman_utility_billing`)."""
 
 from tentman.airflow_dag import billing_month_param, build_billing_dag, dry_run_param, organization_ids_param
+from tentman.settings import utility_schedule
 
 DOC_MD = """
 # Utility billing
@@ -25,7 +26,7 @@ active), `dry_run` (compute and report, write nothing).
 dag = build_billing_dag(
     dag_id="tentman_utility_billing",
     run_type="utility",
-    schedule="0 3 * * 1",
+    schedule=utility_schedule(),  # "0 3 * * 1" (UTC) unless TENTMAN_UTILITY_SCHEDULE is set
     tags=["utility"],
     doc_md=DOC_MD,
     params={

@@ -109,3 +109,62 @@ def airflow_home(pg_admin_uri, tmp_path_factory):
     if "airflow.settings" in sys.modules:
         sys.modules["airflow.settings"].dispose_orm()
     drop_database(pg_admin_uri, metadata_db)
+
+
+# --- Reliability scenarios: each ends with an audit, and `make reliability-report` tabulates them.
+
+_REPORTS = pytest.StashKey[dict]()
+_ROWS = pytest.StashKey[list]()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--reliability-report", action="store_true",
+                     help="print the table of reliability scenarios and write test-artifacts/reliability-report.md")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    return report
+
+
+@pytest.fixture
+def audited(request):
+    """`audited(engine, before=snapshot)`: run the audit, count it for the report, fail on anomalies."""
+    from audit import audit
+
+    row = {"scenario": request.node.name, "invoices": 0, "anomalies": 0}
+
+    def check(engine, **kwargs):
+        with engine.connect() as conn:
+            report = audit(conn, **kwargs)
+        row["invoices"] += report.invoices_checked
+        row["anomalies"] += len(report.anomalies)
+        report.assert_clean()
+        return report
+
+    yield check
+    reports = request.node.stash.get(_REPORTS, {})
+    call = reports.get("call")
+    row["outcome"] = "passed" if call is not None and call.passed else "FAILED"
+    request.config.stash.setdefault(_ROWS, []).append(row)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    rows = config.stash.get(_ROWS, [])
+    if not rows or not config.getoption("--reliability-report"):
+        return
+    width = max(len(r["scenario"]) for r in rows)
+    table = [f"| {'scenario':<{width}} | outcome | invoices checked | anomalies |",
+             f"|{'-' * (width + 2)}|---------|------------------|-----------|"]
+    table += [f"| {r['scenario']:<{width}} | {r['outcome']:<7} | {r['invoices']:>16} | {r['anomalies']:>9} |" for r in rows]
+    table.append(f"| {'TOTAL (' + str(len(rows)) + ' scenarios)':<{width}} | "
+                 f"{'passed' if all(r['outcome'] == 'passed' for r in rows) else 'FAILED':<7} | "
+                 f"{sum(r['invoices'] for r in rows):>16} | {sum(r['anomalies'] for r in rows):>9} |")
+    terminalreporter.write_sep("=", "reliability report")
+    for line in table:
+        terminalreporter.write_line(line)
+    out = REPO_ROOT / "test-artifacts" / "reliability-report.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(table) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import sqlalchemy as sa
@@ -58,7 +59,13 @@ def tentman_engine() -> Engine:
 
 
 def airflow_tentman_engine() -> Engine:
-    """Engine for the `tentman_db` Airflow connection, as DAG tasks reach it (PostgresHook)."""
+    """Engine for the `tentman_db` Airflow connection, as DAG tasks reach it (PostgresHook).
+
+    Its sessions are named after the task process (`application_name`), so whoever looks at
+    pg_stat_activity can tell which worker process holds a lock or runs a long statement.
+    """
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    return PostgresHook(postgres_conn_id=TENTMAN_CONN_ID).get_sqlalchemy_engine()
+    return PostgresHook(postgres_conn_id=TENTMAN_CONN_ID).get_sqlalchemy_engine(
+        engine_kwargs={"connect_args": {"application_name": f"tentman-billing pid={os.getpid()}"}}
+    )

@@ -181,11 +181,32 @@ def list_organizations(engine: Engine, run: BillingRun) -> list[dict]:
             ),
             {"ids": run.organization_ids},
         ).all()
+        if run.organization_ids is None:
+            _warn_about_orphan_leases(conn)
     organizations = [
         {"id": r.id, "name": r.name, "label": f"{r.name or 'organization'} (#{r.id})"} for r in rows
     ]
     log.info("%d organizations to bill: %s", len(organizations), ", ".join(o["label"] for o in organizations))
     return organizations
+
+
+def _warn_about_orphan_leases(conn) -> None:
+    """Active leases of no known organization are billed by nobody: say so in the run's log."""
+    orphans = conn.execute(
+        sa.text(
+            """
+            SELECT l.id FROM leases l
+            WHERE l.status = 'active'
+              AND NOT EXISTS (SELECT 1 FROM organizations o WHERE o.id = l.organization_id)
+            ORDER BY l.id
+            """
+        )
+    ).scalars().all()
+    if orphans:
+        shown = ", ".join(str(i) for i in orphans[:20]) + (", …" if len(orphans) > 20 else "")
+        log.warning(
+            "%d active leases belong to no known organization and are never billed: %s", len(orphans), shown
+        )
 
 
 def _generate(run: BillingRun):

@@ -47,6 +47,20 @@ def organization_task_policy() -> OrganizationTaskPolicy:
     )
 
 
+RENT_SCHEDULE = "0 2 26 * *"
+UTILITY_SCHEDULE = "0 3 * * 1"
+
+
+def rent_schedule() -> str:
+    """Cron of the monthly rent DAG (UTC); TENTMAN_RENT_SCHEDULE overrides it (tests, special cases)."""
+    return os.environ.get("TENTMAN_RENT_SCHEDULE") or RENT_SCHEDULE
+
+
+def utility_schedule() -> str:
+    """Cron of the utility DAG (UTC); TENTMAN_UTILITY_SCHEDULE overrides it."""
+    return os.environ.get("TENTMAN_UTILITY_SCHEDULE") or UTILITY_SCHEDULE
+
+
 def tentman_database_uri() -> str:
     """The TentMan database URI of the `tentman_db` Airflow connection, from the environment."""
     uri = os.environ.get(TENTMAN_CONN_ENV, "").strip()

@@ -91,7 +91,7 @@ def generate_utility_invoices(
     result.statements_billed = statements_billed
     result.invoices_created = counts.created
     result.invoices_updated = counts.success - counts.created
-    result.amount_billed = counts.amount_billed or 0
+    result.amount_billed = counts.amount_billed or Decimal("0.00")
     result.errors = [
         {"lease_id": row.lease_id, "error": row.error}
         for row in conn.execute(sa.text(_ERRORS))
