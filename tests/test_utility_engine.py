@@ -285,3 +285,12 @@ def test_unexpected_error_on_one_lease_is_isolated(engine):
         assert invoice_for(conn, bad, DEC.start, "utility") is None
         assert statement_line(conn, ok_of_bad) is None and statement_line(conn, rejected) is None
         assert conn.execute(sa.text("SELECT count(*) FROM invoices WHERE invoice_type = 'utility'")).scalar() == 7
+
+
+def test_organization_with_nothing_pending(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        add_lease(conn, org, date(2025, 1, 1))
+    result = bill(engine, org)
+    assert (result.status, result.total_leases, result.statements_billed, result.amount_billed) == (
+        "completed", 0, 0, Decimal("0.00"))

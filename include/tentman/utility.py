@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from datetime import date, timedelta
+from decimal import Decimal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
