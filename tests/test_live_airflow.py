@@ -8,109 +8,27 @@ its runs to its own organizations (`organization_ids`) so tests do not see each 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
-import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import create_database, drop_database
 from factories import add_charge, add_lease, add_organization, inject_invoice_fault
-
-from tentman.airflow_stack import AirflowStack, free_port, stack_environment, write_passwords
-from tentman.db import create_engine_from_uri
-from tentman.local import airflow_metadata_uri, with_database
-from tentman.migrate import upgrade
+from live import RENT, UTILITY, Api, live_stack, poll
 
 pytestmark = pytest.mark.live
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RENT = "tentman_monthly_rent_generation"
-UTILITY = "tentman_utility_billing"
 RETRY_DELAY_S = 3
-PASSWORDS = {"admin": uuid.uuid4().hex, "viewer": uuid.uuid4().hex}
-
-
-class Api:
-    """A small REST API v2 client, logged in as one user."""
-
-    def __init__(self, base_url: str, user: str | None):
-        headers = {}
-        if user:
-            token = httpx.post(f"{base_url}/auth/token", json={"username": user, "password": PASSWORDS[user]}, timeout=30)
-            token.raise_for_status()
-            headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-        self.client = httpx.Client(base_url=f"{base_url}/api/v2", headers=headers, timeout=60)
-
-    def trigger(self, dag_id: str, conf: dict) -> httpx.Response:
-        return self.client.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
-
-    def run(self, dag_id: str, run_id: str) -> dict:
-        response = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}")
-        response.raise_for_status()
-        return response.json()
-
-    def wait(self, dag_id: str, run_id: str, timeout: float = 300) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.run(dag_id, run_id)
-            if run["state"] in ("success", "failed"):
-                return run
-            time.sleep(1)
-        raise TimeoutError(f"{dag_id} run {run_id} still {run['state']} after {timeout}s")
-
-    def task_instances(self, dag_id: str, run_id: str) -> dict:
-        response = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
-        response.raise_for_status()
-        return {(ti["task_id"], ti["map_index"]): ti for ti in response.json()["task_instances"]}
-
-    def tries(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> list[dict]:
-        response = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries")
-        response.raise_for_status()
-        return sorted(response.json()["task_instances"], key=lambda t: t["try_number"])
 
 
 @pytest.fixture(scope="module")
 def live(pg_admin_uri, tmp_path_factory):
     """A running Airflow stack on fresh databases; stopped (every process) at the end."""
-    tentman_db = create_database(pg_admin_uri, "tentman_live")
-    metadata_db = create_database(pg_admin_uri, "airflow_live")
-    tentman_uri = with_database(pg_admin_uri, tentman_db)
-    engine = create_engine_from_uri(tentman_uri)
-    upgrade(engine)
-    home = tmp_path_factory.mktemp("airflow_live")
-    port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TENTMAN_"))}
-    base.update({
-        "AIRFLOW_CONN_TENTMAN_DB": tentman_uri,
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_metadata_uri(with_database(pg_admin_uri, metadata_db)),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex * 2,
-        "TENTMAN_ORG_TASK_RETRIES": "3",
-        "TENTMAN_ORG_TASK_RETRY_DELAY_SECONDS": str(RETRY_DELAY_S),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
-    env = stack_environment(base, home=home, port=port)
-    write_passwords(home / "passwords.json", PASSWORDS)
-    stack = AirflowStack(env=env, home=home, port=port)
-    try:
-        stack.migrate()
-        stack.start()
-        stack.wait_healthy(timeout=240)
-        for dag_id in (RENT, UTILITY):
-            stack.wait_for_dag(dag_id, timeout=240)
+    extra = {"TENTMAN_ORG_TASK_RETRIES": "3", "TENTMAN_ORG_TASK_RETRY_DELAY_SECONDS": str(RETRY_DELAY_S)}
+    with live_stack(pg_admin_uri, tmp_path_factory.mktemp("airflow_live"), extra_env=extra) as (stack, engine, _):
         yield stack, engine
-    finally:
-        stack.stop()
-        engine.dispose()
-        drop_database(pg_admin_uri, tentman_db)
-        drop_database(pg_admin_uri, metadata_db)
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +38,6 @@ def admin(live):
     for dag_id in (RENT, UTILITY):
         api.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
     return api
-
-
-def _poll(condition, timeout: float = 300, interval: float = 1) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(interval)
 
 
 def _orgs_with_leases(engine, prefix: str, rents: list[list[str]]) -> tuple[list[int], list[list[int]]]:
@@ -242,7 +152,7 @@ def test_clearing_one_organization_reruns_only_it_and_the_aggregation(live, admi
     assert cleared.status_code == 200, cleared.text
     assert sorted((t["task_id"], t["map_index"]) for t in cleared.json()["task_instances"]) == [
         ("bill_organization", 1), ("record_invoice_runs", -1)]
-    _poll(lambda: admin.task_instances(RENT, run_id)[("record_invoice_runs", -1)]["try_number"] == 2
+    poll(lambda: admin.task_instances(RENT, run_id)[("record_invoice_runs", -1)]["try_number"] == 2
           and admin.run(RENT, run_id)["state"] == "success")
     tis = admin.task_instances(RENT, run_id)
     assert {k: v["try_number"] for k, v in tis.items()} == {
@@ -314,7 +224,7 @@ def test_backfill_three_months_then_reprocess(live, admin):
     out = stack.airflow("backfill", "create", "--dag-id", RENT, "--from-date", "2026-06-01", "--to-date", "2026-08-31",
                         "--dag-run-conf", conf, "--reprocess-behavior", "completed", check=False)
     assert out.returncode == 0, out.stderr
-    _poll(lambda: len(admin.client.get("/backfills", params={"dag_id": RENT}).json()["backfills"]) == 2)
+    poll(lambda: len(admin.client.get("/backfills", params={"dag_id": RENT}).json()["backfills"]) == 2)
     runs = _wait_backfill(admin, RENT, 3)
     assert all(r["state"] == "success" for r in runs)
     assert counts() == (per_month, 0, run_rows, aug_total)

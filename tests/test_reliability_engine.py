@@ -131,7 +131,7 @@ def test_an_organization_is_billed_under_row_level_security_that_hides_the_other
             column = "id" if table == "organizations" else "organization_id"
             conn.exec_driver_sql(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
             conn.exec_driver_sql(f"CREATE POLICY only_{a} ON {table} TO {role} USING ({column} = {a}) WITH CHECK ({column} = {a})")
-        conn.exec_driver_sql(f"ALTER TABLE lease_recurring_charges ENABLE ROW LEVEL SECURITY")
+        conn.exec_driver_sql("ALTER TABLE lease_recurring_charges ENABLE ROW LEVEL SECURITY")
         conn.exec_driver_sql(f"CREATE POLICY only_{a} ON lease_recurring_charges TO {role} "
                              f"USING (lease_id IN (SELECT id FROM leases WHERE organization_id = {a}))")
         # invoice_lines has no organization column and is reached through invoices only; a policy

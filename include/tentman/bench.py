@@ -19,7 +19,6 @@ import resource
 import tempfile
 import time
 import uuid
-from datetime import date
 from pathlib import Path
 
 import sqlalchemy as sa
