@@ -170,7 +170,7 @@ def test_second_backfill_over_the_same_months_is_refused_then_reprocesses_cleanl
     stack, engine, api = faults
     orgs = orgs_with_leases(engine, "Backfills", [10])
     conf = f'{{"organization_ids": {orgs}}}'
-    window = ["--from-date", "2026-04-01", "--to-date", "2026-05-31", "--dag-run-conf", conf]
+    window = ["--from-date", "2026-09-01", "--to-date", "2026-10-31", "--dag-run-conf", conf]  # bills Oct and Nov
     first = stack.airflow("backfill", "create", "--dag-id", RENT, *window, check=False)
     assert first.returncode == 0, first.stderr
     second = stack.airflow("backfill", "create", "--dag-id", RENT, *window, "--reprocess-behavior", "completed",
@@ -186,7 +186,7 @@ def test_second_backfill_over_the_same_months_is_refused_then_reprocesses_cleanl
     assert again.returncode == 0, again.stderr
     poll(lambda: len(api.client.get("/backfills", params={"dag_id": RENT}).json()["backfills"]) == 2)
     poll(backfills_done, timeout=600, what="the reprocessing backfill")
-    assert drafts(engine, orgs, "2026-05") == 10 and drafts(engine, orgs, "2026-06") == 10
+    assert drafts(engine, orgs, "2026-10") == 10 and drafts(engine, orgs, "2026-11") == 10
     audited(engine, organization_ids=orgs)
 
 
