@@ -143,7 +143,8 @@ def test_charge_of_another_organizations_lease_stays_with_that_lease(engine, org
 
 
 @pytest.mark.parametrize("amount, message", [("-15.00", "recurring charge {c} amount -15.00 is negative"),
-                                             (None, "recurring charge {c} has no amount")])
+                                             (None, "recurring charge {c} has no amount")],
+                         ids=["negative charge", "charge without amount"])
 def test_bad_charge_fails_its_lease_only(engine, org_with_good_lease, audited, amount, message):
     org, good = org_with_good_lease
     with engine.begin() as conn:
