@@ -1,0 +1,290 @@
+"""The "Billing runs" FastAPI app, mounted by the Airflow plugin under /tentman.
+
+Every endpoint requires an authenticated Airflow user (bearer token or the UI's session cookie)
+with the right permission, checked by Airflow's own auth manager: reading runs needs read access
+to DAG runs; the preview needs the right to trigger the rent DAG. Read-only towards the TentMan
+DB: reads run in READ ONLY transactions with a statement timeout, the preview rolls back.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import date, datetime
+from pathlib import Path
+from typing import Literal
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import BaseModel, Field
+
+from tentman.periods import BillingPeriod
+from tentman.ui import queries
+
+RENT_DAG_ID = "tentman_monthly_rent_generation"
+MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+STATIC = Path(__file__).with_name("static")
+
+
+@functools.cache
+def _engine() -> sa.Engine:
+    from tentman.db import airflow_tentman_engine
+
+    return airflow_tentman_engine()
+
+
+def read_only():
+    """A connection in a READ ONLY transaction with a statement timeout."""
+    with _engine().connect() as conn:
+        conn.execute(sa.text("SET TRANSACTION READ ONLY"))
+        conn.execute(sa.text("SET LOCAL statement_timeout = '15s'"))
+        yield conn
+
+
+async def current_user(request: Request):
+    """The Airflow user of the request: bearer token first, else the UI's session cookie."""
+    from airflow.api_fastapi.core_api.security import resolve_user_from_token
+
+    authorization = request.headers.get("authorization", "")
+    token = authorization[7:] if authorization.lower().startswith("bearer ") else request.cookies.get("_token")
+    return await resolve_user_from_token(token)  # 401 without credentials, 403 for a bad token
+
+
+def requires_dag_run_access(method: str, dag_id: str | None = None):
+    """The user must be allowed `method` on DAG runs (of `dag_id`, or of every DAG) by the auth manager."""
+
+    def check(user=Depends(current_user)):
+        from airflow.api_fastapi.app import get_auth_manager
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+        if not get_auth_manager().is_authorized_dag(
+            method=method, access_entity=DagAccessEntity.RUN, details=DagDetails(id=dag_id), user=user
+        ):
+            raise HTTPException(403, "Forbidden: your Airflow role does not allow this")
+        return user
+
+    return Depends(check)
+
+
+class LeaseError(BaseModel):
+    lease_id: int | None = Field(description="The lease, or null for an organization-level error")
+    error: str
+
+
+class Run(BaseModel):
+    """One organization's part of one DAG run (a row of `invoice_runs`)."""
+
+    id: int
+    dag_id: str
+    dag_run_id: str
+    organization_id: int
+    organization_name: str | None
+    run_type: Literal["monthly_rent", "utility"]
+    billing_period_start: date
+    billing_period_end: date
+    proration_method: str | None
+    status: Literal["running", "completed", "completed_with_errors", "failed"]
+    total_leases: int
+    success_count: int
+    skipped_count: int
+    failure_count: int
+    errors: list[LeaseError]
+    started_at: datetime
+    completed_at: datetime | None
+    duration_seconds: float | None
+    amount_billed: str = Field(description="Total of the organization's invoices of this type and period (void excluded)")
+    invoices: int
+    task_url: str = Field(description="The organization's task instance (and its log) in the Airflow UI")
+
+
+class RunPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[Run]
+
+
+class Organization(BaseModel):
+    id: int
+    name: str | None
+    is_active: bool | None
+
+
+class MonthInvoices(BaseModel):
+    billing_period_start: date
+    invoice_type: str
+    invoices: int
+    amount: str
+
+
+class MonthFailures(BaseModel):
+    billing_period_start: date
+    run_type: str
+    runs: int
+    failed_runs: int
+    failure_rate: float
+    leases: int
+    failed_leases: int
+
+
+class Duration(BaseModel):
+    organization_id: int
+    organization_name: str | None
+    billing_period_start: date
+    run_type: str
+    seconds: float
+
+
+class Trends(BaseModel):
+    since: date
+    invoices_per_month: list[MonthInvoices]
+    failures_per_month: list[MonthFailures]
+    durations: list[Duration]
+
+
+class PreviewRequest(BaseModel):
+    organization_ids: list[int] = Field(min_length=1, max_length=20)
+    billing_month: str = Field(pattern=MONTH_PATTERN, examples=["2027-01"])
+    proration_method: Literal["ActualDaysInMonth", "ThirtyDayMonth", "Annual365", "NoProration"] = "ActualDaysInMonth"
+    limit: int = Field(100, ge=1, le=500)
+    offset: int = Field(0, ge=0)
+
+
+def _task_urls(rows) -> dict[int, str]:
+    """Link each row to its organization's mapped task instance (found by its label)."""
+    urls = {}
+    pairs = {(r.dag_id, r.dag_run_id) for r in rows}
+    labels = {}
+    if pairs:
+        try:
+            from airflow.models.taskinstance import TaskInstance
+            from airflow.utils.session import create_session
+
+            with create_session() as session:
+                for ti in session.query(TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.map_index,
+                                        TaskInstance.rendered_map_index).filter(
+                        TaskInstance.task_id == "bill_organization",
+                        sa.tuple_(TaskInstance.dag_id, TaskInstance.run_id).in_(list(pairs))):
+                    labels[(ti.dag_id, ti.run_id, ti.rendered_map_index)] = ti.map_index
+        except Exception:  # the link is a convenience; the page works without it
+            labels = {}
+    for r in rows:
+        base = f"/dags/{r.dag_id}/runs/{r.dag_run_id}/tasks/bill_organization"
+        map_index = labels.get((r.dag_id, r.dag_run_id, f"{r.organization_name or 'organization'} (#{r.organization_id})"))
+        urls[r.id] = f"{base}/mapped/{map_index}" if map_index is not None else base
+    return urls
+
+
+def _run(row, url: str) -> Run:
+    data = dict(row._mapping)
+    data["amount_billed"] = str(row.amount_billed)
+    data["duration_seconds"] = float(row.duration_seconds) if row.duration_seconds is not None else None
+    return Run(**data, task_url=url)
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="TentMan billing runs",
+        version="1.0",
+        description="Results, errors and trends of the TentMan billing DAGs, and a preview of a rent run.",
+        # Served below behind the same login as everything else.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    read_runs = requires_dag_run_access("GET")
+    trigger_rent = requires_dag_run_access("POST", RENT_DAG_ID)
+
+    @app.get("/api/runs", response_model=RunPage, dependencies=[read_runs], summary="Invoice runs, newest first")
+    def list_runs(
+        organization_id: int | None = None,
+        billing_month: str | None = Query(None, pattern=MONTH_PATTERN),
+        status: Literal["running", "completed", "completed_with_errors", "failed"] | None = None,
+        run_type: Literal["monthly_rent", "utility"] | None = None,
+        limit: int = Query(50, ge=1, le=200),
+        offset: int = Query(0, ge=0),
+        conn=Depends(read_only),
+    ) -> RunPage:
+        period = BillingPeriod.parse(billing_month).start if billing_month else None
+        total, rows = queries.list_runs(conn, organization_id=organization_id, period_start=period, status=status,
+                                        run_type=run_type, limit=limit, offset=offset)
+        urls = _task_urls(rows)
+        return RunPage(total=total, limit=limit, offset=offset, items=[_run(r, urls[r.id]) for r in rows])
+
+    @app.get("/api/runs/{run_id}", response_model=Run, dependencies=[read_runs], summary="One invoice run")
+    def get_run(run_id: int, conn=Depends(read_only)) -> Run:
+        row = queries.get_run(conn, run_id)
+        if row is None:
+            raise HTTPException(404, f"invoice run {run_id} does not exist")
+        return _run(row, _task_urls([row])[row.id])
+
+    @app.get("/api/organizations", response_model=list[Organization], dependencies=[read_runs])
+    def list_organizations(conn=Depends(read_only)) -> list[Organization]:
+        return [Organization(**dict(r._mapping)) for r in queries.organizations(conn)]
+
+    @app.get("/api/trends", response_model=Trends, dependencies=[read_runs], summary="Trends over the last months")
+    def trends(months: int = Query(12, ge=1, le=60), conn=Depends(read_only)) -> Trends:
+        today = date.today()
+        index = today.year * 12 + today.month - 1 - (months - 1)
+        since = date(index // 12, index % 12 + 1, 1)
+        return Trends(
+            since=since,
+            invoices_per_month=[
+                MonthInvoices(billing_period_start=r.billing_period_start, invoice_type=r.invoice_type,
+                              invoices=r.invoices, amount=str(r.amount))
+                for r in queries.invoices_per_month(conn, since)
+            ],
+            failures_per_month=[
+                MonthFailures(**dict(r._mapping), failure_rate=(r.failed_runs / r.runs) if r.runs else 0.0)
+                for r in queries.failure_rate_per_month(conn, since)
+            ],
+            durations=[Duration(**{**dict(r._mapping), "seconds": float(r.seconds)})
+                       for r in queries.durations(conn, since)],
+        )
+
+    @app.post("/api/preview", dependencies=[trigger_rent], summary="What a rent run would write, written nowhere")
+    def preview(body: PreviewRequest) -> dict:
+        from tentman.preview import preview_rent
+        from tentman.proration import ProrationMethod
+
+        period = BillingPeriod.parse(body.billing_month)
+        with _engine().connect() as conn:
+            known = set(conn.execute(sa.text("SELECT id FROM organizations WHERE id = ANY(:ids)"),
+                                     {"ids": body.organization_ids}).scalars())
+        unknown = sorted(set(body.organization_ids) - known)
+        if unknown:
+            raise HTTPException(422, f"organizations {unknown} do not exist")
+        return {
+            "organizations": [
+                preview_rent(_engine(), organization_id=org, period=period,
+                             proration_method=ProrationMethod.parse(body.proration_method),
+                             limit=body.limit, offset=body.offset)
+                for org in body.organization_ids
+            ]
+        }
+
+    @app.get("/ui/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(request: Request):
+        """The page (no data in it): a visitor without a session is sent to Airflow's login."""
+        from airflow.api_fastapi.app import get_auth_manager
+
+        if not request.cookies.get("_token") and not request.headers.get("authorization"):
+            return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)))
+        await current_user(request)  # an invalid or expired session is refused like the API
+        return HTMLResponse((STATIC / "index.html").read_text())
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[read_runs])
+    def openapi() -> dict:
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False, dependencies=[read_runs])
+    def docs() -> HTMLResponse:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/tentman/openapi.json", title="TentMan billing runs API")
+
+    @app.get("/ui/whoami", include_in_schema=False)
+    def whoami(current=Depends(current_user)) -> dict:
+        return {"user": current.get_name()}
+
+    return app

@@ -1,0 +1,134 @@
+"""Read-only queries behind the "Billing runs" page: bounded, paginated, one statement each."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+RUN_COLUMNS = """
+    r.id, r.dag_id, r.dag_run_id, r.organization_id, o.name AS organization_name, r.run_type,
+    r.billing_period_start, r.billing_period_end, r.proration_method, r.status, r.total_leases,
+    r.success_count, r.skipped_count, r.failure_count, r.errors, r.started_at, r.completed_at,
+    extract(epoch FROM r.completed_at - r.started_at) AS duration_seconds
+"""
+
+# The amount and number of invoices of the organization, type and period (void ones left out).
+AMOUNT = """
+    (SELECT coalesce(sum(i.total), 0) FROM invoices i
+      WHERE i.organization_id = r.organization_id
+        AND i.invoice_type = CASE r.run_type WHEN 'monthly_rent' THEN 'rent' ELSE 'utility' END
+        AND i.billing_period_start = r.billing_period_start AND i.status <> 'void') AS amount_billed,
+    (SELECT count(*) FROM invoices i
+      WHERE i.organization_id = r.organization_id
+        AND i.invoice_type = CASE r.run_type WHEN 'monthly_rent' THEN 'rent' ELSE 'utility' END
+        AND i.billing_period_start = r.billing_period_start AND i.status <> 'void') AS invoices
+"""
+
+
+def list_runs(
+    conn: Connection,
+    *,
+    organization_id: int | None,
+    period_start: date | None,
+    status: str | None,
+    run_type: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[int, list[sa.Row]]:
+    where = """
+        WHERE (CAST(:org AS bigint) IS NULL OR r.organization_id = :org)
+          AND (CAST(:p0 AS date) IS NULL OR r.billing_period_start = :p0)
+          AND (CAST(:status AS text) IS NULL OR r.status = :status)
+          AND (CAST(:run_type AS text) IS NULL OR r.run_type = :run_type)
+    """
+    params = {"org": organization_id, "p0": period_start, "status": status, "run_type": run_type}
+    total = conn.execute(sa.text(f"SELECT count(*) FROM invoice_runs r {where}"), params).scalar_one()
+    rows = conn.execute(
+        sa.text(
+            f"""
+            SELECT {RUN_COLUMNS}, {AMOUNT}
+            FROM (SELECT * FROM invoice_runs r {where}
+                  ORDER BY r.started_at DESC, r.id DESC LIMIT :limit OFFSET :offset) r
+            JOIN organizations o ON o.id = r.organization_id
+            ORDER BY r.started_at DESC, r.id DESC
+            """
+        ),
+        {**params, "limit": limit, "offset": offset},
+    ).all()
+    return total, rows
+
+
+def get_run(conn: Connection, run_id: int) -> sa.Row | None:
+    return conn.execute(
+        sa.text(
+            f"""
+            SELECT {RUN_COLUMNS}, {AMOUNT}
+            FROM invoice_runs r JOIN organizations o ON o.id = r.organization_id
+            WHERE r.id = :id
+            """
+        ),
+        {"id": run_id},
+    ).one_or_none()
+
+
+def organizations(conn: Connection, limit: int = 5000) -> list[sa.Row]:
+    return conn.execute(
+        sa.text("SELECT id, name, is_active FROM organizations ORDER BY name, id LIMIT :limit"), {"limit": limit}
+    ).all()
+
+
+def invoices_per_month(conn: Connection, since: date) -> list[sa.Row]:
+    return conn.execute(
+        sa.text(
+            """
+            SELECT billing_period_start, invoice_type, count(*) AS invoices, sum(total) AS amount
+            FROM invoices
+            WHERE billing_period_start >= :since AND status <> 'void'
+            GROUP BY 1, 2 ORDER BY 1, 2
+            """
+        ),
+        {"since": since},
+    ).all()
+
+
+def failure_rate_per_month(conn: Connection, since: date) -> list[sa.Row]:
+    return conn.execute(
+        sa.text(
+            """
+            SELECT billing_period_start, run_type,
+                   count(*) AS runs,
+                   count(*) FILTER (WHERE status = 'failed') AS failed_runs,
+                   coalesce(sum(total_leases), 0) AS leases,
+                   coalesce(sum(failure_count), 0) AS failed_leases
+            FROM invoice_runs
+            WHERE billing_period_start >= :since
+            GROUP BY 1, 2 ORDER BY 1, 2
+            """
+        ),
+        {"since": since},
+    ).all()
+
+
+def durations(conn: Connection, since: date, organizations_limit: int = 10) -> list[sa.Row]:
+    """Longest run per organization and period, for the organizations with the longest runs."""
+    return conn.execute(
+        sa.text(
+            """
+            WITH d AS (
+                SELECT organization_id, billing_period_start, run_type,
+                       max(extract(epoch FROM completed_at - started_at)) AS seconds
+                FROM invoice_runs
+                WHERE billing_period_start >= :since AND completed_at IS NOT NULL
+                GROUP BY 1, 2, 3
+            ), top AS (
+                SELECT organization_id FROM d GROUP BY 1 ORDER BY max(seconds) DESC LIMIT :n
+            )
+            SELECT d.organization_id, o.name AS organization_name, d.billing_period_start, d.run_type, d.seconds
+            FROM d JOIN top USING (organization_id) JOIN organizations o ON o.id = d.organization_id
+            ORDER BY d.organization_id, d.billing_period_start, d.run_type
+            """
+        ),
+        {"since": since, "n": organizations_limit},
+    ).all()
