@@ -27,12 +27,17 @@ up: $(STAMP)
 down: $(STAMP)
 	$(BIN)/tentman dev down
 
-## Debian's docker-compose validates docker-compose.yaml offline (no Docker engine needed).
+## Debian packages the tests use: docker-compose validates docker-compose.yaml offline (no Docker
+## engine needed); Chromium is the browser of the UI test (driven by Playwright).
+DEBIAN_TOOLS := docker-compose chromium
 tools:
-	@command -v docker-compose >/dev/null || { \
-	  apt-get install -y -q --no-install-recommends docker-compose >/dev/null 2>&1 || \
-	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends docker-compose >/dev/null; }; } \
-	  || { echo "make test needs docker-compose: apt-get install --no-install-recommends docker-compose"; exit 1; }
+	@missing=""; for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; } || \
+	  { echo "make test needs:$$missing (apt-get install --no-install-recommends$$missing)"; exit 1; }; \
+	fi
 
 ## The whole test suite (embedded PostgreSQL, or TENTMAN_TEST_DATABASE_URL when set).
 test: $(STAMP) tools

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from factories import add_charge, add_lease, add_organization
-from live import RENT, Api, live_stack
+from live import REPO_ROOT, RENT, Api, live_stack
 
 pytestmark = pytest.mark.live
 
@@ -53,7 +53,7 @@ def test_runs_with_their_counts_errors_amounts_and_links(ui):
     assert (good["status"], good["total_leases"], good["success_count"], good["invoices"]) == ("completed", 2, 2, 2)
     # 1500 + 60 + Nov 10..30 = 21 days: 3000 * 21 / 30 = 2100.00
     assert good["amount_billed"] == "3660.00"
-    assert good["duration_seconds"] is not None and good["duration_seconds"] >= 0
+    assert good["duration_seconds"] is not None and good["duration_seconds"] > 0
     assert good["task_url"].startswith(f"/dags/{RENT}/runs/{ui['run_id']}/tasks/bill_organization/mapped/")
     assert bad["status"] == "completed_with_errors"
     assert bad["errors"] == [{"lease_id": ui["broken"], "error": "monthly_rent -10.00 is negative"}]
@@ -136,3 +136,38 @@ def test_the_page_is_served_to_a_logged_in_user(ui):
     assert page.status_code == 200 and "<h1>Billing runs</h1>" in page.text
     runs = httpx.get(f"{stack.base_url}/tentman/api/runs", cookies=cookies, timeout=30)  # the page's own calls
     assert runs.status_code == 200 and runs.json()["total"] >= 2
+
+
+def test_browser_logs_in_and_sees_the_runs(ui, tmp_path):
+    """Headless Chromium (Debian's package) driven by Playwright, as a property manager would."""
+    from live import PASSWORDS
+    from playwright.sync_api import sync_playwright
+
+    artifacts = REPO_ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    base = ui["stack"].base_url
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{base}/tentman/ui/")
+            page.wait_for_url("**/auth/login**")  # not logged in yet: Airflow's login page
+            page.fill("input[name=username]", "admin")
+            page.fill("input[name=password]", PASSWORDS["admin"])
+            page.click("button[type=submit]")
+            page.wait_for_url("**/tentman/ui/**", timeout=60_000)
+            page.wait_for_selector("#runs-table >> text=Shaky Estates", timeout=60_000)
+            runs = page.inner_text("#runs-table tbody")
+            assert "Harbor View" in runs and "completed_with_errors" in runs
+            assert f"lease {ui['broken']}: monthly_rent -10.00 is negative" in runs
+            page.wait_for_selector("#chart-amount rect", timeout=30_000)  # the charts are drawn
+            page.screenshot(path=str(artifacts / "billing-runs.png"), full_page=True)
+            page.goto(f"{base}/plugin/billing-runs")  # the same page inside the Airflow UI's navigation
+            page.frame_locator("iframe").locator("#runs-table >> text=Shaky Estates").first.wait_for(timeout=60_000)
+            page.screenshot(path=str(artifacts / "billing-runs-in-airflow.png"))
+        finally:
+            browser.close()
+    assert (artifacts / "billing-runs.png").stat().st_size > 10_000

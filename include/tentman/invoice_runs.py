@@ -62,10 +62,11 @@ def complete_invoice_run(conn: Connection, invoice_run_id: int, result: Organiza
     conn.execute(
         sa.text(
             """
+            -- clock_timestamp(): now() would be the start of the billing transaction itself.
             UPDATE invoice_runs
             SET status = :status, total_leases = :total, success_count = :success,
                 skipped_count = :skipped, failure_count = :failure,
-                errors = CAST(:errors AS jsonb), completed_at = now()
+                errors = CAST(:errors AS jsonb), completed_at = clock_timestamp()
             WHERE id = :id
             """
         ),
