@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast reliability-report tools bench lock db-stop env clean up down
+.PHONY: demo test test-fast reliability-report tools bench bench-ui lock db-stop env clean up down
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ reliability-report: $(STAMP) tools
 ## Benchmark of the billing engine (not a test).
 bench: $(STAMP)
 	$(BIN)/python -m tentman.bench $(BENCH_ARGS)
+
+## The "Billing runs" page's queries on a million invoices (not a test).
+bench-ui: $(STAMP)
+	$(BIN)/python -m tentman.bench_ui $(BENCH_ARGS)
 
 ## Re-pin requirements.lock from a fresh resolve of requirements.txt.
 lock:
