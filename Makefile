@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast reliability-report tools bench bench-ui lock db-stop env clean up down
+.PHONY: demo test test-fast reliability-report tools bench bench-ui bench-scale lock db-stop env clean up down
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench: $(STAMP)
 ## The "Billing runs" page's queries on a million invoices (not a test).
 bench-ui: $(STAMP)
 	$(BIN)/python -m tentman.bench_ui $(BENCH_ARGS)
+
+## The whole pipeline at scale on live Airflow: 2,000 organizations, 1,000,000 leases (not a test).
+bench-scale: $(STAMP)
+	$(BIN)/python -m tentman.bench_scale $(BENCH_ARGS)
 
 ## Re-pin requirements.lock from a fresh resolve of requirements.txt.
 lock:

@@ -49,9 +49,14 @@ def faults(pg_admin_uri, tentman_server, tmp_path_factory):
         yield stack, engine, api
 
 
-def make_slow(engine, organization_id: int, seconds: int) -> None:
-    """The first invoice row written for the organization sleeps inside PostgreSQL (test-only)."""
+def make_slow(engine, organization_id: int, seconds: int, month: str) -> None:
+    """The first invoice row written for the organization and month sleeps inside PostgreSQL (test-only).
+
+    Scoped to the month: the stack's own scheduled runs (unpausing a DAG runs its latest tick)
+    may bill the same organization for another month meanwhile.
+    """
     org = int(organization_id)
+    period_start = f"{month}-01"
     with engine.begin() as conn:
         conn.exec_driver_sql(f"""
             CREATE SEQUENCE test_slow_{org};
@@ -61,7 +66,9 @@ def make_slow(engine, organization_id: int, seconds: int) -> None:
                 RETURN NEW;
             END $$;
             CREATE TRIGGER test_slow_{org} BEFORE INSERT ON invoices FOR EACH ROW
-            WHEN (NEW.organization_id = {org}) EXECUTE FUNCTION test_slow_{org}();""")
+            WHEN (NEW.organization_id = {org} AND NEW.invoice_type = 'rent'
+                  AND NEW.billing_period_start = DATE '{period_start}')
+            EXECUTE FUNCTION test_slow_{org}();""")
 
 
 def sleeping_writer_pid(engine, timeout: float = 120) -> int:
@@ -102,7 +109,7 @@ def drafts(engine, orgs, month: str) -> int:
 def test_worker_killed_mid_write_is_retried_and_leaves_no_partial_invoice(faults, audited):
     stack, engine, api = faults
     orgs = orgs_with_leases(engine, "Killed", [30, 10])
-    make_slow(engine, orgs[0], 15)
+    make_slow(engine, orgs[0], 15, "2026-10")
     run_id = api.trigger(RENT, {"billing_month": "2026-10", "organization_ids": orgs}).json()["dag_run_id"]
     pid = sleeping_writer_pid(engine)
     os.kill(pid, signal.SIGKILL)  # the organization task's process, in the middle of its transaction
@@ -117,7 +124,7 @@ def test_worker_killed_mid_write_is_retried_and_leaves_no_partial_invoice(faults
 def test_database_restart_mid_run_is_retried_and_completes(faults, tentman_server, audited):
     stack, engine, api = faults
     orgs = orgs_with_leases(engine, "Restart", [20, 20, 20])
-    make_slow(engine, orgs[1], 10)
+    make_slow(engine, orgs[1], 10, "2026-11")
     run_id = api.trigger(RENT, {"billing_month": "2026-11", "organization_ids": orgs}).json()["dag_run_id"]
     sleeping_writer_pid(engine)
     from pgserver._commands import pg_ctl
@@ -134,14 +141,14 @@ def test_database_restart_mid_run_is_retried_and_completes(faults, tentman_serve
 def test_scheduler_stopped_mid_run_and_restarted_completes_the_run(faults, audited):
     stack, engine, api = faults
     orgs = orgs_with_leases(engine, "Scheduler", [15, 15])
-    make_slow(engine, orgs[0], 8)
-    run_id = api.trigger(RENT, {"billing_month": "2026-12", "organization_ids": orgs}).json()["dag_run_id"]
+    make_slow(engine, orgs[0], 8, "2027-01")
+    run_id = api.trigger(RENT, {"billing_month": "2027-01", "organization_ids": orgs}).json()["dag_run_id"]
     sleeping_writer_pid(engine)
     stack.stop(("scheduler",))  # with LocalExecutor this takes the running task processes down too
     time.sleep(5)  # the scheduler stays down a moment: nothing progresses meanwhile
     stack.start(("scheduler",))
     assert api.wait(RENT, run_id, timeout=600)["state"] == "success"
-    assert drafts(engine, orgs, "2026-12") == 30
+    assert drafts(engine, orgs, "2027-01") == 30
     audited(engine, organization_ids=orgs)
 
 

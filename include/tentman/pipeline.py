@@ -8,6 +8,7 @@ plain JSON-able dicts because Airflow carries them as XComs.
 from __future__ import annotations
 
 import logging
+import resource
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -277,7 +278,9 @@ def bill_organization(
             log.warning("Could not record the error on invoice run %s", invoice_run_id, exc_info=True)
         raise
     _log_result(organization, result, dry_run=False)
-    return {**result.to_dict(), "invoice_run_id": invoice_run_id}
+    # Peak memory of this task process: it must not grow with the organization's size.
+    peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return {**result.to_dict(), "invoice_run_id": invoice_run_id, "peak_rss_mb": peak_rss_mb}
 
 
 def _log_result(organization: dict, result: OrganizationBillingResult, *, dry_run: bool) -> None:

@@ -1,0 +1,242 @@
+"""`make bench-scale`: the whole pipeline at scale on live Airflow (not a test).
+
+Generates a skewed population — by default 2,000 organizations (a few with 50,000+ leases, most
+with tens to hundreds), 1,000,000 leases, recurring charges on a third, one in ten starting or
+ending mid-month, 200,000 pending utility statements — then, on a live Airflow (api-server,
+scheduler, dag-processor, triggerer; LocalExecutor; metadata on PostgreSQL), runs the rent DAG,
+the utility DAG and the rent DAG again (idempotent re-run) for one month, and reports wall time,
+engine time against Airflow overhead per mapped task, leases/s and statements/s, the raw COPY
+rate of the same output rows, peak memory of the scheduler and of the largest organization's
+task, and the database size. `--scale 0.1` runs a tenth of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from tentman.airflow_stack import AirflowStack, free_port, stack_environment, write_passwords
+from tentman.bench import copy_floor
+from tentman.db import create_engine_from_uri
+from tentman.local import REPO_ROOT, airflow_metadata_uri, ensure_database, server_uri, start_embedded_postgres, with_database
+from tentman.migrate import upgrade
+
+RENT = "tentman_monthly_rent_generation"
+UTILITY = "tentman_utility_billing"
+MONTH = "2026-03"
+
+
+def organization_sizes(organizations: int, leases: int, seed: int = 7) -> list[int]:
+    """A few very large organizations, most with tens to hundreds of leases; sums to `leases`."""
+    rng = random.Random(seed)
+    big = [int(leases * share) for share in (0.06, 0.055, 0.05)]  # 60k, 55k, 50k at 1M
+    mid = [int(leases * 0.004)] * min(20, max(0, organizations // 100))
+    rest = organizations - len(big) - len(mid)
+    remaining = leases - sum(big) - sum(mid)
+    weights = [rng.lognormvariate(0, 1.0) for _ in range(rest)]
+    scale = remaining / sum(weights)
+    small = [max(1, int(w * scale)) for w in weights]
+    small[0] += leases - sum(big) - sum(mid) - sum(small)
+    return big + mid + small
+
+
+def generate(conn, sizes: list[int], statements: int) -> None:
+    conn.execute(sa.text("INSERT INTO organizations (id, name) SELECT g, 'Organization ' || g FROM generate_series(1, :n) g"),
+                 {"n": len(sizes)})
+    conn.execute(sa.text("CREATE TEMP TABLE sizes (org int, n int)"))
+    conn.execute(sa.text("INSERT INTO sizes SELECT * FROM unnest(CAST(:o AS int[]), CAST(:n AS int[]))"),
+                 {"o": list(range(1, len(sizes) + 1)), "n": sizes})
+    conn.execute(sa.text(
+        """
+        INSERT INTO leases (organization_id, unit_label, tenant_name, start_date, end_date, monthly_rent, status)
+        SELECT s.org, 'U' || g, 'Tenant ' || g,
+               CASE WHEN g % 20 = 0 THEN DATE '2026-03-01' + (g % 27) ELSE DATE '2025-01-01' END,
+               CASE WHEN g % 20 = 10 THEN DATE '2026-03-02' + (g % 27) END,
+               700 + (g % 2500) + (g % 100) / 100.0, 'active'
+        FROM sizes s, generate_series(1, s.n) g
+        """))
+    conn.execute(sa.text(
+        """INSERT INTO lease_recurring_charges (lease_id, charge_type, description, amount, start_date)
+           SELECT id, 'parking', 'Parking space', 45.50, DATE '2025-01-01' FROM leases WHERE id % 3 = 0"""))
+    conn.execute(sa.text(
+        """INSERT INTO utility_statements (organization_id, lease_id, utility_type, period_start, period_end, amount, status)
+           SELECT organization_id, id, 'water', DATE '2026-02-01', DATE '2026-02-28', 10 + (id % 9000) / 100.0, 'finalized'
+           FROM leases WHERE id % :every = 0"""), {"every": max(1, sum(sizes) // statements)})
+
+
+class MemorySampler(threading.Thread):
+    """Peak RSS of a process and its children (the scheduler: executor workers, task processes)."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak_mb, self.stop = pid, 0.0, threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.is_set():
+            try:
+                proc = psutil.Process(self.pid)
+                self.peak_mb = max(self.peak_mb, proc.memory_info().rss / 2**20)
+            except psutil.Error:
+                pass
+            time.sleep(0.5)
+
+
+def run_dag(api, dag_id: str, conf: dict, timeout: float) -> dict:
+    response = api.client.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+    response.raise_for_status()
+    run_id = response.json()["dag_run_id"]
+    run = api.wait(dag_id, run_id, timeout=timeout)
+    tis, offset = [], 0
+    while True:
+        page = api.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
+                              params={"limit": 100, "offset": offset}).json()["task_instances"]
+        tis += page
+        offset += 100
+        if len(page) < 100:
+            break
+    return {"run": run, "task_instances": tis}
+
+
+def _seconds(a: str | None, b: str | None) -> float:
+    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds() if a and b else 0.0
+
+
+def summarize(name: str, engine, outcome: dict, rows_label: str, rows: int, concurrency: int) -> dict:
+    run = outcome["run"]
+    wall = _seconds(run["start_date"], run["end_date"])
+    mapped = [t for t in outcome["task_instances"] if t["task_id"] == "bill_organization"]
+    with engine.connect() as conn:
+        engine_s = conn.execute(sa.text(
+            "SELECT coalesce(sum(extract(epoch FROM completed_at - started_at)), 0) FROM invoice_runs WHERE dag_run_id = :r"),
+            {"r": run["dag_run_id"]}).scalar()
+    task_s = [_seconds(t["start_date"], t["end_date"]) for t in mapped]
+    overhead = max(0.0, wall - float(engine_s) / concurrency) / max(1, len(mapped))
+    return {
+        f"{name}_state": run["state"],
+        f"{name}_wall_s": round(wall, 1),
+        f"{name}_mapped_tasks": len(mapped),
+        f"{name}_engine_s": round(float(engine_s), 1),
+        f"{name}_task_median_s": round(statistics.median(task_s), 2) if task_s else None,
+        f"{name}_overhead_per_task_s": round(overhead, 3),
+        f"{name}_{rows_label}_per_s": round(rows / wall) if wall else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the default population")
+    parser.add_argument("--concurrency", type=int, default=16, help="organizations billed at once (and parallelism)")
+    parser.add_argument("--timeout", type=float, default=3600)
+    args = parser.parse_args(argv)
+    organizations, leases, statements = int(2000 * args.scale), int(1_000_000 * args.scale), int(200_000 * args.scale)
+
+    with tempfile.TemporaryDirectory(prefix="tentman-bench-scale-") as tmp:
+        server = start_embedded_postgres(Path(tmp) / "pgdata", cleanup_mode="stop")
+        try:
+            admin = server_uri(server)
+            tentman_db, airflow_db = f"tentman_{uuid.uuid4().hex[:6]}", f"airflow_{uuid.uuid4().hex[:6]}"
+            ensure_database(admin, tentman_db)
+            ensure_database(admin, airflow_db)
+            tentman_uri = with_database(admin, tentman_db)
+            engine = create_engine_from_uri(tentman_uri)
+            upgrade(engine)
+            sizes = organization_sizes(organizations, leases)
+            started = time.perf_counter()
+            with engine.begin() as conn:
+                generate(conn, sizes, statements)
+            with create_engine_from_uri(tentman_uri, isolation_level="AUTOCOMMIT").connect() as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE")
+            print(f"generated {len(sizes)} organizations (largest {max(sizes):,}, median {int(statistics.median(sizes))} "
+                  f"leases), {sum(sizes):,} leases, ~{statements:,} statements in {time.perf_counter() - started:.0f}s",
+                  flush=True)
+
+            home = Path(tmp) / "airflow"
+            home.mkdir()
+            port = free_port()
+            base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TENTMAN_"))}
+            base.update({
+                "AIRFLOW_CONN_TENTMAN_DB": tentman_uri,
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_metadata_uri(with_database(admin, airflow_db)),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+                "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex * 2,
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            })
+            env = stack_environment(base, home=home, port=port)
+            env.update({
+                "AIRFLOW__CORE__PARALLELISM": str(args.concurrency),
+                "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(args.concurrency),
+                "TENTMAN_MAX_ACTIVE_ORGANIZATIONS": str(args.concurrency),
+            })
+            passwords = write_passwords(home / "passwords.json")
+            stack = AirflowStack(env=env, home=home, port=port)
+            stack.migrate()
+            stack.start()
+            try:
+                stack.wait_healthy(timeout=300)
+                for dag_id in (RENT, UTILITY):
+                    stack.wait_for_dag(dag_id, timeout=300)
+                sys.path.insert(0, str(REPO_ROOT / "tests"))
+                from live import Api  # the REST client of the end-to-end tests
+
+                import live
+
+                live.PASSWORDS.update(passwords)
+                api = Api(stack.base_url, "admin")
+                for dag_id in (RENT, UTILITY):
+                    api.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+                sampler = MemorySampler(stack.processes["scheduler"].pid)
+                sampler.start()
+                figures = {"organizations": len(sizes), "leases": sum(sizes), "largest_organization_leases": max(sizes),
+                           "concurrency": args.concurrency}
+                conf = {"billing_month": MONTH}
+                rent = run_dag(api, RENT, conf, args.timeout)
+                figures.update(summarize("rent", engine, rent, "leases", sum(sizes), args.concurrency))
+                print(json.dumps(figures), flush=True)
+                biggest = max((t for t in rent["task_instances"] if t["task_id"] == "bill_organization"),
+                              key=lambda t: _seconds(t["start_date"], t["end_date"]))
+                xcom = api.client.get(
+                    f"/dags/{RENT}/dagRuns/{rent['run']['dag_run_id']}/taskInstances/bill_organization/xcomEntries/return_value",
+                    params={"map_index": biggest["map_index"], "deserialize": True}).json().get("value") or {}
+                figures["largest_task_peak_rss_mb"] = xcom.get("peak_rss_mb")
+                figures["largest_task_leases"] = xcom.get("total_leases")
+                utility = run_dag(api, UTILITY, conf, args.timeout)
+                with engine.connect() as conn:
+                    billed = conn.execute(sa.text("SELECT count(*) FROM utility_statements WHERE invoice_line_id IS NOT NULL")).scalar()
+                figures.update(summarize("utility", engine, utility, "statements", billed, args.concurrency))
+                rerun = run_dag(api, RENT, conf, args.timeout)
+                figures.update(summarize("rent_rerun", engine, rerun, "leases", sum(sizes), args.concurrency))
+                sampler.stop.set()
+                figures["scheduler_peak_rss_mb"] = round(sampler.peak_mb, 1)
+                with engine.connect() as conn:
+                    figures["database_size_mb"] = round(conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar() / 2**20)
+                floor_s = copy_floor(engine, ["invoices", "invoice_lines"], {
+                    "invoices": "invoice_type = 'rent'",
+                    "invoice_lines": "invoice_id IN (SELECT id FROM invoices WHERE invoice_type = 'rent')"})
+                figures["copy_floor_leases_per_s"] = round(sum(sizes) / floor_s)
+                figures["rent_engine_leases_per_s"] = round(sum(sizes) / figures["rent_engine_s"]) if figures["rent_engine_s"] else None
+            finally:
+                stack.stop()
+                engine.dispose()
+        finally:
+            server.cleanup()
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
