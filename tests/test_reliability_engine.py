@@ -5,6 +5,7 @@ Every scenario ends with the audit (tests/audit.py)."""
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -124,15 +125,25 @@ def test_every_written_row_belongs_to_the_billed_organization(engine, audited):
 def test_an_organization_is_billed_under_row_level_security_that_hides_the_others(engine, db_uri, audited):
     """The engine needs nothing outside its organization: run it as a role that sees only that one."""
     a, b = _two_orgs(engine)
-    role = f"tentman_only_{a}"
+    role = f"tentman_only_{a}_{uuid.uuid4().hex[:8]}"  # roles are server-wide: unique, and dropped after
+    try:
+        _bill_under_rls(engine, a, role)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP OWNED BY {role}")
+            conn.exec_driver_sql(f"DROP ROLE {role}")
+    audited(engine)
+
+
+def _bill_under_rls(engine, a: int, role: str) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(f"CREATE ROLE {role}")
         for table in ("organizations", "leases", "invoices", "invoice_runs", "utility_statements"):
             column = "id" if table == "organizations" else "organization_id"
             conn.exec_driver_sql(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-            conn.exec_driver_sql(f"CREATE POLICY only_{a} ON {table} TO {role} USING ({column} = {a}) WITH CHECK ({column} = {a})")
+            conn.exec_driver_sql(f"CREATE POLICY {role} ON {table} TO {role} USING ({column} = {a}) WITH CHECK ({column} = {a})")
         conn.exec_driver_sql("ALTER TABLE lease_recurring_charges ENABLE ROW LEVEL SECURITY")
-        conn.exec_driver_sql(f"CREATE POLICY only_{a} ON lease_recurring_charges TO {role} "
+        conn.exec_driver_sql(f"CREATE POLICY {role} ON lease_recurring_charges TO {role} "
                              f"USING (lease_id IN (SELECT id FROM leases WHERE organization_id = {a}))")
         # invoice_lines has no organization column and is reached through invoices only; a policy
         # on it could not see invoices written by the same statement. Its rows are checked by
@@ -144,7 +155,6 @@ def test_an_organization_is_billed_under_row_level_security_that_hides_the_other
         result = bill_rent(conn, a)
         utility = generate_utility_invoices(conn, organization_id=a, period=MARCH, invoice_run_id=None)
     assert (result.success_count, result.failure_count, utility.statements_billed) == (20, 0, 20)
-    audited(engine)
 
 
 HOSTILE = [
