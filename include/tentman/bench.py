@@ -12,6 +12,7 @@ dropped), else an embedded PostgreSQL in a temporary folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -32,6 +33,38 @@ from tentman.rent import generate_rent_invoices
 from tentman.utility import benchmark_utility
 
 PERIOD = BillingPeriod.for_month(2026, 3)
+
+
+@contextlib.contextmanager
+def bench_server():
+    """Admin URI of the benchmark's server: TENTMAN_BENCH_DATABASE_URL, else an embedded one."""
+    admin_uri = os.environ.get("TENTMAN_BENCH_DATABASE_URL")
+    if admin_uri:
+        yield admin_uri
+        return
+    with tempfile.TemporaryDirectory(prefix="tentman-bench-") as tmp:
+        server = start_embedded_postgres(Path(tmp) / "pgdata", cleanup_mode="stop")
+        try:
+            yield server_uri(server)
+        finally:
+            server.cleanup()
+
+
+@contextlib.contextmanager
+def scratch_database(admin_uri: str, prefix: str):
+    """An engine on a freshly migrated database, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    ensure_database(admin_uri, name)
+    engine = create_engine_from_uri(with_database(admin_uri, name))
+    try:
+        upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        admin = create_engine_from_uri(admin_uri, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 def peak_rss_mb() -> float:
@@ -111,11 +144,7 @@ def copy_floor(engine, tables: list[str], where: dict[str, str]) -> float:
 
 
 def run(n: int, admin_uri: str) -> dict:
-    name = f"tentman_bench_{uuid.uuid4().hex[:8]}"
-    ensure_database(admin_uri, name)
-    engine = create_engine_from_uri(with_database(admin_uri, name))
-    try:
-        upgrade(engine)
+    with scratch_database(admin_uri, "tentman_bench") as engine:
         with engine.begin() as conn:
             org = conn.execute(sa.text("INSERT INTO organizations (name) VALUES ('Bench') RETURNING id")).scalar_one()
             t0 = time.perf_counter()
@@ -157,28 +186,14 @@ def run(n: int, admin_uri: str) -> dict:
         }
         figures.update(benchmark_utility(engine, org, n, copy_floor))
         return figures
-    finally:
-        engine.dispose()
-        admin = create_engine_from_uri(admin_uri, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--leases", type=int, default=int(os.environ.get("BENCH_LEASES", 200_000)))
     args = parser.parse_args(argv)
-    admin_uri = os.environ.get("TENTMAN_BENCH_DATABASE_URL")
-    if admin_uri:
+    with bench_server() as admin_uri:
         figures = run(args.leases, admin_uri)
-    else:
-        with tempfile.TemporaryDirectory(prefix="tentman-bench-") as tmp:
-            server = start_embedded_postgres(Path(tmp) / "pgdata", cleanup_mode="stop")
-            try:
-                figures = run(args.leases, server_uri(server))
-            finally:
-                server.cleanup()
     print(json.dumps(figures))
     return 0
 

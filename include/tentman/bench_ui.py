@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 import time
-import uuid
 from datetime import date
-from pathlib import Path
 
 import sqlalchemy as sa
 
-from tentman.db import create_engine_from_uri
-from tentman.local import ensure_database, server_uri, start_embedded_postgres, with_database
-from tentman.migrate import upgrade
+from tentman.bench import bench_server, scratch_database
 from tentman.ui import queries
 
 
@@ -69,18 +63,12 @@ def timed(fn, repeat: int = 5) -> float:
 
 
 def run(admin_uri: str, invoices: int) -> dict:
-    name = f"tentman_bench_ui_{uuid.uuid4().hex[:8]}"
-    ensure_database(admin_uri, name)
-    engine = create_engine_from_uri(with_database(admin_uri, name))
-    try:
-        upgrade(engine)
+    with scratch_database(admin_uri, "tentman_bench_ui") as engine:
         started = time.perf_counter()
         with engine.begin() as conn:
             generate(conn, invoices, organizations=2000, months=24)
-        admin = create_engine_from_uri(with_database(admin_uri, name), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE")
-        admin.dispose()
         with engine.connect() as conn:
             count = conn.execute(sa.text("SELECT count(*) FROM invoices")).scalar()
             runs = conn.execute(sa.text("SELECT count(*) FROM invoice_runs")).scalar()
@@ -104,28 +92,14 @@ def run(admin_uri: str, invoices: int) -> dict:
                 "trends_durations_ms": timed(lambda: queries.durations(conn, since)),
             }
         return figures
-    finally:
-        engine.dispose()
-        admin = create_engine_from_uri(admin_uri, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--invoices", type=int, default=1_000_000)
     args = parser.parse_args(argv)
-    admin_uri = os.environ.get("TENTMAN_BENCH_DATABASE_URL")
-    if admin_uri:
+    with bench_server() as admin_uri:
         figures = run(admin_uri, args.invoices)
-    else:
-        with tempfile.TemporaryDirectory(prefix="tentman-bench-ui-") as tmp:
-            server = start_embedded_postgres(Path(tmp) / "pgdata", cleanup_mode="stop")
-            try:
-                figures = run(server_uri(server), args.invoices)
-            finally:
-                server.cleanup()
     print(json.dumps(figures))
     return 0
 
