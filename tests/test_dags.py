@@ -67,8 +67,11 @@ def test_rent_dag_definition(airflow_home, monkeypatch):
 def test_retry_and_concurrency_are_configurable(airflow_home, monkeypatch):
     monkeypatch.setenv("TENTMAN_ORG_TASK_RETRIES", "3")
     monkeypatch.setenv("TENTMAN_MAX_ACTIVE_ORGANIZATIONS", "16")
-    org_task = load_dag(RENT_DAG_ID).get_task("bill_organization")
+    monkeypatch.setenv("TENTMAN_RENT_SCHEDULE", "manual")
+    dag = load_dag(RENT_DAG_ID)
+    org_task = dag.get_task("bill_organization")
     assert (org_task.retries, org_task.max_active_tis_per_dagrun) == (3, 16)
+    assert type(dag.timetable).__name__ == "NullTimetable"  # "manual": no schedule
 
 
 def _states(dag_run) -> dict:

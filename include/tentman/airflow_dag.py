@@ -50,7 +50,9 @@ def _engine():
     return airflow_tentman_engine()
 
 
-def build_billing_dag(*, dag_id: str, run_type: str, schedule: str, params: dict, doc_md: str, tags: list[str]) -> DAG:
+def build_billing_dag(
+    *, dag_id: str, run_type: str, schedule: str | None, params: dict, doc_md: str, tags: list[str]
+) -> DAG:
     policy = organization_task_policy()
     with DAG(
         dag_id=dag_id,

@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                 "AIRFLOW__CORE__PARALLELISM": str(args.concurrency),
                 "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(args.concurrency),
                 "TENTMAN_MAX_ACTIVE_ORGANIZATIONS": str(args.concurrency),
+                # No schedule: unpausing would otherwise start each DAG's latest tick beside the measured runs.
+                "TENTMAN_RENT_SCHEDULE": "manual",
+                "TENTMAN_UTILITY_SCHEDULE": "manual",
             })
             passwords = write_passwords(home / "passwords.json")
             stack = AirflowStack(env=env, home=home, port=port)

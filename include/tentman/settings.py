@@ -51,14 +51,20 @@ RENT_SCHEDULE = "0 2 26 * *"
 UTILITY_SCHEDULE = "0 3 * * 1"
 
 
-def rent_schedule() -> str:
-    """Cron of the monthly rent DAG (UTC); TENTMAN_RENT_SCHEDULE overrides it (tests, special cases)."""
-    return os.environ.get("TENTMAN_RENT_SCHEDULE") or RENT_SCHEDULE
+def _schedule(name: str, default: str) -> str | None:
+    value = os.environ.get(name) or default
+    # "manual": no schedule at all (benchmarks and staging: unpausing then starts no catch-up run).
+    return None if value.strip().lower() == "manual" else value
 
 
-def utility_schedule() -> str:
+def rent_schedule() -> str | None:
+    """Cron of the monthly rent DAG (UTC); TENTMAN_RENT_SCHEDULE overrides it (tests, "manual")."""
+    return _schedule("TENTMAN_RENT_SCHEDULE", RENT_SCHEDULE)
+
+
+def utility_schedule() -> str | None:
     """Cron of the utility DAG (UTC); TENTMAN_UTILITY_SCHEDULE overrides it."""
-    return os.environ.get("TENTMAN_UTILITY_SCHEDULE") or UTILITY_SCHEDULE
+    return _schedule("TENTMAN_UTILITY_SCHEDULE", UTILITY_SCHEDULE)
 
 
 def tentman_database_uri() -> str:
