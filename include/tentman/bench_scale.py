@@ -210,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                 rent = run_dag(api, RENT, conf, args.timeout)
                 figures.update(summarize("rent", engine, rent, "leases", sum(sizes), args.concurrency))
                 print(json.dumps(figures), flush=True)
-                # Organizations are mapped in id order and organization 1 is the largest.
+                # Organizations are mapped in id order (ids 1..n): the largest is at the index of its size.
                 xcom = api.client.get(
                     f"/dags/{RENT}/dagRuns/{rent['run']['dag_run_id']}/taskInstances/bill_organization/xcomEntries/return_value",
-                    params={"map_index": 0, "deserialize": True}).json().get("value") or {}
+                    params={"map_index": sizes.index(max(sizes)), "deserialize": True}).json().get("value") or {}
                 figures["largest_task_peak_rss_mb"] = xcom.get("peak_rss_mb")
                 figures["largest_task_leases"] = xcom.get("total_leases")
                 utility = run_dag(api, UTILITY, conf, args.timeout)
