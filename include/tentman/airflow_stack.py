@@ -13,11 +13,14 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tentman.local import REPO_ROOT
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 USERS = {"admin": "admin", "viewer": "viewer"}  # user name -> role
@@ -38,6 +41,21 @@ def write_passwords(path: Path, passwords: dict[str, str] | None = None) -> dict
     path.write_text(json.dumps(passwords))
     path.chmod(0o600)
     return passwords
+
+
+def isolated_environment(*, tentman_uri: str, metadata_uri: str) -> dict[str, str]:
+    """Base environment of a throw-away stack: this process's environment without any Airflow or
+    TentMan settings, plus the given databases, this bundle, a fresh JWT secret and this venv."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TENTMAN_"))}
+    env.update({
+        "AIRFLOW_CONN_TENTMAN_DB": tentman_uri,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_uri,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    })
+    return env
 
 
 def stack_environment(base_env: dict[str, str], *, home: Path, port: int) -> dict[str, str]:
@@ -152,6 +170,56 @@ class AirflowStack:
             # Task processes started by the executor live in the same session: end them too.
             _signal_group(proc.pid, signal.SIGKILL)
             self.processes.pop(name, None)
+
+
+class AirflowApi:
+    """A small client of Airflow's REST API v2, logged in as one user (or anonymous)."""
+
+    def __init__(self, base_url: str, user: str | None = None, password: str | None = None):
+        import httpx
+
+        headers = {}
+        if user:
+            token = httpx.post(f"{base_url}/auth/token", json={"username": user, "password": password}, timeout=30)
+            token.raise_for_status()
+            headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        self.client = httpx.Client(base_url=f"{base_url}/api/v2", headers=headers, timeout=60)
+
+    def trigger(self, dag_id: str, conf: dict):
+        return self.client.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+
+    def run(self, dag_id: str, run_id: str) -> dict:
+        response = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}")
+        response.raise_for_status()
+        return response.json()
+
+    def wait(self, dag_id: str, run_id: str, timeout: float = 300) -> dict:
+        """Poll the run until it ends (success or failed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.run(dag_id, run_id)
+            if run["state"] in ("success", "failed"):
+                return run
+            time.sleep(1)
+        raise TimeoutError(f"{dag_id} run {run_id} still {run['state']} after {timeout}s")
+
+    def task_instances(self, dag_id: str, run_id: str) -> dict:
+        """All task instances of a run, keyed by (task_id, map_index), paging through the API."""
+        found, offset = {}, 0
+        while True:
+            response = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
+                                       params={"limit": 100, "offset": offset})
+            response.raise_for_status()
+            page = response.json()["task_instances"]
+            found.update({(ti["task_id"], ti["map_index"]): ti for ti in page})
+            offset += 100
+            if len(page) < 100:
+                return found
+
+    def tries(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> list[dict]:
+        response = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries")
+        response.raise_for_status()
+        return sorted(response.json()["task_instances"], key=lambda t: t["try_number"])
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -27,10 +25,17 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tentman.airflow_stack import AirflowStack, free_port, stack_environment, write_passwords
+from tentman.airflow_stack import (
+    AirflowApi,
+    AirflowStack,
+    free_port,
+    isolated_environment,
+    stack_environment,
+    write_passwords,
+)
 from tentman.bench import copy_floor
 from tentman.db import create_engine_from_uri
-from tentman.local import REPO_ROOT, airflow_metadata_uri, ensure_database, server_uri, start_embedded_postgres, with_database
+from tentman.local import airflow_metadata_uri, ensure_database, server_uri, start_embedded_postgres, with_database
 from tentman.migrate import upgrade
 
 RENT = "tentman_monthly_rent_generation"
@@ -96,19 +101,11 @@ class MemorySampler(threading.Thread):
 
 
 def run_dag(api, dag_id: str, conf: dict, timeout: float) -> dict:
-    response = api.client.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+    response = api.trigger(dag_id, conf)
     response.raise_for_status()
     run_id = response.json()["dag_run_id"]
     run = api.wait(dag_id, run_id, timeout=timeout)
-    tis, offset = [], 0
-    while True:
-        page = api.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
-                              params={"limit": 100, "offset": offset}).json()["task_instances"]
-        tis += page
-        offset += 100
-        if len(page) < 100:
-            break
-    return {"run": run, "task_instances": tis}
+    return {"run": run, "task_instances": list(api.task_instances(dag_id, run_id).values())}
 
 
 def _seconds(a: str | None, b: str | None) -> float:
@@ -167,15 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             home = Path(tmp) / "airflow"
             home.mkdir()
             port = free_port()
-            base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TENTMAN_"))}
-            base.update({
-                "AIRFLOW_CONN_TENTMAN_DB": tentman_uri,
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_metadata_uri(with_database(admin, airflow_db)),
-                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-                "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex * 2,
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            })
+            base = isolated_environment(tentman_uri=tentman_uri,
+                                        metadata_uri=airflow_metadata_uri(with_database(admin, airflow_db)))
             env = stack_environment(base, home=home, port=port)
             env.update({
                 "AIRFLOW__CORE__PARALLELISM": str(args.concurrency),
@@ -193,13 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 stack.wait_healthy(timeout=300)
                 for dag_id in (RENT, UTILITY):
                     stack.wait_for_dag(dag_id, timeout=300)
-                sys.path.insert(0, str(REPO_ROOT / "tests"))
-                from live import Api  # the REST client of the end-to-end tests
-
-                import live
-
-                live.PASSWORDS.update(passwords)
-                api = Api(stack.base_url, "admin")
+                api = AirflowApi(stack.base_url, "admin", passwords["admin"])
                 for dag_id in (RENT, UTILITY):
                     api.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
                 sampler = MemorySampler(stack.processes["scheduler"].pid)
