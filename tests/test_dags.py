@@ -84,6 +84,15 @@ def _states(dag_run) -> dict:
         }
 
 
+def _xcom_keys(dag_run) -> set:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return set(session.query(XComModel.task_id, XComModel.key).filter(
+            XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id).distinct().all())
+
+
 @pytest.fixture
 def tentman_conn(db_uri, monkeypatch, airflow_home):
     monkeypatch.setenv("AIRFLOW_CONN_TENTMAN_DB", db_uri)
@@ -147,6 +156,10 @@ def test_dag_test_rerun_is_idempotent_and_bad_params_write_nothing(engine, tentm
         assert conn.execute(sa.text("SELECT count(*), sum(total) FROM invoices WHERE billing_period_start = '2026-03-01'")).one() == (
             5, Decimal("5060.00"))
         assert conn.execute(sa.text("SELECT count(*) FROM invoice_lines")).scalar() == 10
+    # One XCom per task: a dict-returning TaskFlow task would otherwise also push one XCom per key,
+    # each an API call, which at 2,000 organizations is half of Airflow's cost per task.
+    assert _xcom_keys(dag_run) == {(task_id, "return_value") for task_id in (
+        "resolve_billing_period", "list_organizations", "bill_organization", "record_invoice_runs")}
 
     bad = dag.test(logical_date=datetime(2026, 2, 26, 2, tzinfo=timezone.utc), run_conf={"organization_ids": [4242]})
     assert bad.state == "failed"
