@@ -12,3 +12,5 @@ COPY plugins ./plugins
 COPY deploy ./deploy
 RUN pip install --no-cache-dir --no-deps -e .
 ENV AIRFLOW_HOME=/opt/airflow
+# Preloads the billing tasks' imports in the scheduler / Celery workers before they fork tasks.
+COPY config/airflow_local_settings.py /opt/airflow/config/airflow_local_settings.py

@@ -3,6 +3,9 @@
 set -euo pipefail
 airflow db migrate
 tentman db upgrade
+# The organization tasks run in this pool: organizations billed at once, all runs together.
+airflow pools set "${TENTMAN_BILLING_POOL:-tentman_billing}" "${TENTMAN_BILLING_POOL_SLOTS:-10}" \
+  "TentMan organization billing tasks: organizations billed at once, all runs together"
 # The simple auth manager reads passwords from this file; they come from the environment.
 python - <<'PY'
 import json, os

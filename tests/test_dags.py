@@ -61,6 +61,8 @@ def test_rent_dag_definition(airflow_home, monkeypatch):
     assert org_task.retry_exponential_backoff == 2.0
     assert org_task.max_retry_delay == timedelta(hours=1)
     assert org_task.max_active_tis_per_dagrun == 5
+    assert org_task.pool == "tentman_billing"  # created by every deployment (airflow pools set)
+    assert dag.get_task("list_organizations").pool == "default_pool"
     assert dag.get_task("record_invoice_runs").trigger_rule == "all_done"
 
 
@@ -68,9 +70,10 @@ def test_retry_and_concurrency_are_configurable(airflow_home, monkeypatch):
     monkeypatch.setenv("TENTMAN_ORG_TASK_RETRIES", "3")
     monkeypatch.setenv("TENTMAN_MAX_ACTIVE_ORGANIZATIONS", "16")
     monkeypatch.setenv("TENTMAN_RENT_SCHEDULE", "manual")
+    monkeypatch.setenv("TENTMAN_BILLING_POOL", "default_pool")
     dag = load_dag(RENT_DAG_ID)
     org_task = dag.get_task("bill_organization")
-    assert (org_task.retries, org_task.max_active_tis_per_dagrun) == (3, 16)
+    assert (org_task.retries, org_task.max_active_tis_per_dagrun, org_task.pool) == (3, 16, "default_pool")
     assert type(dag.timetable).__name__ == "NullTimetable"  # "manual": no schedule
 
 

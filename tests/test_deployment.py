@@ -7,10 +7,12 @@ tests run Airflow with (tentman.airflow_stack.stack_environment).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,9 @@ def test_services_volumes_and_healthchecks():
     # The bundle is built into the image with its pinned requirements.
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert "pip install --no-cache-dir -r requirements.lock" in dockerfile
+    # Airflow imports $AIRFLOW_HOME/config/airflow_local_settings.py: the billing tasks' preload.
+    assert "ENV AIRFLOW_HOME=/opt/airflow" in dockerfile
+    assert "COPY config/airflow_local_settings.py /opt/airflow/config/airflow_local_settings.py" in dockerfile
 
 
 def test_settings_match_what_the_live_tests_run():
@@ -122,3 +127,46 @@ def test_no_secret_is_committed():
         key = line.split("=", 1)[0]
         if line and not line.startswith("#") and any(word in key for word in ("PASSWORD", "SECRET", "FERNET")):
             assert line.split("=", 1)[1] == "", line
+
+
+def test_airflow_init_script_migrates_both_databases_and_creates_the_billing_pool(airflow_home, pg_admin_uri, tmp_path):
+    """deploy/airflow-init.sh (the compose init service), run natively: on the tests' metadata DB
+    and an empty TentMan database."""
+    from conftest import create_database, drop_database
+
+    from tentman.db import create_engine_from_uri
+    from tentman.local import with_database
+    from tentman.migrate import current_revision, head_revision
+
+    tentman_db = create_database(pg_admin_uri, "tentman_init")
+    passwords = tmp_path / "auth" / "passwords.json"
+    env = dict(os.environ, AIRFLOW_CONN_TENTMAN_DB=with_database(pg_admin_uri, tentman_db),
+               AIRFLOW_ADMIN_PASSWORD="a-secret", AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
+               AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin", TENTMAN_BILLING_POOL_SLOTS="12",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    engine = create_engine_from_uri(with_database(pg_admin_uri, tentman_db))
+    try:
+        out = subprocess.run(["bash", str(REPO_ROOT / "deploy" / "airflow-init.sh")], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        pool = subprocess.run(["airflow", "pools", "get", "tentman_billing", "--output", "json"], env=env,
+                              capture_output=True, text=True, check=True)
+        assert int(json.loads(pool.stdout)[0]["slots"]) == 12
+        assert json.loads(passwords.read_text()) == {"admin": "a-secret"}
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+        drop_database(pg_admin_uri, tentman_db)
+
+
+def test_airflow_components_preload_the_billing_tasks_imports():
+    """With config/ on the path (compose: $AIRFLOW_HOME/config), importing Airflow — what every
+    component does first — loads what a billing task would otherwise import in each task process."""
+    code = ("import sys, airflow.settings\n"
+            "print(sorted(m for m in ('psycopg', 'sqlalchemy.dialects.postgresql.psycopg', 'tentman.pipeline', "
+            "'tentman.airflow_dag') if m in sys.modules))\n")
+    env = stack_environment({"PATH": os.environ["PATH"]}, home=Path("/tmp/unused"), port=8080)
+    env = {k: v for k, v in env.items() if k in ("PATH", "PYTHONPATH")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == str(
+        ["psycopg", "sqlalchemy.dialects.postgresql.psycopg", "tentman.airflow_dag", "tentman.pipeline"])

@@ -104,6 +104,7 @@ def build_billing_dag(
             retry_exponential_backoff=2.0,
             max_retry_delay=policy.max_retry_delay,
             max_active_tis_per_dagrun=policy.max_active_organizations,
+            pool=policy.pool,
             map_index_template="{{ organization_label }}",
             # After the last retry only: a retry is not worth waking anyone.
             on_failure_callback=[BillingFailureNotifier()],
@@ -138,7 +139,8 @@ def build_billing_dag(
                     _engine(),
                     BillingRun.from_dict(run) if run else None,
                     organizations,
-                    list(results or []),
+                    # One slice request for every result: iterating would fetch them one API call each.
+                    list(results[:]) if results is not None else [],
                     dag_id=context["dag"].dag_id,
                     dag_run_id=context["run_id"],
                 )

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tentman.local import REPO_ROOT
+from tentman.settings import BILLING_POOL_DESCRIPTION, billing_pool, billing_pool_slots
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 USERS = {"admin": "admin", "viewer": "viewer"}  # user name -> role
@@ -58,9 +59,15 @@ def isolated_environment(*, tentman_uri: str, metadata_uri: str) -> dict[str, st
     return env
 
 
+def with_local_settings(env: dict[str, str]) -> dict[str, str]:
+    """Put config/airflow_local_settings.py (preloads the billing tasks' imports) on PYTHONPATH."""
+    paths = [str(REPO_ROOT / "config")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**env, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
 def stack_environment(base_env: dict[str, str], *, home: Path, port: int) -> dict[str, str]:
     """Settings of a local production-like stack, on top of `base_env` (databases, paths)."""
-    env = dict(base_env)
+    env = with_local_settings(base_env)
     env.update(
         {
             "AIRFLOW_HOME": str(home),
@@ -109,7 +116,11 @@ class AirflowStack:
                               timeout=timeout)
 
     def migrate(self) -> None:
+        """Migrate the metadata DB and create the billing pool (the organization tasks wait for it)."""
         self.airflow("db", "migrate")
+        pool = billing_pool(self.env)
+        if pool != "default_pool":
+            self.airflow("pools", "set", pool, str(billing_pool_slots(self.env)), BILLING_POOL_DESCRIPTION)
 
     def start(self, components: tuple[str, ...] = COMPONENTS, *, detached: bool = False) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)

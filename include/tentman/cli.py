@@ -85,7 +85,8 @@ def _dev_demo(args) -> int:
 
     env = local_environment()
     tentman = [sys.executable, "-m", "tentman.cli"]
-    _run(["airflow", "db", "migrate"], env, "Airflow metadata DB")
+    print("\n==> Airflow metadata DB and billing pool", flush=True)
+    stack.migrate()
     _run(tentman + ["db", "upgrade"], env, "TentMan schema")
     _run(tentman + ["demo", "load"], env, "Demo data")
     dags = [(RENT_DAG_ID, DEMO_RENT_LOGICAL_DATE)]
@@ -121,7 +122,8 @@ def _dev_up(args) -> int:
     passwords = write_passwords(home / "passwords.json")
     stack = AirflowStack(env=env, home=home, port=args.port)
     tentman = [sys.executable, "-m", "tentman.cli"]
-    _run(["airflow", "db", "migrate"], env, "Airflow metadata DB")
+    print("\n==> Airflow metadata DB and billing pool", flush=True)
+    stack.migrate()
     _run(tentman + ["db", "upgrade"], env, "TentMan schema")
     _run(tentman + ["demo", "load"], env, "Demo data")
     print("\n==> Starting Airflow: " + ", ".join(("api-server", "scheduler", "dag-processor", "triggerer")), flush=True)

@@ -7,6 +7,7 @@ no database, no Airflow imports.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -14,8 +15,8 @@ TENTMAN_CONN_ID = "tentman_db"
 TENTMAN_CONN_ENV = "AIRFLOW_CONN_TENTMAN_DB"
 
 
-def _int_env(name: str, default: int, minimum: int = 0) -> int:
-    raw = os.environ.get(name)
+def _int_env(name: str, default: int, minimum: int = 0, environ: Mapping[str, str] | None = None) -> int:
+    raw = (os.environ if environ is None else environ).get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
@@ -27,6 +28,13 @@ def _int_env(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+# The Airflow pool of the organization tasks: how many organizations are billed at once across
+# every billing run (rent, utility, backfills), i.e. the load on the TentMan database. Every
+# deployment creates it (`airflow pools set`, see tentman.airflow_stack and deploy/airflow-init.sh).
+BILLING_POOL = "tentman_billing"
+BILLING_POOL_DESCRIPTION = "TentMan organization billing tasks: organizations billed at once, all runs together"
+
+
 @dataclass(frozen=True)
 class OrganizationTaskPolicy:
     """Retry and concurrency policy of the per-organization billing tasks."""
@@ -35,6 +43,7 @@ class OrganizationTaskPolicy:
     retry_delay: timedelta
     max_retry_delay: timedelta
     max_active_organizations: int
+    pool: str
 
 
 def organization_task_policy() -> OrganizationTaskPolicy:
@@ -44,7 +53,20 @@ def organization_task_policy() -> OrganizationTaskPolicy:
         retry_delay=timedelta(seconds=_int_env("TENTMAN_ORG_TASK_RETRY_DELAY_SECONDS", 60, 1)),
         max_retry_delay=timedelta(seconds=_int_env("TENTMAN_ORG_TASK_MAX_RETRY_DELAY_SECONDS", 3600, 1)),
         max_active_organizations=_int_env("TENTMAN_MAX_ACTIVE_ORGANIZATIONS", 5, 1),
+        pool=billing_pool(),
     )
+
+
+def billing_pool(environ: Mapping[str, str] | None = None) -> str:
+    """The organization tasks' pool: TENTMAN_BILLING_POOL, default `tentman_billing`
+    ("default_pool" opts out, for a deployment that cannot create pools)."""
+    return (os.environ if environ is None else environ).get("TENTMAN_BILLING_POOL", "").strip() or BILLING_POOL
+
+
+def billing_pool_slots(environ: Mapping[str, str] | None = None) -> int:
+    """Slots of the billing pool when a deployment creates it: TENTMAN_BILLING_POOL_SLOTS, default 10
+    (two runs — rent and utility — at the default 5 organizations each)."""
+    return _int_env("TENTMAN_BILLING_POOL_SLOTS", 10, 1, environ)
 
 
 RENT_SCHEDULE = "0 2 26 * *"
