@@ -81,20 +81,57 @@ def generate(conn, sizes: list[int], statements: int) -> None:
            FROM leases WHERE id % :every = 0"""), {"every": max(1, sum(sizes) // statements)})
 
 
-class MemorySampler(threading.Thread):
-    """Peak RSS of a process and its children (the scheduler: executor workers, task processes)."""
+class ProcessSampler(threading.Thread):
+    """Samples the stack's processes: peak RSS of the scheduler process, and CPU seconds by
+    component. Task processes are forked by the executor's worker processes (the supervisors),
+    which reap them, so a finished task's CPU shows in its supervisor's children_* times."""
 
-    def __init__(self, pid: int):
+    def __init__(self, roots: dict[str, int]):
         super().__init__(daemon=True)
-        self.pid, self.peak_mb, self.stop = pid, 0.0, threading.Event()
+        self.roots, self.peak_mb, self.stop = roots, 0.0, threading.Event()
+        self._lock = threading.Lock()
+        self._cpu: dict[tuple[str, int], float] = {}
+
+    def cpu_by_component(self) -> dict[str, float]:
+        import psutil
+
+        def seconds(proc, own=True, reaped=True) -> float:
+            t = proc.cpu_times()
+            return (t.user + t.system if own else 0.0) + (t.children_user + t.children_system if reaped else 0.0)
+
+        cpu: dict[tuple[str, int], float] = {}
+        for name, pid in self.roots.items():
+            if pid is None:
+                continue
+            try:
+                root = psutil.Process(pid)
+                if name == "scheduler":
+                    cpu[("scheduler", pid)] = seconds(root, reaped=False)
+                    for worker in root.children():
+                        cpu[("supervisors", worker.pid)] = seconds(worker, reaped=False)
+                        cpu[("tasks", worker.pid)] = seconds(worker, own=False)
+                        for task in worker.children(recursive=True):
+                            cpu[("tasks", task.pid)] = seconds(task)
+                else:
+                    cpu[(name, pid)] = seconds(root)
+                    for child in root.children(recursive=True):
+                        cpu[(name, child.pid)] = seconds(child)
+            except psutil.Error:
+                continue
+        with self._lock:
+            self._cpu = cpu
+        totals: dict[str, float] = {}
+        for (name, _), value in cpu.items():
+            totals[name] = totals.get(name, 0.0) + value
+        return totals
 
     def run(self) -> None:
         import psutil
 
         while not self.stop.is_set():
             try:
-                proc = psutil.Process(self.pid)
-                self.peak_mb = max(self.peak_mb, proc.memory_info().rss / 2**20)
+                rss = psutil.Process(self.roots["scheduler"]).memory_info().rss
+                self.peak_mb = max(self.peak_mb, rss / 2**20)
             except psutil.Error:
                 pass
             time.sleep(0.5)
@@ -108,11 +145,31 @@ def run_dag(api, dag_id: str, conf: dict, timeout: float) -> dict:
     return {"run": run, "task_instances": list(api.task_instances(dag_id, run_id).values())}
 
 
+def measured_run(api, sampler: ProcessSampler, dag_id: str, conf: dict, timeout: float) -> tuple[dict, dict]:
+    """Run a DAG to its end; also return the CPU seconds each component spent meanwhile."""
+    before = sampler.cpu_by_component()
+    outcome = run_dag(api, dag_id, conf, timeout)
+    after = sampler.cpu_by_component()
+    return outcome, {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The embedded PostgreSQL's postmaster (its backends are its children)."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and cmdline[0].endswith("postgres") and str(pgdata) in " ".join(cmdline):
+            return proc.pid
+    return None
+
+
 def _seconds(a: str | None, b: str | None) -> float:
     return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds() if a and b else 0.0
 
 
-def summarize(name: str, engine, outcome: dict, rows_label: str, rows: int, concurrency: int) -> dict:
+def summarize(name: str, engine, outcome: dict, rows_label: str, rows: int, concurrency: int,
+              cpu: dict[str, float] | None = None) -> dict:
     run = outcome["run"]
     wall = _seconds(run["start_date"], run["end_date"])
     mapped = [t for t in outcome["task_instances"] if t["task_id"] == "bill_organization"]
@@ -130,6 +187,8 @@ def summarize(name: str, engine, outcome: dict, rows_label: str, rows: int, conc
         f"{name}_task_median_s": round(statistics.median(task_s), 2) if task_s else None,
         f"{name}_overhead_per_task_s": round(overhead, 3),
         f"{name}_{rows_label}_per_s": round(rows / wall) if wall else None,
+        # CPU seconds per organization task, by component, over the whole run (2 cores here).
+        f"{name}_cpu_per_task_s": {k: round(v / max(1, len(mapped)), 3) for k, v in sorted((cpu or {}).items())},
     }
 
 
@@ -186,13 +245,15 @@ def main(argv: list[str] | None = None) -> int:
                 api = AirflowApi(stack.base_url, "admin", passwords["admin"])
                 for dag_id in (RENT, UTILITY):
                     api.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-                sampler = MemorySampler(stack.processes["scheduler"].pid)
+                roots = {name: proc.pid for name, proc in stack.processes.items()}
+                roots["postgres"] = postmaster_pid(Path(tmp) / "pgdata")
+                sampler = ProcessSampler(roots)
                 sampler.start()
                 figures = {"organizations": len(sizes), "leases": sum(sizes), "largest_organization_leases": max(sizes),
                            "concurrency": args.concurrency}
                 conf = {"billing_month": MONTH}
-                rent = run_dag(api, RENT, conf, args.timeout)
-                figures.update(summarize("rent", engine, rent, "leases", sum(sizes), args.concurrency))
+                rent, cpu = measured_run(api, sampler, RENT, conf, args.timeout)
+                figures.update(summarize("rent", engine, rent, "leases", sum(sizes), args.concurrency, cpu))
                 print(json.dumps(figures), flush=True)
                 # Organizations are mapped in id order (ids 1..n): the largest is at the index of its size.
                 xcom = api.client.get(
@@ -200,12 +261,13 @@ def main(argv: list[str] | None = None) -> int:
                     params={"map_index": sizes.index(max(sizes)), "deserialize": True}).json().get("value") or {}
                 figures["largest_task_peak_rss_mb"] = xcom.get("peak_rss_mb")
                 figures["largest_task_leases"] = xcom.get("total_leases")
-                utility = run_dag(api, UTILITY, conf, args.timeout)
+                utility, cpu = measured_run(api, sampler, UTILITY, conf, args.timeout)
                 with engine.connect() as conn:
                     billed = conn.execute(sa.text("SELECT count(*) FROM utility_statements WHERE invoice_line_id IS NOT NULL")).scalar()
-                figures.update(summarize("utility", engine, utility, "statements", billed, args.concurrency))
-                rerun = run_dag(api, RENT, conf, args.timeout)
-                figures.update(summarize("rent_rerun", engine, rerun, "leases", sum(sizes), args.concurrency))
+                figures.update(summarize("utility", engine, utility, "statements", billed, args.concurrency, cpu))
+                print(json.dumps(figures), flush=True)
+                rerun, cpu = measured_run(api, sampler, RENT, conf, args.timeout)
+                figures.update(summarize("rent_rerun", engine, rerun, "leases", sum(sizes), args.concurrency, cpu))
                 sampler.stop.set()
                 figures["scheduler_peak_rss_mb"] = round(sampler.peak_mb, 1)
                 with engine.connect() as conn:
