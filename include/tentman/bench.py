@@ -100,13 +100,13 @@ def generate_leases(conn, organization_id: int, n: int) -> None:
     conn.execute(sa.text("ANALYZE leases; ANALYZE lease_recurring_charges"))
 
 
-def bill_rent(engine, organization_id: int) -> tuple[float, object]:
+def bill_rent(engine, organization_id: int, period: BillingPeriod = PERIOD) -> tuple[float, object]:
     started = time.perf_counter()
     with engine.begin() as conn:
         result = generate_rent_invoices(
             conn,
             organization_id=organization_id,
-            period=PERIOD,
+            period=period,
             proration_method=ProrationMethod.ACTUAL_DAYS_IN_MONTH,
             invoice_run_id=None,
         )

@@ -33,14 +33,16 @@ from tentman.airflow_stack import (
     stack_environment,
     write_passwords,
 )
-from tentman.bench import copy_floor
+from tentman.bench import bill_rent, copy_floor
 from tentman.db import create_engine_from_uri
 from tentman.local import airflow_metadata_uri, ensure_database, server_uri, start_embedded_postgres, with_database
 from tentman.migrate import upgrade
+from tentman.periods import BillingPeriod
 
 RENT = "tentman_monthly_rent_generation"
 UTILITY = "tentman_utility_billing"
 MONTH = "2026-03"
+NEXT_PERIOD = BillingPeriod.for_month(2026, 4)
 
 
 def organization_sizes(organizations: int, leases: int, seed: int = 7) -> list[int]:
@@ -153,6 +155,31 @@ def measured_run(api, sampler: ProcessSampler, dag_id: str, conf: dict, timeout:
     return outcome, {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
 
 
+def ui_timings(api, base_url: str, dag_id: str, run_id: str) -> dict[str, float]:
+    """Milliseconds of what the UI asks for when someone opens a 2,000-organization run: the grid
+    (runs, structure, task-instance summaries), a page of mapped instances, and the Billing runs page."""
+    import httpx
+
+    headers = dict(api.client.headers)
+    requests = {
+        "grid_runs": f"/ui/grid/runs/{dag_id}?limit=10",
+        "grid_structure": f"/ui/grid/structure/{dag_id}",
+        "grid_ti_summaries": f"/ui/grid/ti_summaries/{dag_id}?run_ids={run_id}",
+        "mapped_instances_page": f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?task_id=bill_organization&limit=50",
+        "billing_runs_page": f"/tentman/api/runs?billing_month={MONTH}&limit=50",
+        "billing_runs_with_errors": f"/tentman/api/runs?billing_month={MONTH}&status=completed_with_errors",
+    }
+    timings = {}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=120) as client:
+        for name, path in requests.items():
+            client.get(path)  # warm: the first request pays for caches and connections
+            started = time.perf_counter()
+            response = client.get(path)
+            timings[name] = round((time.perf_counter() - started) * 1000, 1)
+            response.raise_for_status()
+    return timings
+
+
 def postmaster_pid(pgdata: Path) -> int | None:
     """The embedded PostgreSQL's postmaster (its backends are its children)."""
     import psutil
@@ -255,12 +282,13 @@ def main(argv: list[str] | None = None) -> int:
                 rent, cpu = measured_run(api, sampler, RENT, conf, args.timeout)
                 figures.update(summarize("rent", engine, rent, "leases", sum(sizes), args.concurrency, cpu))
                 print(json.dumps(figures), flush=True)
-                # Organizations are mapped in id order (ids 1..n): the largest is at the index of its size.
-                xcom = api.client.get(
-                    f"/dags/{RENT}/dagRuns/{rent['run']['dag_run_id']}/taskInstances/bill_organization/xcomEntries/return_value",
-                    params={"map_index": sizes.index(max(sizes)), "deserialize": True}).json().get("value") or {}
-                figures["largest_task_peak_rss_mb"] = xcom.get("peak_rss_mb")
-                figures["largest_task_leases"] = xcom.get("total_leases")
+                # Organizations are mapped in id order (ids 1..n): an organization is at the index of its size.
+                for label, size in (("largest", max(sizes)), ("median", sorted(sizes)[len(sizes) // 2])):
+                    xcom = api.client.get(
+                        f"/dags/{RENT}/dagRuns/{rent['run']['dag_run_id']}/taskInstances/bill_organization/xcomEntries/return_value",
+                        params={"map_index": sizes.index(size), "deserialize": True}).json().get("value") or {}
+                    figures[f"{label}_task_peak_rss_mb"] = xcom.get("peak_rss_mb")
+                    figures[f"{label}_task_leases"] = xcom.get("total_leases")
                 utility, cpu = measured_run(api, sampler, UTILITY, conf, args.timeout)
                 with engine.connect() as conn:
                     billed = conn.execute(sa.text("SELECT count(*) FROM utility_statements WHERE invoice_line_id IS NOT NULL")).scalar()
@@ -268,14 +296,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(figures), flush=True)
                 rerun, cpu = measured_run(api, sampler, RENT, conf, args.timeout)
                 figures.update(summarize("rent_rerun", engine, rerun, "leases", sum(sizes), args.concurrency, cpu))
+                figures["ui_ms"] = ui_timings(api, stack.base_url, RENT, rerun["run"]["dag_run_id"])
                 sampler.stop.set()
                 figures["scheduler_peak_rss_mb"] = round(sampler.peak_mb, 1)
                 with engine.connect() as conn:
                     figures["database_size_mb"] = round(conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar() / 2**20)
+                # The engine alone (no Airflow, nothing else running) on the largest organization, for
+                # the next month, in this full-size database — against the COPY floor of the same rows.
+                largest = sizes.index(max(sizes)) + 1
+                alone_s, _ = bill_rent(engine, largest, NEXT_PERIOD)
+                figures["largest_org_engine_alone_leases_per_s"] = round(max(sizes) / alone_s)
+                rows = f"invoice_type = 'rent' AND organization_id = {largest} AND billing_period_start = DATE '{NEXT_PERIOD.start}'"
                 floor_s = copy_floor(engine, ["invoices", "invoice_lines"], {
-                    "invoices": "invoice_type = 'rent'",
-                    "invoice_lines": "invoice_id IN (SELECT id FROM invoices WHERE invoice_type = 'rent')"})
-                figures["copy_floor_leases_per_s"] = round(sum(sizes) / floor_s)
+                    "invoices": rows, "invoice_lines": f"invoice_id IN (SELECT id FROM invoices WHERE {rows})"})
+                figures["largest_org_copy_floor_leases_per_s"] = round(max(sizes) / floor_s)
                 figures["rent_engine_leases_per_s"] = round(sum(sizes) / figures["rent_engine_s"]) if figures["rent_engine_s"] else None
             finally:
                 stack.stop()

@@ -85,8 +85,7 @@ def _dev_demo(args) -> int:
 
     env = local_environment()
     tentman = [sys.executable, "-m", "tentman.cli"]
-    print("\n==> Airflow metadata DB and billing pool", flush=True)
-    stack.migrate()
+    _run(["airflow", "db", "migrate"], env, "Airflow metadata DB")
     _run(tentman + ["db", "upgrade"], env, "TentMan schema")
     _run(tentman + ["demo", "load"], env, "Demo data")
     dags = [(RENT_DAG_ID, DEMO_RENT_LOGICAL_DATE)]
@@ -122,8 +121,12 @@ def _dev_up(args) -> int:
     passwords = write_passwords(home / "passwords.json")
     stack = AirflowStack(env=env, home=home, port=args.port)
     tentman = [sys.executable, "-m", "tentman.cli"]
-    print("\n==> Airflow metadata DB and billing pool", flush=True)
-    stack.migrate()
+    print("\n==> Airflow metadata DB and the billing pool", flush=True)
+    try:
+        stack.migrate()
+    except subprocess.CalledProcessError as exc:
+        print(f"`{' '.join(exc.cmd)}` failed:\n{exc.stderr or exc.stdout}", file=sys.stderr)
+        return 1
     _run(tentman + ["db", "upgrade"], env, "TentMan schema")
     _run(tentman + ["demo", "load"], env, "Demo data")
     print("\n==> Starting Airflow: " + ", ".join(("api-server", "scheduler", "dag-processor", "triggerer")), flush=True)
