@@ -9,9 +9,11 @@ import sys
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import pytest
 import sqlalchemy as sa
 
 from tentman import bench
+from tentman.db import create_engine_from_uri
 from tentman.demo import load_demo_data
 from tentman.pipeline import bill_organization, list_organizations, record_invoice_runs, resolve_billing_run
 
@@ -54,7 +56,7 @@ def test_demo_data_bills_as_documented(engine, db_uri):
     run = resolve_billing_run(engine, run_type="monthly_rent", params={"billing_month": "2026-12"},
                               logical_date=None, run_after=datetime(2026, 11, 26, 2, tzinfo=timezone.utc))
     orgs = list_organizations(engine, run)
-    assert [o["name"] for o in orgs] == ["Harbor View Properties", "Maple Street Rentals", "Cedar Lofts"]
+    assert [o["label"].rsplit(" (#", 1)[0] for o in orgs] == ["Harbor View Properties", "Maple Street Rentals", "Cedar Lofts"]
     results = [bill_organization(engine, run, o, dag_id="demo", dag_run_id="r") for o in orgs]
     record_invoice_runs(engine, run, orgs, results, dag_id="demo", dag_run_id="r")
     harbor = results[0]
@@ -101,3 +103,32 @@ def test_demo_utility_statements_bill_as_documented(engine):
     # 104: moved-out tenant 27.30; 108: a credit of -12.50.
     assert totals == {101: Decimal("170.57"), 102: Decimal("19.95"), 104: Decimal("27.30"), 108: Decimal("-12.50")}
     assert pending == [5004, 5006, 5007]  # a draft statement, and the two bad ones
+
+
+@pytest.mark.airflow
+def test_make_demo_runs_both_dags_and_a_second_run_updates_the_same_drafts(pg_admin_uri, tmp_path):
+    """What `make demo` runs (`tentman dev demo`), twice, on fresh databases and a temporary .local."""
+    from conftest import create_database, drop_database
+    from tentman.local import airflow_metadata_uri, with_database
+
+    tentman_db, metadata_db = create_database(pg_admin_uri, "tentman_demo"), create_database(pg_admin_uri, "airflow_demo")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TENTMAN_"))}
+    env.update({"TENTMAN_LOCAL_DIR": str(tmp_path / "local"), "AIRFLOW_CONN_TENTMAN_DB": with_database(pg_admin_uri, tentman_db),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_metadata_uri(with_database(pg_admin_uri, metadata_db))})
+    engine = create_engine_from_uri(with_database(pg_admin_uri, tentman_db))
+    try:
+        totals = []
+        for _ in range(2):
+            out = subprocess.run([sys.executable, "-m", "tentman.cli", "dev", "demo"], env=env, capture_output=True,
+                                 text=True, timeout=900)
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+            with engine.connect() as conn:
+                totals.append(conn.execute(sa.text(
+                    "SELECT invoice_type, count(*), sum(total) FROM invoices GROUP BY invoice_type ORDER BY 1")).all())
+        assert {row[0] for row in totals[0]} == {"rent", "utility"}
+        assert totals[1] == totals[0]  # the second run updated the same drafts
+        assert (tmp_path / "local" / "tentman_monthly_rent_generation.log").exists()
+    finally:
+        engine.dispose()
+        drop_database(pg_admin_uri, tentman_db)
+        drop_database(pg_admin_uri, metadata_db)

@@ -98,7 +98,7 @@ def test_inactive_organization_is_refused_and_not_listed(engine):
     run = resolve(engine, {})
     assert [o["id"] for o in list_organizations(engine, run)] == [active]
     only = resolve(engine, {"organization_ids": [active]})
-    assert list_organizations(engine, only) == [{"id": active, "name": "Active", "label": f"Active (#{active})"}]
+    assert list_organizations(engine, only) == [{"id": active, "label": f"Active (#{active})"}]
 
 
 def _setup_two_orgs(engine):

@@ -204,14 +204,14 @@ class AirflowApi:
         response.raise_for_status()
         return response.json()
 
-    def wait(self, dag_id: str, run_id: str, timeout: float = 300) -> dict:
+    def wait(self, dag_id: str, run_id: str, timeout: float = 300, poll: float = 1.0) -> dict:
         """Poll the run until it ends (success or failed)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             run = self.run(dag_id, run_id)
             if run["state"] in ("success", "failed"):
                 return run
-            time.sleep(1)
+            time.sleep(poll)
         raise TimeoutError(f"{dag_id} run {run_id} still {run['state']} after {timeout}s")
 
     def task_instances(self, dag_id: str, run_id: str) -> dict:

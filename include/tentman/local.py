@@ -17,7 +17,8 @@ from tentman.db import create_engine_from_uri
 from tentman.settings import TENTMAN_CONN_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LOCAL_DIR = REPO_ROOT / ".local"
+# Git-ignored; TENTMAN_LOCAL_DIR moves it (the test of `make demo` runs in a temporary folder).
+LOCAL_DIR = Path(os.environ.get("TENTMAN_LOCAL_DIR") or REPO_ROOT / ".local")
 
 
 def start_embedded_postgres(data_dir: Path, *, cleanup_mode: str | None = None):
