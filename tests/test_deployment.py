@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tentman.airflow_stack import stack_environment
+from tentman.airflow_stack import stack_environment, with_local_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = REPO_ROOT / "docker-compose.yaml"
@@ -165,8 +165,7 @@ def test_airflow_components_preload_the_billing_tasks_imports():
     code = ("import sys, airflow.settings\n"
             "print(sorted(m for m in ('psycopg', 'sqlalchemy.dialects.postgresql.psycopg', 'tentman.pipeline', "
             "'tentman.airflow_dag') if m in sys.modules))\n")
-    env = stack_environment({"PATH": os.environ["PATH"]}, home=Path("/tmp/unused"), port=8080)
-    env = {k: v for k, v in env.items() if k in ("PATH", "PYTHONPATH")}
+    env = with_local_settings({"PATH": os.environ["PATH"]})
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == str(
         ["psycopg", "sqlalchemy.dialects.postgresql.psycopg", "tentman.airflow_dag", "tentman.pipeline"])

@@ -92,8 +92,6 @@ class ProcessSampler(threading.Thread):
     def __init__(self, roots: dict[str, int]):
         super().__init__(daemon=True)
         self.roots, self.peak_mb, self.stop = roots, 0.0, threading.Event()
-        self._lock = threading.Lock()
-        self._cpu: dict[tuple[str, int], float] = {}
 
     def cpu_by_component(self) -> dict[str, float]:
         import psutil
@@ -121,8 +119,6 @@ class ProcessSampler(threading.Thread):
                         cpu[(name, child.pid)] = seconds(child)
             except psutil.Error:
                 continue
-        with self._lock:
-            self._cpu = cpu
         totals: dict[str, float] = {}
         for (name, _), value in cpu.items():
             totals[name] = totals.get(name, 0.0) + value
@@ -318,7 +314,6 @@ def main(argv: list[str] | None = None) -> int:
                 floor_s = copy_floor(engine, ["invoices", "invoice_lines"], {
                     "invoices": rows, "invoice_lines": f"invoice_id IN (SELECT id FROM invoices WHERE {rows})"})
                 figures["largest_org_copy_floor_leases_per_s"] = round(max(sizes) / floor_s)
-                figures["rent_engine_leases_per_s"] = round(sum(sizes) / figures["rent_engine_s"]) if figures["rent_engine_s"] else None
             finally:
                 stack.stop()
                 engine.dispose()

@@ -11,6 +11,7 @@ from sqlalchemy.engine import URL, Engine
 from tentman.settings import TENTMAN_CONN_ID, tentman_database_uri
 
 _SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"}
+DRIVER = "postgresql+psycopg"  # psycopg 3, for every TentMan engine
 
 
 def sqlalchemy_url(uri: str) -> URL:
@@ -32,7 +33,7 @@ def sqlalchemy_url(uri: str) -> URL:
     if netloc_host.startswith("%2F") or netloc_host.startswith("%2f"):
         host = unquote(netloc_host.split(":")[0])
     return URL.create(
-        drivername="postgresql+psycopg",
+        drivername=DRIVER,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         host=host or None,
@@ -79,7 +80,7 @@ def airflow_tentman_engine() -> Engine:
     query = {key: str(value) for key, value in connection.extra_dejson.items() if key not in _HOOK_ONLY_EXTRAS}
     query["application_name"] = f"tentman-billing pid={os.getpid()}"
     url = URL.create(
-        drivername="postgresql+psycopg",
+        drivername=DRIVER,
         username=connection.login or None,
         password=connection.password or None,
         host=connection.host or None,

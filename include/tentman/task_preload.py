@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 TASK_MODULES = (
     "psycopg",
     "sqlalchemy.dialects.postgresql.psycopg",
-    "airflow.sdk",
     "tentman.airflow_dag",  # the DAG files' imports: Task SDK authoring, settings, alerts
     "tentman.db",
     "tentman.pipeline",  # the engines: rent, utility, billing, periods, proration
