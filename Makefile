@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast reliability-report tools bench bench-ui bench-scale lock db-stop env clean up down
+.PHONY: demo test test-unit test-fast lint format reliability-report tools bench bench-ui bench-scale lock db-stop env clean up down
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,20 @@ tools:
 test: $(STAMP) tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## The tests that need no database and no Airflow metadata (proration, periods, settings, params): seconds.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+## Lint and format check (ruff, configured in pyproject.toml); CI runs it before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## Fix what ruff can fix, and format.
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
 ## The fast subset: no live Airflow processes, no slow fault runs.
 test-fast: $(STAMP) tools
 	$(BIN)/python -m pytest -m "not live and not slow" $(PYTEST_ARGS)
@@ -53,15 +67,15 @@ reliability-report: $(STAMP) tools
 
 ## Benchmark of the billing engine (not a test).
 bench: $(STAMP)
-	$(BIN)/python -m tentman.bench $(BENCH_ARGS)
+	$(BIN)/python -m tentman.dev.bench.engines $(BENCH_ARGS)
 
 ## The "Billing runs" page's queries on a million invoices (not a test).
 bench-ui: $(STAMP)
-	$(BIN)/python -m tentman.bench_ui $(BENCH_ARGS)
+	$(BIN)/python -m tentman.dev.bench.ui $(BENCH_ARGS)
 
 ## The whole pipeline at scale on live Airflow: 2,000 organizations, 1,000,000 leases (not a test).
 bench-scale: $(STAMP)
-	$(BIN)/python -m tentman.bench_scale $(BENCH_ARGS)
+	$(BIN)/python -m tentman.dev.bench.scale $(BENCH_ARGS)
 
 ## Re-pin requirements.lock from a fresh resolve of requirements.txt.
 lock:

@@ -1,9 +1,13 @@
-"""Monthly rent invoices for every organization (DAG `tentman_monthly_rent_generation`)."""
+"""Airflow DAG `tentman_monthly_rent_generation`: monthly rent invoices for every organization."""
 
-from airflow.sdk import Param
-
-from tentman.airflow_dag import billing_month_param, build_billing_dag, dry_run_param, organization_ids_param
-from tentman.proration import DEFAULT_PRORATION_METHOD, ProrationMethod
+from tentman.names import RENT_DAG_ID, RENT_RUN
+from tentman.orchestration.dag_factory import build_billing_dag
+from tentman.orchestration.params import (
+    billing_month_param,
+    dry_run_param,
+    organization_ids_param,
+    proration_method_param,
+)
 from tentman.settings import rent_schedule
 
 DOC_MD = """
@@ -24,21 +28,15 @@ active), `proration_method`, `dry_run` (compute and report, write nothing).
 """
 
 dag = build_billing_dag(
-    dag_id="tentman_monthly_rent_generation",
-    run_type="monthly_rent",
+    dag_id=RENT_DAG_ID,
+    run_type=RENT_RUN,
     schedule=rent_schedule(),  # "0 2 26 * *" (UTC) unless TENTMAN_RENT_SCHEDULE is set
     tags=["rent"],
     doc_md=DOC_MD,
     params={
         "billing_month": billing_month_param("the month after the run's logical date"),
         "organization_ids": organization_ids_param(),
-        "proration_method": Param(
-            DEFAULT_PRORATION_METHOD.value,
-            type="string",
-            enum=[method.value for method in ProrationMethod],
-            title="Proration method",
-            description="How partial months are prorated.",
-        ),
+        "proration_method": proration_method_param(),
         "dry_run": dry_run_param(),
     },
 )

@@ -1,6 +1,8 @@
-"""Weekly utility billing for every organization (DAG `tentman_utility_billing`)."""
+"""Airflow DAG `tentman_utility_billing`: weekly utility billing for every organization."""
 
-from tentman.airflow_dag import billing_month_param, build_billing_dag, dry_run_param, organization_ids_param
+from tentman.names import UTILITY_DAG_ID, UTILITY_RUN
+from tentman.orchestration.dag_factory import build_billing_dag
+from tentman.orchestration.params import billing_month_param, dry_run_param, organization_ids_param
 from tentman.settings import utility_schedule
 
 DOC_MD = """
@@ -24,8 +26,8 @@ active), `dry_run` (compute and report, write nothing).
 """
 
 dag = build_billing_dag(
-    dag_id="tentman_utility_billing",
-    run_type="utility",
+    dag_id=UTILITY_DAG_ID,
+    run_type=UTILITY_RUN,
     schedule=utility_schedule(),  # "0 3 * * 1" (UTC) unless TENTMAN_UTILITY_SCHEDULE is set
     tags=["utility"],
     doc_md=DOC_MD,

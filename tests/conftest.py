@@ -15,33 +15,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
+from support.databases import create_database, drop_database
 from tentman.db import create_engine_from_uri
-from tentman.local import airflow_metadata_uri, start_embedded_postgres, server_uri, with_database
+from tentman.dev.local import REPO_ROOT, airflow_metadata_uri, server_uri, start_embedded_postgres, with_database
 from tentman.migrate import upgrade
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _admin_engine(admin_uri: str) -> sa.Engine:
-    return create_engine_from_uri(admin_uri, isolation_level="AUTOCOMMIT")
-
-
-def create_database(admin_uri: str, prefix: str, template: str | None = None) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    engine = _admin_engine(admin_uri)
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
-    engine.dispose()
-    return name
-
-
-def drop_database(admin_uri: str, name: str) -> None:
-    engine = _admin_engine(admin_uri)
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +89,17 @@ def airflow_home(pg_admin_uri, tmp_path_factory):
     drop_database(pg_admin_uri, metadata_db)
 
 
+# The fixtures a `unit` test may not use: `make test-unit` runs with no database and no Airflow metadata.
+_SERVER_FIXTURES = {"pg_admin_uri", "template_db", "db_uri", "engine", "airflow_home"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("unit") and used:
+            raise pytest.UsageError(f"{item.nodeid} is marked unit but uses {', '.join(sorted(used))}")
+
+
 # --- Reliability scenarios: each ends with an audit, and `make reliability-report` tabulates them.
 
 _REPORTS = pytest.StashKey[dict]()
@@ -118,8 +107,11 @@ _ROWS = pytest.StashKey[list]()
 
 
 def pytest_addoption(parser):
-    parser.addoption("--reliability-report", action="store_true",
-                     help="print the table of reliability scenarios and write test-artifacts/reliability-report.md")
+    parser.addoption(
+        "--reliability-report",
+        action="store_true",
+        help="print the table of reliability scenarios and write test-artifacts/reliability-report.md",
+    )
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -132,7 +124,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture
 def audited(request):
     """`audited(engine, before=snapshot)`: run the audit, count it for the report, fail on anomalies."""
-    from audit import audit
+    from support.audit import audit
 
     row = {"scenario": request.node.name, "invoices": 0, "anomalies": 0}
 
@@ -156,12 +148,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not rows or not config.getoption("--reliability-report"):
         return
     width = max(len(r["scenario"]) for r in rows)
-    table = [f"| {'scenario':<{width}} | outcome | invoices checked | anomalies |",
-             f"|{'-' * (width + 2)}|---------|------------------|-----------|"]
-    table += [f"| {r['scenario']:<{width}} | {r['outcome']:<7} | {r['invoices']:>16} | {r['anomalies']:>9} |" for r in rows]
-    table.append(f"| {'TOTAL (' + str(len(rows)) + ' scenarios)':<{width}} | "
-                 f"{'passed' if all(r['outcome'] == 'passed' for r in rows) else 'FAILED':<7} | "
-                 f"{sum(r['invoices'] for r in rows):>16} | {sum(r['anomalies'] for r in rows):>9} |")
+    table = [
+        f"| {'scenario':<{width}} | outcome | invoices checked | anomalies |",
+        f"|{'-' * (width + 2)}|---------|------------------|-----------|",
+    ]
+    table += [
+        f"| {r['scenario']:<{width}} | {r['outcome']:<7} | {r['invoices']:>16} | {r['anomalies']:>9} |" for r in rows
+    ]
+    table.append(
+        f"| {'TOTAL (' + str(len(rows)) + ' scenarios)':<{width}} | "
+        f"{'passed' if all(r['outcome'] == 'passed' for r in rows) else 'FAILED':<7} | "
+        f"{sum(r['invoices'] for r in rows):>16} | {sum(r['anomalies'] for r in rows):>9} |"
+    )
     terminalreporter.write_sep("=", "reliability report")
     for line in table:
         terminalreporter.write_line(line)

@@ -6,16 +6,17 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
 
-from tentman import bench
 from tentman.db import create_engine_from_uri
-from tentman.demo import load_demo_data
-from tentman.pipeline import bill_organization, list_organizations, record_invoice_runs, resolve_billing_run
+from tentman.dev.bench import engines as bench
+from tentman.dev.demo import load_demo_data
+from tentman.names import RENT_DAG_ID, RENT_RUN
+from tentman.runs.steps import bill_organization, list_organizations, record_invoice_runs, resolve_billing_run
 
 
 def tentman(*args, env_extra=None):
@@ -25,8 +26,8 @@ def tentman(*args, env_extra=None):
 
 
 def test_db_upgrade_applies_the_migrations(pg_admin_uri):
-    from conftest import create_database, drop_database
-    from tentman.local import with_database
+    from support.databases import create_database, drop_database
+    from tentman.dev.local import with_database
 
     name = create_database(pg_admin_uri, "tentman_cli")
     try:
@@ -53,24 +54,43 @@ def test_demo_data_bills_as_documented(engine, db_uri):
     with engine.begin() as conn:
         assert load_demo_data(conn) is True
         assert load_demo_data(conn) is False  # loading twice changes nothing
-    run = resolve_billing_run(engine, run_type="monthly_rent", params={"billing_month": "2026-12"},
-                              logical_date=None, run_after=datetime(2026, 11, 26, 2, tzinfo=timezone.utc))
+    run = resolve_billing_run(
+        engine,
+        run_type=RENT_RUN,
+        params={"billing_month": "2026-12"},
+        logical_date=None,
+        run_after=datetime(2026, 11, 26, 2, tzinfo=UTC),
+    )
     orgs = list_organizations(engine, run)
-    assert [o["label"].rsplit(" (#", 1)[0] for o in orgs] == ["Harbor View Properties", "Maple Street Rentals", "Cedar Lofts"]
+    assert [o["label"].rsplit(" (#", 1)[0] for o in orgs] == [
+        "Harbor View Properties",
+        "Maple Street Rentals",
+        "Cedar Lofts",
+    ]
     results = [bill_organization(engine, run, o, dag_id="demo", dag_run_id="r") for o in orgs]
     record_invoice_runs(engine, run, orgs, results, dag_id="demo", dag_run_id="r")
     harbor = results[0]
     assert harbor["errors"] == [{"lease_id": 105, "error": "monthly_rent -50.00 is negative"}]
     assert harbor["skipped_count"] == 1  # lease 106: December already issued
     with engine.connect() as conn:
-        totals = dict(conn.execute(sa.text(
-            "SELECT lease_id, total FROM invoices WHERE billing_period_start = '2026-12-01' AND lease_id < 200")).all())
+        totals = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT lease_id, total FROM invoices WHERE billing_period_start = '2026-12-01' AND lease_id < 200"
+                )
+            ).all()
+        )
     # 101: 1500 + parking 75 + pet from Dec 15 (17 days) 25 * 17 / 31 = 13.71
     # 102: moves in Dec 10 (22 days): 1800 * 22 / 31 = 1277.42, storage 40 * 22 / 31 = 28.39
     # 103: moves out Dec 20: 1200 * 20 / 31 = 774.19, parking to Dec 20: 60 * 20 / 31 = 38.71
     # 106: issued invoice kept as it was; 108: Dec 5..18 = 14 days: 2000 * 14 / 31 = 903.23
-    assert totals == {101: Decimal("1588.71"), 102: Decimal("1305.81"), 103: Decimal("812.90"),
-                      106: Decimal("1650.00"), 108: Decimal("903.23")}
+    assert totals == {
+        101: Decimal("1588.71"),
+        102: Decimal("1305.81"),
+        103: Decimal("812.90"),
+        106: Decimal("1650.00"),
+        108: Decimal("903.23"),
+    }
 
     out = tentman("runs", "summary", "--dag-id", "demo", env_extra={"AIRFLOW_CONN_TENTMAN_DB": db_uri})
     assert out.returncode == 0, out.stderr
@@ -88,17 +108,30 @@ def test_benchmark_reports_its_figures(pg_admin_uri, capsys):
 def test_demo_utility_statements_bill_as_documented(engine):
     with engine.begin() as conn:
         load_demo_data(conn)
-    run = resolve_billing_run(engine, run_type="utility", params={}, logical_date=datetime(2026, 12, 7, 3, tzinfo=timezone.utc),
-                              run_after=datetime(2026, 12, 7, 3, tzinfo=timezone.utc))
+    run = resolve_billing_run(
+        engine,
+        run_type="utility",
+        params={},
+        logical_date=datetime(2026, 12, 7, 3, tzinfo=UTC),
+        run_after=datetime(2026, 12, 7, 3, tzinfo=UTC),
+    )
     assert run.billing_period_start == "2026-12-01"
     orgs = list_organizations(engine, run)
     results = {o["id"]: bill_organization(engine, run, o, dag_id="demo-utility", dag_run_id="r") for o in orgs}
     assert results[1]["statements_billed"] == 6
     assert results[1]["errors"] == [{"lease_id": 106, "error": "utility statement 5006 of lease 106 has no amount"}]
-    assert results[2]["errors"] == [{"lease_id": None, "error": "utility statement 5007 names lease null, which does not exist"}]
+    assert results[2]["errors"] == [
+        {"lease_id": None, "error": "utility statement 5007 names lease null, which does not exist"}
+    ]
     with engine.connect() as conn:
-        totals = dict(conn.execute(sa.text("SELECT lease_id, total FROM invoices WHERE invoice_type = 'utility'")).all())
-        pending = conn.execute(sa.text("SELECT id FROM utility_statements WHERE invoice_line_id IS NULL ORDER BY id")).scalars().all()
+        totals = dict(
+            conn.execute(sa.text("SELECT lease_id, total FROM invoices WHERE invoice_type = 'utility'")).all()
+        )
+        pending = (
+            conn.execute(sa.text("SELECT id FROM utility_statements WHERE invoice_line_id IS NULL ORDER BY id"))
+            .scalars()
+            .all()
+        )
     # 101: water 42.17 + electricity 88.40 + December water 40.00; 102: late October water 19.95;
     # 104: moved-out tenant 27.30; 108: a credit of -12.50.
     assert totals == {101: Decimal("170.57"), 102: Decimal("19.95"), 104: Decimal("27.30"), 108: Decimal("-12.50")}
@@ -108,26 +141,44 @@ def test_demo_utility_statements_bill_as_documented(engine):
 @pytest.mark.airflow
 def test_make_demo_runs_both_dags_and_a_second_run_updates_the_same_drafts(pg_admin_uri, tmp_path):
     """What `make demo` runs (`tentman dev demo`), twice, on fresh databases and a temporary .local."""
-    from conftest import create_database, drop_database
-    from tentman.local import airflow_metadata_uri, with_database
+    from support.databases import create_database, drop_database
+    from tentman.dev.local import airflow_metadata_uri, with_database
 
-    tentman_db, metadata_db = create_database(pg_admin_uri, "tentman_demo"), create_database(pg_admin_uri, "airflow_demo")
+    tentman_db, metadata_db = (
+        create_database(pg_admin_uri, "tentman_demo"),
+        create_database(pg_admin_uri, "airflow_demo"),
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TENTMAN_"))}
-    env.update({"TENTMAN_LOCAL_DIR": str(tmp_path / "local"), "AIRFLOW_CONN_TENTMAN_DB": with_database(pg_admin_uri, tentman_db),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_metadata_uri(with_database(pg_admin_uri, metadata_db))})
+    env.update(
+        {
+            "TENTMAN_LOCAL_DIR": str(tmp_path / "local"),
+            "AIRFLOW_CONN_TENTMAN_DB": with_database(pg_admin_uri, tentman_db),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_metadata_uri(with_database(pg_admin_uri, metadata_db)),
+        }
+    )
     engine = create_engine_from_uri(with_database(pg_admin_uri, tentman_db))
     try:
         totals = []
         for _ in range(2):
-            out = subprocess.run([sys.executable, "-m", "tentman.cli", "dev", "demo"], env=env, capture_output=True,
-                                 text=True, timeout=900)
+            out = subprocess.run(
+                [sys.executable, "-m", "tentman.cli", "dev", "demo"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
             assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
             with engine.connect() as conn:
-                totals.append(conn.execute(sa.text(
-                    "SELECT invoice_type, count(*), sum(total) FROM invoices GROUP BY invoice_type ORDER BY 1")).all())
+                totals.append(
+                    conn.execute(
+                        sa.text(
+                            "SELECT invoice_type, count(*), sum(total) FROM invoices GROUP BY invoice_type ORDER BY 1"
+                        )
+                    ).all()
+                )
         assert {row[0] for row in totals[0]} == {"rent", "utility"}
         assert totals[1] == totals[0]  # the second run updated the same drafts
-        assert (tmp_path / "local" / "tentman_monthly_rent_generation.log").exists()
+        assert (tmp_path / "local" / f"{RENT_DAG_ID}.log").exists()
     finally:
         engine.dispose()
         drop_database(pg_admin_uri, tentman_db)

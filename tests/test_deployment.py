@@ -2,7 +2,7 @@
 
 No Docker engine runs here: Debian's `docker-compose` validates and resolves the file offline
 (`docker-compose config`), and the resolved settings are compared with those the live end-to-end
-tests run Airflow with (tentman.airflow_stack.stack_environment).
+tests run Airflow with (tentman.dev.airflow_stack.stack_environment).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tentman.airflow_stack import stack_environment, with_local_settings
+from tentman.dev.airflow_stack import stack_environment, with_local_settings
+from tentman.dev.local import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = REPO_ROOT / "docker-compose.yaml"
 SERVICES = {"postgres", "airflow-init", "api-server", "scheduler", "dag-processor", "triggerer"}
 CELERY_SERVICES = {"redis", "airflow-worker"}
@@ -28,11 +28,16 @@ CELERY_SERVICES = {"redis", "airflow-worker"}
 
 def secrets_env(**overrides) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TENTMAN"))}
-    env.update({
-        "POSTGRES_PASSWORD": secrets.token_hex(8), "AIRFLOW_DB_PASSWORD": secrets.token_hex(8),
-        "TENTMAN_DB_PASSWORD": secrets.token_hex(8), "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(64),
-        "AIRFLOW_FERNET_KEY": "x" * 43 + "=", "AIRFLOW_ADMIN_PASSWORD": secrets.token_hex(8),
-    })
+    env.update(
+        {
+            "POSTGRES_PASSWORD": secrets.token_hex(8),
+            "AIRFLOW_DB_PASSWORD": secrets.token_hex(8),
+            "TENTMAN_DB_PASSWORD": secrets.token_hex(8),
+            "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(64),
+            "AIRFLOW_FERNET_KEY": "x" * 43 + "=",
+            "AIRFLOW_ADMIN_PASSWORD": secrets.token_hex(8),
+        }
+    )
     env.update(overrides)
     return env
 
@@ -40,8 +45,13 @@ def secrets_env(**overrides) -> dict[str, str]:
 def compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose is required (make tools installs Debian's package)"
-    return subprocess.run([binary, "-f", str(COMPOSE), "--project-directory", str(REPO_ROOT), *args],
-                          env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [binary, "-f", str(COMPOSE), "--project-directory", str(REPO_ROOT), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def resolved(env: dict[str, str], *profiles: str) -> dict:
@@ -58,8 +68,17 @@ def test_compose_file_is_valid():
     assert out.returncode == 0, out.stderr
 
 
-@pytest.mark.parametrize("missing", ["AIRFLOW_JWT_SECRET", "POSTGRES_PASSWORD", "TENTMAN_DB_PASSWORD",
-                                     "AIRFLOW_DB_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_ADMIN_PASSWORD"])
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "AIRFLOW_JWT_SECRET",
+        "POSTGRES_PASSWORD",
+        "TENTMAN_DB_PASSWORD",
+        "AIRFLOW_DB_PASSWORD",
+        "AIRFLOW_FERNET_KEY",
+        "AIRFLOW_ADMIN_PASSWORD",
+    ],
+)
 def test_every_secret_comes_from_the_environment(missing):
     env = secrets_env()
     del env[missing]
@@ -82,7 +101,10 @@ def test_services_volumes_and_healthchecks():
     assert "airflow db migrate" in init_script and "tentman db upgrade" in init_script
     # The metadata and TentMan databases are separate, each with its own role.
     postgres_init = (REPO_ROOT / "deploy" / "postgres-init.sh").read_text()
-    assert "CREATE DATABASE airflow OWNER airflow" in postgres_init and "CREATE DATABASE tentman OWNER tentman" in postgres_init
+    assert (
+        "CREATE DATABASE airflow OWNER airflow" in postgres_init
+        and "CREATE DATABASE tentman OWNER tentman" in postgres_init
+    )
     # The bundle is built into the image with its pinned requirements.
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert "pip install --no-cache-dir -r requirements.lock" in dockerfile
@@ -97,8 +119,13 @@ def test_settings_match_what_the_live_tests_run():
     live = stack_environment({}, home=Path("/tmp/x"), port=8080)
     for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
         env = config["services"][name]["environment"]
-        for key in ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__AUTH_MANAGER", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS",
-                    "AIRFLOW__CORE__MAX_MAP_LENGTH", "AIRFLOW__CORE__LOAD_EXAMPLES"):
+        for key in (
+            "AIRFLOW__CORE__EXECUTOR",
+            "AIRFLOW__CORE__AUTH_MANAGER",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS",
+            "AIRFLOW__CORE__MAX_MAP_LENGTH",
+            "AIRFLOW__CORE__LOAD_EXAMPLES",
+        ):
             assert str(env[key]) == live[key], (name, key)
         assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"  # login required
         assert int(env["AIRFLOW__CORE__MAX_MAP_LENGTH"]) >= 2000  # one mapped task per organization
@@ -132,25 +159,39 @@ def test_no_secret_is_committed():
 def test_airflow_init_script_migrates_both_databases_and_creates_the_billing_pool(airflow_home, pg_admin_uri, tmp_path):
     """deploy/airflow-init.sh (the compose init service), run natively: on the tests' metadata DB
     and an empty TentMan database."""
-    from conftest import create_database, drop_database
-
+    from support.databases import create_database, drop_database
     from tentman.db import create_engine_from_uri
-    from tentman.local import with_database
+    from tentman.dev.local import with_database
     from tentman.migrate import current_revision, head_revision
 
     tentman_db = create_database(pg_admin_uri, "tentman_init")
     passwords = tmp_path / "auth" / "passwords.json"
-    env = dict(os.environ, AIRFLOW_CONN_TENTMAN_DB=with_database(pg_admin_uri, tentman_db),
-               AIRFLOW_ADMIN_PASSWORD="a-secret", AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
-               AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin", TENTMAN_BILLING_POOL_SLOTS="12",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        AIRFLOW_CONN_TENTMAN_DB=with_database(pg_admin_uri, tentman_db),
+        AIRFLOW_ADMIN_PASSWORD="a-secret",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin",
+        TENTMAN_BILLING_POOL_SLOTS="12",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
     engine = create_engine_from_uri(with_database(pg_admin_uri, tentman_db))
     try:
-        out = subprocess.run(["bash", str(REPO_ROOT / "deploy" / "airflow-init.sh")], env=env,
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            ["bash", str(REPO_ROOT / "deploy" / "airflow-init.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
-        pool = subprocess.run(["airflow", "pools", "get", "tentman_billing", "--output", "json"], env=env,
-                              capture_output=True, text=True, check=True)
+        pool = subprocess.run(
+            ["airflow", "pools", "get", "tentman_billing", "--output", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert int(json.loads(pool.stdout)[0]["slots"]) == 12
         assert json.loads(passwords.read_text()) == {"admin": "a-secret"}
         assert current_revision(engine) == head_revision()
@@ -162,10 +203,13 @@ def test_airflow_init_script_migrates_both_databases_and_creates_the_billing_poo
 def test_airflow_components_preload_the_billing_tasks_imports():
     """With config/ on the path (compose: $AIRFLOW_HOME/config), importing Airflow — what every
     component does first — loads what a billing task would otherwise import in each task process."""
-    code = ("import sys, airflow.settings\n"
-            "print(sorted(m for m in ('psycopg', 'sqlalchemy.dialects.postgresql.psycopg', 'tentman.pipeline', "
-            "'tentman.airflow_dag') if m in sys.modules))\n")
+    code = (
+        "import sys, airflow.settings\n"
+        "print(sorted(m for m in ('psycopg', 'sqlalchemy.dialects.postgresql.psycopg', 'tentman.runs.steps', "
+        "'tentman.orchestration.dag_factory') if m in sys.modules))\n"
+    )
     env = with_local_settings({"PATH": os.environ["PATH"]})
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == str(
-        ["psycopg", "sqlalchemy.dialects.postgresql.psycopg", "tentman.airflow_dag", "tentman.pipeline"])
+        ["psycopg", "sqlalchemy.dialects.postgresql.psycopg", "tentman.orchestration.dag_factory", "tentman.runs.steps"]
+    )

@@ -1,14 +1,16 @@
-"""Database access: engines for the TentMan database, from a URI or from the Airflow connection."""
+"""Database access: engines for the TentMan database from a URI, and the unit of work.
+
+The engine for the Airflow connection `tentman_db` is built in tentman.orchestration.connection.
+"""
 
 from __future__ import annotations
 
-import os
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-from tentman.settings import TENTMAN_CONN_ID, tentman_database_uri
+from tentman.settings import tentman_database_uri
 
 _SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"}
 DRIVER = "postgresql+psycopg"  # psycopg 3, for every TentMan engine
@@ -59,33 +61,37 @@ def tentman_engine() -> Engine:
     return create_engine_from_uri(tentman_database_uri())
 
 
-# Extras that configure Airflow's PostgresHook itself, not the libpq connection.
-_HOOK_ONLY_EXTRAS = {
-    "cursor", "iam", "redshift", "redshift-serverless", "aws_conn_id", "azure_conn_id", "region_name",
-    "cluster-identifier", "workgroup-name", "sqlalchemy_scheme", "sqlalchemy_query", "enable_log_db_messages",
-}
+class UnitOfWork:
+    """One transaction on a connection of its own, rolled back on exit unless `commit()` was called.
 
-
-def airflow_tentman_engine() -> Engine:
-    """Engine for the `tentman_db` Airflow connection, as DAG tasks and the plugin reach it.
-
-    Built from the connection's fields rather than through PostgresHook: importing the provider's
-    hook costs every organization task about 0.1 s of CPU for nothing we use (`make bench-scale`).
-    Its sessions are named after the task process (`application_name`), so whoever looks at
-    pg_stat_activity can tell which worker process holds a lock or runs a long statement.
+    The three shapes TentMan's code needs: bill and commit (call `commit()` at the end); compute and
+    roll back (a dry run or a preview: never call it); read only with a statement timeout (the
+    page's queries). An exception inside the block rolls everything back.
     """
-    from airflow.sdk import BaseHook
 
-    connection = BaseHook.get_connection(TENTMAN_CONN_ID)
-    query = {key: str(value) for key, value in connection.extra_dejson.items() if key not in _HOOK_ONLY_EXTRAS}
-    query["application_name"] = f"tentman-billing pid={os.getpid()}"
-    url = URL.create(
-        drivername=DRIVER,
-        username=connection.login or None,
-        password=connection.password or None,
-        host=connection.host or None,
-        port=connection.port or None,
-        database=connection.schema or None,
-        query=query,
-    )
-    return sa.create_engine(url)
+    def __init__(self, engine: Engine, *, read_only: bool = False, statement_timeout: str | None = None):
+        self._engine = engine
+        self._read_only = read_only
+        self._statement_timeout = statement_timeout
+
+    def __enter__(self) -> UnitOfWork:
+        self.connection = self._engine.connect()
+        self._transaction = self.connection.begin()
+        if self._read_only:
+            self.connection.execute(sa.text("SET TRANSACTION READ ONLY"))
+        if self._statement_timeout:
+            # set_config(..., true) is SET LOCAL with a bound value: it ends with the transaction.
+            self.connection.execute(
+                sa.text("SELECT set_config('statement_timeout', :timeout, true)"), {"timeout": self._statement_timeout}
+            )
+        return self
+
+    def commit(self) -> None:
+        self._transaction.commit()
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if self._transaction.is_active:
+                self._transaction.rollback()
+        finally:
+            self.connection.close()

@@ -10,6 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+from tentman.db import UnitOfWork
+
 _MIGRATIONS = Path(__file__).with_name("migrations")
 # Our own version table, so the TentMan DB may share a database with other Alembic users.
 VERSION_TABLE = "tentman_alembic_version"
@@ -26,18 +28,17 @@ def _config(connection=None) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> str:
     """Upgrade the schema to `revision`; returns the revision now applied."""
-    with engine.begin() as connection:
+    with UnitOfWork(engine) as uow:
         # Serialise concurrent `tentman db upgrade` calls (e.g. several containers starting).
-        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('tentman_migrations'))")
-        command.upgrade(_config(connection), revision)
+        uow.connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('tentman_migrations'))")
+        command.upgrade(_config(uow.connection), revision)
+        uow.commit()
     return current_revision(engine)
 
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
-        return MigrationContext.configure(
-            connection, opts={"version_table": VERSION_TABLE}
-        ).get_current_revision()
+        return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
 def head_revision() -> str:

@@ -30,7 +30,7 @@ def _int_env(name: str, default: int, minimum: int = 0, environ: Mapping[str, st
 
 # The Airflow pool of the organization tasks: how many organizations are billed at once across
 # every billing run (rent, utility, backfills), i.e. the load on the TentMan database. Every
-# deployment creates it (`airflow pools set`, see tentman.airflow_stack and deploy/airflow-init.sh).
+# deployment creates it (`airflow pools set`, see tentman.dev.airflow_stack and deploy/airflow-init.sh).
 BILLING_POOL = "tentman_billing"
 BILLING_POOL_DESCRIPTION = "TentMan organization billing tasks: organizations billed at once, all runs together"
 

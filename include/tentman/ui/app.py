@@ -9,36 +9,48 @@ DB: reads run in READ ONLY transactions with a statement timeout, the preview ro
 from __future__ import annotations
 
 import functools
+import json
 from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
 
 import sqlalchemy as sa
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
-from tentman.periods import BillingPeriod
+from tentman.db import UnitOfWork
+from tentman.engine.periods import BillingPeriod
+from tentman.names import (
+    BILLING_MONTH_PATTERN,
+    DEFAULT_PRORATION_METHOD,
+    INVOICE_TYPE_OF_RUN,
+    RENT_DAG_ID,
+    RENT_RUN,
+    RUN_STATUSES,
+    UTILITY_DAG_ID,
+    UTILITY_RUN,
+    ProrationMethod,
+    organization_label,
+)
 from tentman.ui import queries
 
-RENT_DAG_ID = "tentman_monthly_rent_generation"
-MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
 STATIC = Path(__file__).with_name("static")
+RunType = Literal[RENT_RUN, UTILITY_RUN]
+RunStatus = Literal[RUN_STATUSES]
 
 
 @functools.cache
 def _engine() -> sa.Engine:
-    from tentman.db import airflow_tentman_engine
+    from tentman.orchestration.connection import airflow_tentman_engine
 
     return airflow_tentman_engine()
 
 
 def read_only():
-    """A connection in a READ ONLY transaction with a statement timeout."""
-    with _engine().connect() as conn:
-        conn.execute(sa.text("SET TRANSACTION READ ONLY"))
-        conn.execute(sa.text("SET LOCAL statement_timeout = '15s'"))
-        yield conn
+    """A connection in a READ ONLY transaction with a statement timeout (never committed)."""
+    with UnitOfWork(_engine(), read_only=True, statement_timeout="15s") as uow:
+        yield uow.connection
 
 
 async def current_user(request: Request):
@@ -79,11 +91,11 @@ class Run(BaseModel):
     dag_run_id: str
     organization_id: int
     organization_name: str | None
-    run_type: Literal["monthly_rent", "utility"]
+    run_type: RunType
     billing_period_start: date
     billing_period_end: date
     proration_method: str | None
-    status: Literal["running", "completed", "completed_with_errors", "failed"]
+    status: RunStatus
     total_leases: int
     success_count: int
     skipped_count: int
@@ -92,7 +104,9 @@ class Run(BaseModel):
     started_at: datetime
     completed_at: datetime | None
     duration_seconds: float | None
-    amount_billed: str = Field(description="Total of the organization's invoices of this type and period (void excluded)")
+    amount_billed: str = Field(
+        description="Total of the organization's invoices of this type and period (void excluded)"
+    )
     invoices: int
     task_url: str = Field(description="The organization's task instance (and its log) in the Airflow UI")
 
@@ -144,8 +158,8 @@ class Trends(BaseModel):
 
 class PreviewRequest(BaseModel):
     organization_ids: list[int] = Field(min_length=1, max_length=20)
-    billing_month: str = Field(pattern=MONTH_PATTERN, examples=["2027-01"])
-    proration_method: Literal["ActualDaysInMonth", "ThirtyDayMonth", "Annual365", "NoProration"] = "ActualDaysInMonth"
+    billing_month: str = Field(pattern=BILLING_MONTH_PATTERN, examples=["2027-01"])
+    proration_method: ProrationMethod = DEFAULT_PRORATION_METHOD
     limit: int = Field(100, ge=1, le=500)
     offset: int = Field(0, ge=0)
 
@@ -161,16 +175,18 @@ def _task_urls(rows) -> dict[int, str]:
             from airflow.utils.session import create_session
 
             with create_session() as session:
-                for ti in session.query(TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.map_index,
-                                        TaskInstance.rendered_map_index).filter(
-                        TaskInstance.task_id == "bill_organization",
-                        sa.tuple_(TaskInstance.dag_id, TaskInstance.run_id).in_(list(pairs))):
+                for ti in session.query(
+                    TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.map_index, TaskInstance.rendered_map_index
+                ).filter(
+                    TaskInstance.task_id == "bill_organization",
+                    sa.tuple_(TaskInstance.dag_id, TaskInstance.run_id).in_(list(pairs)),
+                ):
                     labels[(ti.dag_id, ti.run_id, ti.rendered_map_index)] = ti.map_index
         except Exception:  # the link is a convenience; the page works without it
             labels = {}
     for r in rows:
         base = f"/dags/{r.dag_id}/runs/{r.dag_run_id}/tasks/bill_organization"
-        map_index = labels.get((r.dag_id, r.dag_run_id, f"{r.organization_name or 'organization'} (#{r.organization_id})"))
+        map_index = labels.get((r.dag_id, r.dag_run_id, organization_label(r.organization_name, r.organization_id)))
         urls[r.id] = f"{base}/mapped/{map_index}" if map_index is not None else base
     return urls
 
@@ -180,6 +196,133 @@ def _run(row, url: str) -> Run:
     data["amount_billed"] = str(row.amount_billed)
     data["duration_seconds"] = float(row.duration_seconds) if row.duration_seconds is not None else None
     return Run(**data, task_url=url)
+
+
+read_runs = requires_dag_run_access("GET")
+trigger_rent = requires_dag_run_access("POST", RENT_DAG_ID)
+router = APIRouter()
+
+
+@router.get("/api/runs", response_model=RunPage, dependencies=[read_runs], summary="Invoice runs, newest first")
+def list_runs(
+    organization_id: int | None = None,
+    billing_month: str | None = Query(None, pattern=BILLING_MONTH_PATTERN),
+    status: RunStatus | None = None,
+    run_type: RunType | None = None,
+    limit: int = Query(50, ge=1, le=200),
+    offset: int = Query(0, ge=0),
+    conn=Depends(read_only),
+) -> RunPage:
+    period = BillingPeriod.parse(billing_month).start if billing_month else None
+    total, rows = queries.list_runs(
+        conn,
+        organization_id=organization_id,
+        period_start=period,
+        status=status,
+        run_type=run_type,
+        limit=limit,
+        offset=offset,
+    )
+    urls = _task_urls(rows)
+    return RunPage(total=total, limit=limit, offset=offset, items=[_run(r, urls[r.id]) for r in rows])
+
+
+@router.get("/api/runs/{run_id}", response_model=Run, dependencies=[read_runs], summary="One invoice run")
+def get_run(run_id: int, conn=Depends(read_only)) -> Run:
+    row = queries.get_run(conn, run_id)
+    if row is None:
+        raise HTTPException(404, f"invoice run {run_id} does not exist")
+    return _run(row, _task_urls([row])[row.id])
+
+
+@router.get("/api/organizations", response_model=list[Organization], dependencies=[read_runs])
+def list_organizations(conn=Depends(read_only)) -> list[Organization]:
+    return [Organization(**dict(r._mapping)) for r in queries.organizations(conn)]
+
+
+@router.get("/api/trends", response_model=Trends, dependencies=[read_runs], summary="Trends over the last months")
+def trends(months: int = Query(12, ge=1, le=60), conn=Depends(read_only)) -> Trends:
+    today = date.today()
+    index = today.year * 12 + today.month - 1 - (months - 1)
+    since = date(index // 12, index % 12 + 1, 1)
+    return Trends(
+        since=since,
+        invoices_per_month=[
+            MonthInvoices(
+                billing_period_start=r.billing_period_start,
+                invoice_type=r.invoice_type,
+                invoices=r.invoices,
+                amount=str(r.amount),
+            )
+            for r in queries.invoices_per_month(conn, since)
+        ],
+        failures_per_month=[
+            MonthFailures(**dict(r._mapping), failure_rate=(r.failed_runs / r.runs) if r.runs else 0.0)
+            for r in queries.failure_rate_per_month(conn, since)
+        ],
+        durations=[
+            Duration(**{**dict(r._mapping), "seconds": float(r.seconds)}) for r in queries.durations(conn, since)
+        ],
+    )
+
+
+@router.post("/api/preview", dependencies=[trigger_rent], summary="What a rent run would write, written nowhere")
+def preview(body: PreviewRequest) -> dict:
+    from tentman.engine.preview import preview_rent
+
+    period = BillingPeriod.parse(body.billing_month)
+    with UnitOfWork(_engine(), read_only=True) as uow:
+        known = set(queries.existing_organization_ids(uow.connection, body.organization_ids))
+    unknown = sorted(set(body.organization_ids) - known)
+    if unknown:
+        raise HTTPException(422, f"organizations {unknown} do not exist")
+    organizations = []
+    for organization_id in body.organization_ids:
+        with UnitOfWork(_engine(), statement_timeout="60s") as uow:  # never committed: nothing is written
+            organizations.append(
+                preview_rent(
+                    uow.connection,
+                    organization_id=organization_id,
+                    period=period,
+                    proration_method=body.proration_method,
+                    limit=body.limit,
+                    offset=body.offset,
+                )
+            )
+    return {"organizations": organizations}
+
+
+@router.get("/ui/", response_class=HTMLResponse, include_in_schema=False)
+async def page(request: Request):
+    """The page (no data in it): a visitor without a session is sent to Airflow's login."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    if not request.cookies.get("_token") and not request.headers.get("authorization"):
+        return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)))
+    await current_user(request)  # an invalid or expired session is refused like the API
+    return HTMLResponse(_page_html())
+
+
+@functools.cache
+def _page_html() -> str:
+    """The page, with the names it shows (DAG ids, run types, proration methods) filled in from tentman.names."""
+    names = {
+        "rent_dag_id": RENT_DAG_ID,
+        "utility_dag_id": UTILITY_DAG_ID,
+        "rent_run": RENT_RUN,
+        "utility_run": UTILITY_RUN,
+        "rent_invoice": INVOICE_TYPE_OF_RUN[RENT_RUN],
+        "utility_invoice": INVOICE_TYPE_OF_RUN[UTILITY_RUN],
+        "run_statuses": list(RUN_STATUSES),
+        "proration_methods": [method.value for method in ProrationMethod],
+        "default_proration_method": DEFAULT_PRORATION_METHOD.value,
+    }
+    return (STATIC / "index.html").read_text().replace("__TENTMAN_NAMES__", json.dumps(names))
+
+
+@router.get("/ui/whoami", include_in_schema=False)
+def whoami(current=Depends(current_user)) -> dict:
+    return {"user": current.get_name()}
 
 
 def create_app() -> FastAPI:
@@ -192,86 +335,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
-    read_runs = requires_dag_run_access("GET")
-    trigger_rent = requires_dag_run_access("POST", RENT_DAG_ID)
-
-    @app.get("/api/runs", response_model=RunPage, dependencies=[read_runs], summary="Invoice runs, newest first")
-    def list_runs(
-        organization_id: int | None = None,
-        billing_month: str | None = Query(None, pattern=MONTH_PATTERN),
-        status: Literal["running", "completed", "completed_with_errors", "failed"] | None = None,
-        run_type: Literal["monthly_rent", "utility"] | None = None,
-        limit: int = Query(50, ge=1, le=200),
-        offset: int = Query(0, ge=0),
-        conn=Depends(read_only),
-    ) -> RunPage:
-        period = BillingPeriod.parse(billing_month).start if billing_month else None
-        total, rows = queries.list_runs(conn, organization_id=organization_id, period_start=period, status=status,
-                                        run_type=run_type, limit=limit, offset=offset)
-        urls = _task_urls(rows)
-        return RunPage(total=total, limit=limit, offset=offset, items=[_run(r, urls[r.id]) for r in rows])
-
-    @app.get("/api/runs/{run_id}", response_model=Run, dependencies=[read_runs], summary="One invoice run")
-    def get_run(run_id: int, conn=Depends(read_only)) -> Run:
-        row = queries.get_run(conn, run_id)
-        if row is None:
-            raise HTTPException(404, f"invoice run {run_id} does not exist")
-        return _run(row, _task_urls([row])[row.id])
-
-    @app.get("/api/organizations", response_model=list[Organization], dependencies=[read_runs])
-    def list_organizations(conn=Depends(read_only)) -> list[Organization]:
-        return [Organization(**dict(r._mapping)) for r in queries.organizations(conn)]
-
-    @app.get("/api/trends", response_model=Trends, dependencies=[read_runs], summary="Trends over the last months")
-    def trends(months: int = Query(12, ge=1, le=60), conn=Depends(read_only)) -> Trends:
-        today = date.today()
-        index = today.year * 12 + today.month - 1 - (months - 1)
-        since = date(index // 12, index % 12 + 1, 1)
-        return Trends(
-            since=since,
-            invoices_per_month=[
-                MonthInvoices(billing_period_start=r.billing_period_start, invoice_type=r.invoice_type,
-                              invoices=r.invoices, amount=str(r.amount))
-                for r in queries.invoices_per_month(conn, since)
-            ],
-            failures_per_month=[
-                MonthFailures(**dict(r._mapping), failure_rate=(r.failed_runs / r.runs) if r.runs else 0.0)
-                for r in queries.failure_rate_per_month(conn, since)
-            ],
-            durations=[Duration(**{**dict(r._mapping), "seconds": float(r.seconds)})
-                       for r in queries.durations(conn, since)],
-        )
-
-    @app.post("/api/preview", dependencies=[trigger_rent], summary="What a rent run would write, written nowhere")
-    def preview(body: PreviewRequest) -> dict:
-        from tentman.preview import preview_rent
-        from tentman.proration import ProrationMethod
-
-        period = BillingPeriod.parse(body.billing_month)
-        with _engine().connect() as conn:
-            known = set(conn.execute(sa.text("SELECT id FROM organizations WHERE id = ANY(:ids)"),
-                                     {"ids": body.organization_ids}).scalars())
-        unknown = sorted(set(body.organization_ids) - known)
-        if unknown:
-            raise HTTPException(422, f"organizations {unknown} do not exist")
-        return {
-            "organizations": [
-                preview_rent(_engine(), organization_id=org, period=period,
-                             proration_method=ProrationMethod.parse(body.proration_method),
-                             limit=body.limit, offset=body.offset)
-                for org in body.organization_ids
-            ]
-        }
-
-    @app.get("/ui/", response_class=HTMLResponse, include_in_schema=False)
-    async def page(request: Request):
-        """The page (no data in it): a visitor without a session is sent to Airflow's login."""
-        from airflow.api_fastapi.app import get_auth_manager
-
-        if not request.cookies.get("_token") and not request.headers.get("authorization"):
-            return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)))
-        await current_user(request)  # an invalid or expired session is refused like the API
-        return HTMLResponse((STATIC / "index.html").read_text())
+    app.include_router(router)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[read_runs])
     def openapi() -> dict:
@@ -282,9 +346,5 @@ def create_app() -> FastAPI:
         from fastapi.openapi.docs import get_swagger_ui_html
 
         return get_swagger_ui_html(openapi_url="/tentman/openapi.json", title="TentMan billing runs API")
-
-    @app.get("/ui/whoami", include_in_schema=False)
-    def whoami(current=Depends(current_user)) -> dict:
-        return {"user": current.get_name()}
 
     return app

@@ -7,6 +7,8 @@ from datetime import date
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tentman.names import invoice_type_sql
+
 RUN_COLUMNS = """
     r.id, r.dag_id, r.dag_run_id, r.organization_id, o.name AS organization_name, r.run_type,
     r.billing_period_start, r.billing_period_end, r.proration_method, r.status, r.total_leases,
@@ -15,15 +17,15 @@ RUN_COLUMNS = """
 """
 
 # The amount and number of invoices of the organization, type and period (void ones left out).
-AMOUNT = """
-    (SELECT coalesce(sum(i.total), 0) FROM invoices i
-      WHERE i.organization_id = r.organization_id
-        AND i.invoice_type = CASE r.run_type WHEN 'monthly_rent' THEN 'rent' ELSE 'utility' END
-        AND i.billing_period_start = r.billing_period_start AND i.status <> 'void') AS amount_billed,
-    (SELECT count(*) FROM invoices i
-      WHERE i.organization_id = r.organization_id
-        AND i.invoice_type = CASE r.run_type WHEN 'monthly_rent' THEN 'rent' ELSE 'utility' END
-        AND i.billing_period_start = r.billing_period_start AND i.status <> 'void') AS invoices
+_INVOICES_OF_RUN = f"""
+    FROM invoices i
+    WHERE i.organization_id = r.organization_id
+      AND i.invoice_type = {invoice_type_sql("r.run_type")}
+      AND i.billing_period_start = r.billing_period_start AND i.status <> 'void'
+"""
+AMOUNT = f"""
+    (SELECT coalesce(sum(i.total), 0) {_INVOICES_OF_RUN}) AS amount_billed,
+    (SELECT count(*) {_INVOICES_OF_RUN}) AS invoices
 """
 
 
@@ -77,6 +79,12 @@ def organizations(conn: Connection, limit: int = 5000) -> list[sa.Row]:
     return conn.execute(
         sa.text("SELECT id, name, is_active FROM organizations ORDER BY name, id LIMIT :limit"), {"limit": limit}
     ).all()
+
+
+def existing_organization_ids(conn: Connection, organization_ids: list[int]) -> list[int]:
+    return list(
+        conn.execute(sa.text("SELECT id FROM organizations WHERE id = ANY(:ids)"), {"ids": organization_ids}).scalars()
+    )
 
 
 def invoices_per_month(conn: Connection, since: date) -> list[sa.Row]:

@@ -116,7 +116,7 @@ def upgrade() -> None:
         -- Proration of a monthly amount over `days` days of a `period_days`-day month, rounded
         -- half-up to the cent (round() on numeric rounds half away from zero; amounts billed here
         -- are never negative). A plain SQL function, so the planner inlines it into the engine's
-        -- set-based statements. tentman.proration.prorate is the same rule in Python.
+        -- set-based statements. tentman.engine.proration.prorate is the same rule in Python.
         CREATE FUNCTION tentman_prorate(amount numeric, days integer, period_days integer, method text)
         RETURNS numeric
         LANGUAGE sql IMMUTABLE PARALLEL SAFE

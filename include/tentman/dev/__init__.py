@@ -1,0 +1,1 @@
+"""Developer tooling, never imported in production: embedded PostgreSQL, local stacks, demo, benchmarks."""

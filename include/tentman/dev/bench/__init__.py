@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`, `make bench-ui`, `make bench-scale`): figures, not tests."""

@@ -1,0 +1,101 @@
+"""What the benchmarks share: their scratch server and databases, the rent engine timed, the COPY floor."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import resource
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from tentman.db import create_engine_from_uri
+from tentman.dev.local import ensure_database, server_uri, start_embedded_postgres, with_database
+from tentman.engine.periods import BillingPeriod
+from tentman.engine.rent import generate_rent_invoices
+from tentman.migrate import upgrade
+from tentman.names import ProrationMethod
+
+# The month every engine benchmark bills.
+PERIOD = BillingPeriod.for_month(2026, 3)
+
+
+@contextlib.contextmanager
+def bench_server():
+    """Admin URI of the benchmark's server: TENTMAN_BENCH_DATABASE_URL, else an embedded one."""
+    admin_uri = os.environ.get("TENTMAN_BENCH_DATABASE_URL")
+    if admin_uri:
+        yield admin_uri
+        return
+    with tempfile.TemporaryDirectory(prefix="tentman-bench-") as tmp:
+        server = start_embedded_postgres(Path(tmp) / "pgdata", cleanup_mode="stop")
+        try:
+            yield server_uri(server)
+        finally:
+            server.cleanup()
+
+
+@contextlib.contextmanager
+def scratch_database(admin_uri: str, prefix: str):
+    """An engine on a freshly migrated database, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    ensure_database(admin_uri, name)
+    engine = create_engine_from_uri(with_database(admin_uri, name))
+    try:
+        upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        admin = create_engine_from_uri(admin_uri, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bill_rent(engine, organization_id: int, period: BillingPeriod = PERIOD) -> tuple[float, object]:
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        result = generate_rent_invoices(
+            conn,
+            organization_id=organization_id,
+            period=period,
+            proration_method=ProrationMethod.ACTUAL_DAYS_IN_MONTH,
+            invoice_run_id=None,
+        )
+    return time.perf_counter() - started, result
+
+
+def copy_floor(engine, tables: list[str], where: dict[str, str]) -> float:
+    """Seconds to COPY the rows currently in `tables` back in, after deleting them."""
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        dumps = {}
+        for table in tables:
+            buf = io.BytesIO()
+            with cur.copy(f"COPY (SELECT * FROM {table} WHERE {where[table]}) TO STDOUT") as copy:
+                for chunk in copy:
+                    buf.write(chunk)
+            dumps[table] = buf.getvalue()
+        for table in reversed(tables):
+            cur.execute(f"DELETE FROM {table} WHERE {where[table]}")
+        raw.commit()
+        # Start the floor from clean tables, as the engine's first run did.
+        raw.driver_connection.autocommit = True
+        for table in tables:
+            cur.execute(f"VACUUM ANALYZE {table}")
+        raw.driver_connection.autocommit = False
+        started = time.perf_counter()
+        for table in tables:
+            with cur.copy(f"COPY {table} FROM STDIN") as copy:
+                copy.write(dumps[table])
+        raw.commit()
+        return time.perf_counter() - started
+    finally:
+        raw.close()

@@ -1,0 +1,389 @@
+"""Monthly rent billing engine: draft rent invoices for one organization and one month.
+
+Set-based: an organization is billed with a fixed number of SQL statements whatever its size (the
+leases in scope, their lines and the existing invoices are staged in temporary tables), never one
+round trip per lease. All work happens on the caller's connection and transaction; the caller
+commits (or, for a dry run, rolls back).
+
+Rules (see README "Billing rules"):
+- leases with status 'active' whose occupancy overlaps the period are billed;
+- one draft 'rent' invoice per lease and period: a 'rent' line plus one 'recurring_charge' line
+  per active charge overlapping the occupied days, each prorated over its own days;
+- a re-run recomputes each draft in place; issued/paid/void invoices are never touched (skipped);
+- a lease with bad data is recorded as a failure with its reason and the rest is billed.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tentman.engine.common import (
+    MAX_AMOUNT,
+    OrganizationBillingResult,
+    start_organization_billing,
+    write_isolating_bad_leases,
+)
+from tentman.engine.periods import BillingPeriod
+from tentman.names import RENT_INVOICE, ProrationMethod
+
+
+def generate_rent_invoices(
+    conn: Connection,
+    *,
+    organization_id: int,
+    period: BillingPeriod,
+    proration_method: ProrationMethod,
+    invoice_run_id: int | None,
+) -> OrganizationBillingResult:
+    """Create or update the draft rent invoices of one organization for `period`.
+
+    Runs on the caller's transaction and takes the organization's rent lock. Raises on
+    organization-level failures (lost connection, missing organization) so the caller can retry.
+    """
+    result, currency = start_organization_billing(conn, RENT_INVOICE, organization_id)
+    if currency is None:
+        return result
+
+    params = {
+        "org": organization_id,
+        "p0": period.start,
+        "p1": period.end,
+        "period_days": period.days,
+        "method": proration_method.value,
+        "currency": currency,
+        "due": period.start,  # rent is due on the first day of the month it pays for
+        "run_id": invoice_run_id,
+        "max_amount": MAX_AMOUNT,
+    }
+    for statement in _STAGE_STATEMENTS:
+        conn.execute(sa.text(statement), params)
+
+    write_isolating_bad_leases(
+        conn,
+        lambda lo, hi: _write_invoices(conn, {**params, "lo": lo, "hi": hi}),
+        lambda: list(conn.execute(sa.text(_PENDING_LEASE_IDS)).scalars()),
+        lambda lease_id, reason: conn.execute(sa.text(_RECORD_WRITE_FAILURE), {"lease": lease_id, "reason": reason}),
+    )
+
+    counts = conn.execute(sa.text(_COUNTS), params).one()
+    result.total_leases = counts.total
+    result.failure_count = counts.failed
+    result.skipped_count = counts.skipped
+    result.success_count = counts.total - counts.failed - counts.skipped
+    result.invoices_created = counts.created
+    result.invoices_updated = counts.updated
+    result.invoices_unchanged = counts.unchanged
+    result.amount_billed = counts.amount_billed or Decimal("0.00")
+    result.errors = [
+        {"lease_id": row.lease_id, "error": row.error}
+        for row in conn.execute(
+            sa.text("SELECT lease_id, error FROM tm_rent_lease WHERE error IS NOT NULL ORDER BY lease_id")
+        )
+    ]
+    result.stale_drafts_removed = conn.execute(sa.text(_DELETE_STALE_DRAFTS), params).rowcount
+    return result
+
+
+# Stage 1: the leases in scope, with the reason each one cannot be billed (null = billable).
+# Leases with an unknown status that touch the period are in scope so the bad status is reported.
+_STAGE_LEASES = """
+CREATE TEMP TABLE tm_rent_lease ON COMMIT DROP AS
+SELECT l.id AS lease_id,
+       coalesce(l.unit_label, '') AS unit_label,
+       l.monthly_rent,
+       greatest(l.start_date, CAST(:p0 AS date)) AS occ_start,
+       least(coalesce(l.end_date, CAST(:p1 AS date)), CAST(:p1 AS date)) AS occ_end,
+       CASE
+           WHEN l.status IS NULL OR l.status NOT IN ('draft', 'active', 'terminated', 'ended')
+               THEN format('lease status %s is unknown; expected one of draft, active, terminated, ended',
+                           coalesce(quote_literal(l.status), 'null'))
+           WHEN l.start_date IS NULL THEN 'lease has no start_date'
+           WHEN l.end_date < l.start_date
+               THEN format('lease end_date %s is before its start_date %s', l.end_date, l.start_date)
+           WHEN l.monthly_rent IS NULL THEN 'lease has no monthly_rent'
+           WHEN l.monthly_rent < 0 THEN format('monthly_rent %s is negative', l.monthly_rent)
+       END AS error
+FROM leases l
+WHERE l.organization_id = :org
+  AND (l.status = 'active' OR l.status IS NULL OR l.status NOT IN ('draft', 'terminated', 'ended'))
+  AND (l.start_date IS NULL OR l.start_date <= :p1)
+  AND (l.end_date IS NULL OR l.end_date >= :p0)
+"""
+
+# Stage 2: a lease with a bad active charge in its occupied days fails as a whole, so no invoice
+# is ever drafted with a charge silently missing.
+_FLAG_BAD_CHARGES = """
+UPDATE tm_rent_lease t
+SET error = bad.error
+FROM (
+    SELECT DISTINCT ON (c.lease_id)
+           c.lease_id,
+           CASE
+               WHEN c.amount IS NULL THEN format('recurring charge %s has no amount', c.id)
+               WHEN c.amount < 0 THEN format('recurring charge %s amount %s is negative', c.id, c.amount)
+               ELSE format('recurring charge %s end_date %s is before its start_date %s',
+                           c.id, c.end_date, c.start_date)
+           END AS error
+    FROM lease_recurring_charges c
+    JOIN tm_rent_lease l ON l.lease_id = c.lease_id AND l.error IS NULL
+    WHERE c.is_active
+      AND (c.start_date IS NULL OR c.start_date <= l.occ_end)
+      AND (c.end_date IS NULL OR c.end_date >= l.occ_start)
+      AND (c.amount IS NULL OR c.amount < 0 OR c.end_date < c.start_date)
+    ORDER BY c.lease_id, c.id
+) bad
+WHERE t.lease_id = bad.lease_id
+"""
+
+# Stage 3: the lines every billable lease should have. A charge without a start date runs from
+# the start of the occupancy.
+_STAGE_LINES = """
+CREATE TEMP TABLE tm_rent_line ON COMMIT DROP AS
+SELECT l.lease_id,
+       'rent'::text AS line_type,
+       l.lease_id AS source_id,
+       format('Rent, unit %s, %s to %s', l.unit_label, l.occ_start, l.occ_end) AS description,
+       l.occ_start AS service_period_start,
+       l.occ_end AS service_period_end,
+       tentman_prorate(l.monthly_rent, l.occ_end - l.occ_start + 1, :period_days, :method) AS amount
+FROM tm_rent_lease l
+WHERE l.error IS NULL
+UNION ALL
+SELECT c.lease_id,
+       'recurring_charge'::text,
+       c.id,
+       format('%s, %s to %s',
+              coalesce(nullif(c.description, ''), nullif(c.charge_type, ''), 'Recurring charge'),
+              c.svc_start, c.svc_end),
+       c.svc_start,
+       c.svc_end,
+       tentman_prorate(c.amount, c.svc_end - c.svc_start + 1, :period_days, :method)
+FROM (
+    SELECT c.id, c.lease_id, c.description, c.charge_type, c.amount,
+           greatest(coalesce(c.start_date, l.occ_start), l.occ_start) AS svc_start,
+           least(coalesce(c.end_date, l.occ_end), l.occ_end) AS svc_end
+    FROM lease_recurring_charges c
+    JOIN tm_rent_lease l ON l.lease_id = c.lease_id AND l.error IS NULL
+    WHERE c.is_active
+) c
+WHERE c.svc_start <= c.svc_end
+"""
+
+# Stage 4: per billable lease, its new total and the invoice it already has for the period.
+_STAGE_TARGETS = """
+CREATE TEMP TABLE tm_rent_target ON COMMIT DROP AS
+SELECT t.lease_id, t.total, i.id AS invoice_id, i.status AS invoice_status,
+       i.organization_id AS invoice_organization_id,
+       (i.id IS NOT NULL AND (
+            i.subtotal IS DISTINCT FROM t.total OR i.total IS DISTINCT FROM t.total
+            OR i.due_date IS DISTINCT FROM CAST(:due AS date)
+            OR i.currency IS DISTINCT FROM CAST(:currency AS char(3))
+            OR i.billing_period_end IS DISTINCT FROM CAST(:p1 AS date)
+       )) AS header_changed,
+       NULL::text AS outcome
+FROM (SELECT lease_id, sum(amount) AS total FROM tm_rent_line GROUP BY lease_id) t
+LEFT JOIN invoices i
+       ON i.lease_id = t.lease_id AND i.invoice_type = 'rent' AND i.billing_period_start = :p0
+"""
+
+_FLAG_BAD_TOTALS = """
+UPDATE tm_rent_lease l
+SET error = format('invoice total %s exceeds the largest amount an invoice can hold (%s)',
+                   t.total, CAST(:max_amount AS numeric))
+FROM tm_rent_target t
+WHERE t.lease_id = l.lease_id AND t.total > :max_amount
+"""
+
+_FLAG_FOREIGN_INVOICES = """
+UPDATE tm_rent_lease l
+SET error = format('rent invoice %s for this lease and period belongs to organization %s',
+                   t.invoice_id, t.invoice_organization_id)
+FROM tm_rent_target t
+WHERE t.lease_id = l.lease_id AND t.invoice_organization_id <> :org
+"""
+
+_DROP_FLAGGED_TARGETS = """
+DELETE FROM tm_rent_target t USING tm_rent_lease l WHERE l.lease_id = t.lease_id AND l.error IS NOT NULL
+"""
+
+# Existing invoices that are issued, paid or void are never touched.
+_MARK_SKIPPED = """
+UPDATE tm_rent_target SET outcome = 'skipped' WHERE invoice_status IS NOT NULL AND invoice_status <> 'draft'
+"""
+
+# Stage 5: line differences between what existing drafts hold and what they should hold.
+# `n` is each draft's lines as they should be, `o` its lines as stored; they are matched on
+# (invoice, line type, source). A row of the FULL JOIN then means one of three things:
+# - o.id IS NULL: the line is new (n only) — inserted;
+# - n.invoice_id IS NULL: the line is no longer due (o only, e.g. a charge that ended) — deleted
+#   (its n columns, line_type included, are NULL, which is how _DELETE_OLD_LINES finds it);
+# - both sides, with different text, dates or amount: the line changed — upserted.
+# Lines equal on both sides are not in the diff at all, so an unchanged draft is never rewritten.
+_STAGE_LINE_DIFF = """
+CREATE TEMP TABLE tm_rent_line_diff ON COMMIT DROP AS
+SELECT coalesce(n.invoice_id, o.invoice_id) AS invoice_id,
+       o.id AS old_line_id,
+       n.line_type, n.source_id, n.description, n.service_period_start, n.service_period_end, n.amount
+FROM (
+    SELECT t.invoice_id, l.*
+    FROM tm_rent_line l
+    JOIN tm_rent_target t ON t.lease_id = l.lease_id AND t.invoice_status = 'draft'
+) n
+FULL JOIN (
+    SELECT il.*
+    FROM invoice_lines il
+    JOIN tm_rent_target t ON t.invoice_id = il.invoice_id AND t.invoice_status = 'draft'
+) o ON o.invoice_id = n.invoice_id AND o.line_type = n.line_type AND o.source_id = n.source_id
+WHERE o.id IS NULL OR n.invoice_id IS NULL
+   OR (o.description, o.service_period_start, o.service_period_end, o.amount)
+      IS DISTINCT FROM (n.description, n.service_period_start, n.service_period_end, n.amount)
+"""
+
+_STAGE_STATEMENTS = (
+    _STAGE_LEASES,
+    "ANALYZE tm_rent_lease",
+    _FLAG_BAD_CHARGES,
+    _STAGE_LINES,
+    "ANALYZE tm_rent_line",
+    _STAGE_TARGETS,
+    _FLAG_BAD_TOTALS,
+    _FLAG_FOREIGN_INVOICES,
+    _DROP_FLAGGED_TARGETS,
+    _MARK_SKIPPED,
+    "ANALYZE tm_rent_target",
+    _STAGE_LINE_DIFF,
+    "ANALYZE tm_rent_line_diff",
+)
+
+# New invoices and their lines in one statement. ON CONFLICT DO NOTHING covers an invoice that
+# another writer (not holding our lock, e.g. the TentMan app) created meanwhile: that lease is
+# reported as skipped rather than failing the organization.
+_INSERT_NEW = """
+WITH new_invoice AS (
+    INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
+                          billing_period_end, status, currency, subtotal, total, due_date,
+                          invoice_run_id)
+    SELECT :org, t.lease_id, 'rent', :p0, :p1, 'draft', :currency, t.total, t.total, :due, :run_id
+    FROM tm_rent_target t
+    WHERE t.invoice_id IS NULL AND t.lease_id BETWEEN :lo AND :hi
+    ORDER BY t.lease_id
+    ON CONFLICT (lease_id, invoice_type, billing_period_start) DO NOTHING
+    RETURNING id, lease_id
+), new_line AS (
+    INSERT INTO invoice_lines (invoice_id, line_type, source_id, description,
+                               service_period_start, service_period_end, amount)
+    SELECT n.id, l.line_type, l.source_id, l.description, l.service_period_start,
+           l.service_period_end, l.amount
+    FROM new_invoice n
+    JOIN tm_rent_line l ON l.lease_id = n.lease_id
+)
+UPDATE tm_rent_target t
+SET invoice_id = n.id, invoice_status = 'draft', outcome = 'created'
+FROM new_invoice n
+WHERE t.lease_id = n.lease_id
+"""
+
+_MARK_CONCURRENTLY_CREATED = """
+UPDATE tm_rent_target SET outcome = 'skipped'
+WHERE invoice_id IS NULL AND outcome IS NULL AND lease_id BETWEEN :lo AND :hi
+"""
+
+# Existing drafts that differ are updated; `status = 'draft'` is re-checked on the row itself so
+# an invoice issued meanwhile by the application is left alone (and reported as skipped).
+_UPDATE_CHANGED = """
+WITH changed AS (
+    SELECT t.invoice_id, t.total
+    FROM tm_rent_target t
+    WHERE t.invoice_status = 'draft' AND t.outcome IS NULL AND t.lease_id BETWEEN :lo AND :hi
+      AND (t.header_changed OR EXISTS (SELECT 1 FROM tm_rent_line_diff d WHERE d.invoice_id = t.invoice_id))
+), updated AS (
+    UPDATE invoices i
+    SET billing_period_end = :p1, currency = :currency, subtotal = c.total, total = c.total,
+        due_date = :due, invoice_run_id = :run_id, updated_at = now()
+    FROM changed c
+    WHERE i.id = c.invoice_id AND i.status = 'draft'
+    RETURNING i.id
+)
+UPDATE tm_rent_target t
+SET outcome = CASE WHEN u.id IS NULL THEN 'skipped' ELSE 'updated' END
+FROM changed c LEFT JOIN updated u ON u.id = c.invoice_id
+WHERE t.invoice_id = c.invoice_id
+"""
+
+_DELETE_OLD_LINES = """
+DELETE FROM invoice_lines il
+USING tm_rent_line_diff d
+JOIN tm_rent_target t ON t.invoice_id = d.invoice_id AND t.outcome = 'updated'
+WHERE il.id = d.old_line_id AND d.line_type IS NULL AND t.lease_id BETWEEN :lo AND :hi
+"""
+
+_UPSERT_CHANGED_LINES = """
+INSERT INTO invoice_lines (invoice_id, line_type, source_id, description,
+                           service_period_start, service_period_end, amount)
+SELECT d.invoice_id, d.line_type, d.source_id, d.description, d.service_period_start,
+       d.service_period_end, d.amount
+FROM tm_rent_line_diff d
+JOIN tm_rent_target t ON t.invoice_id = d.invoice_id AND t.outcome = 'updated'
+WHERE d.line_type IS NOT NULL AND t.lease_id BETWEEN :lo AND :hi
+ORDER BY d.invoice_id, d.line_type, d.source_id
+ON CONFLICT (invoice_id, line_type, source_id) DO UPDATE
+SET description = excluded.description,
+    service_period_start = excluded.service_period_start,
+    service_period_end = excluded.service_period_end,
+    amount = excluded.amount
+"""
+
+_MARK_UNCHANGED = """
+UPDATE tm_rent_target SET outcome = 'unchanged' WHERE outcome IS NULL AND lease_id BETWEEN :lo AND :hi
+"""
+
+
+def _write_invoices(conn: Connection, params: dict) -> None:
+    for statement in (
+        _INSERT_NEW,
+        _MARK_CONCURRENTLY_CREATED,
+        _UPDATE_CHANGED,
+        _DELETE_OLD_LINES,
+        _UPSERT_CHANGED_LINES,
+        _MARK_UNCHANGED,
+    ):
+        conn.execute(sa.text(statement), params)
+
+
+_PENDING_LEASE_IDS = """
+SELECT lease_id FROM tm_rent_target WHERE outcome IS NULL ORDER BY lease_id
+"""
+
+_RECORD_WRITE_FAILURE = """
+WITH failed AS (
+    UPDATE tm_rent_lease SET error = :reason WHERE lease_id = :lease
+)
+DELETE FROM tm_rent_target WHERE lease_id = :lease
+"""
+
+_COUNTS = """
+SELECT (SELECT count(*) FROM tm_rent_lease) AS total,
+       (SELECT count(*) FROM tm_rent_lease WHERE error IS NOT NULL) AS failed,
+       count(*) FILTER (WHERE outcome = 'skipped') AS skipped,
+       count(*) FILTER (WHERE outcome = 'created') AS created,
+       count(*) FILTER (WHERE outcome = 'updated') AS updated,
+       count(*) FILTER (WHERE outcome = 'unchanged') AS unchanged,
+       sum(total) FILTER (WHERE outcome IN ('created', 'updated', 'unchanged')) AS amount_billed
+FROM tm_rent_target
+"""
+
+# A draft this job made for a lease that is no longer billed for the period (terminated, dates
+# changed) would otherwise be issued by mistake: remove it. Drafts of leases that failed this run
+# are kept as they were; invoices the application made itself (no run id) are never removed.
+_DELETE_STALE_DRAFTS = """
+DELETE FROM invoices i
+WHERE i.organization_id = :org
+  AND i.invoice_type = 'rent'
+  AND i.billing_period_start = :p0
+  AND i.status = 'draft'
+  AND i.invoice_run_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM tm_rent_lease l WHERE l.lease_id = i.lease_id)
+"""

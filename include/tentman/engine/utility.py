@@ -1,0 +1,298 @@
+"""Utility billing engine: bill every finalized, not yet invoiced utility statement exactly once.
+
+For one organization and billing period P = [p0, p1]:
+- pending statements are `finalized`, not linked to an invoice line, and end by p1 — statements of
+  earlier months finalized late are billed too; the lease's status does not matter;
+- each lease with pending statements gets its draft `utility` invoice for P (created if missing)
+  with one `utility` line per statement, and each statement is linked to its line in the same
+  statement that writes the line;
+- a non-draft invoice leaves the statements pending for the next run (lease skipped, reason
+  recorded); bad statements are recorded and left pending; the rest is billed.
+
+Exactly once is enforced by the database: a unique index on utility lines' `source_id` means a
+statement can be on one invoice line only, whatever runs overlap. Set-based like the rent engine.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tentman.engine.common import (
+    MAX_AMOUNT,
+    OrganizationBillingResult,
+    start_organization_billing,
+    write_isolating_bad_leases,
+)
+from tentman.engine.periods import BillingPeriod
+from tentman.names import UTILITY_INVOICE
+
+
+class ConcurrentStatementChange(RuntimeError):
+    """A statement changed under the run (e.g. un-finalized by the app): retry the organization."""
+
+
+def generate_utility_invoices(
+    conn: Connection,
+    *,
+    organization_id: int,
+    period: BillingPeriod,
+    invoice_run_id: int | None,
+    due_date: date | None = None,
+) -> OrganizationBillingResult:
+    """Bill the organization's pending utility statements onto draft utility invoices for `period`.
+
+    Runs on the caller's transaction and takes the organization's utility lock (never the rent
+    one: rent and utility runs do not wait for each other).
+    """
+    result, currency = start_organization_billing(conn, UTILITY_INVOICE, organization_id)
+    if currency is None:
+        return result
+    params = {
+        "org": organization_id,
+        "p0": period.start,
+        "p1": period.end,
+        "currency": currency,
+        "due": due_date or period.end,
+        "run_id": invoice_run_id,
+        "max_amount": MAX_AMOUNT,
+    }
+    for statement in _STAGE_STATEMENTS:
+        conn.execute(sa.text(statement), params)
+    statements_billed = 0
+
+    def write_batch(lo: int, hi: int) -> None:
+        nonlocal statements_billed
+        batch = {**params, "lo": lo, "hi": hi}
+        billed = conn.execute(sa.text(_BILL_STATEMENTS), batch).one()
+        if billed.lines != billed.linked:
+            raise ConcurrentStatementChange(
+                f"{billed.lines - billed.linked} utility statements of organization {organization_id} changed "
+                "while they were being billed; nothing was written, the organization will be retried"
+            )
+        conn.execute(sa.text(_MARK_CONCURRENTLY_ISSUED), batch)
+        conn.execute(sa.text(_RECOMPUTE_TOTALS), batch)
+        statements_billed += billed.lines
+
+    write_isolating_bad_leases(
+        conn,
+        write_batch,
+        lambda: list(conn.execute(sa.text(_PENDING_LEASE_IDS)).scalars()),
+        lambda lease_id, reason: conn.execute(sa.text(_RECORD_WRITE_FAILURE), {"lease": lease_id, "reason": reason}),
+    )
+
+    counts = conn.execute(sa.text(_COUNTS)).one()
+    result.total_leases = counts.total
+    result.success_count = counts.success
+    result.skipped_count = counts.skipped
+    result.failure_count = counts.failed
+    result.statements_billed = statements_billed
+    result.invoices_created = counts.created
+    result.invoices_updated = counts.success - counts.created
+    result.amount_billed = counts.amount_billed or Decimal("0.00")
+    result.errors = [{"lease_id": row.lease_id, "error": row.error} for row in conn.execute(sa.text(_ERRORS))]
+    return result
+
+
+# The organization's pending statements, each with the reason it cannot be billed (null = ok).
+# A statement that already has a utility line (its link lost, e.g. restored from a backup) is
+# linked back to that line instead of being billed a second time.
+_STAGE_PENDING = """
+CREATE TEMP TABLE tm_util_stmt ON COMMIT DROP AS
+SELECT s.id AS statement_id,
+       s.lease_id,
+       coalesce(s.lease_id::text, 'statement ' || s.id) AS lease_key,
+       s.utility_type, s.period_start, s.period_end, s.amount,
+       existing.id AS existing_line_id,
+       CASE
+           WHEN s.lease_id IS NULL OR l.id IS NULL
+               THEN format('utility statement %s names lease %s, which does not exist',
+                           s.id, coalesce(s.lease_id::text, 'null'))
+           WHEN l.organization_id IS DISTINCT FROM s.organization_id
+               THEN format('utility statement %s names lease %s, which belongs to another organization',
+                           s.id, s.lease_id)
+           WHEN s.amount IS NULL THEN format('utility statement %s of lease %s has no amount', s.id, s.lease_id)
+           WHEN s.period_start IS NULL OR s.period_end IS NULL
+               THEN format('utility statement %s of lease %s has no service period', s.id, s.lease_id)
+           WHEN s.period_end < s.period_start
+               THEN format('utility statement %s of lease %s: period_end %s is before its period_start %s',
+                           s.id, s.lease_id, s.period_end, s.period_start)
+       END AS error
+FROM utility_statements s
+LEFT JOIN leases l ON l.id = s.lease_id
+LEFT JOIN invoice_lines existing ON existing.line_type = 'utility' AND existing.source_id = s.id
+WHERE s.organization_id = :org
+  AND s.status = 'finalized'
+  AND s.invoice_line_id IS NULL
+  AND (s.period_end <= :p1 OR s.period_end IS NULL)
+"""
+
+_RELINK_BILLED = """
+WITH relinked AS (
+    UPDATE utility_statements s SET invoice_line_id = t.existing_line_id
+    FROM tm_util_stmt t
+    WHERE s.id = t.statement_id AND t.existing_line_id IS NOT NULL AND s.invoice_line_id IS NULL
+    RETURNING s.id
+)
+DELETE FROM tm_util_stmt t USING relinked r WHERE t.statement_id = r.id
+"""
+
+# Per lease with good statements: its invoice for the period, and the total it would reach.
+_STAGE_LEASES = """
+CREATE TEMP TABLE tm_util_lease ON COMMIT DROP AS
+SELECT t.lease_id, sum(t.amount) AS new_amount, i.id AS invoice_id, i.status AS invoice_status,
+       coalesce(i.total, 0) + sum(t.amount) AS new_total,
+       CASE
+           WHEN i.status IS NOT NULL AND i.status <> 'draft' THEN 'skipped'
+       END AS outcome,
+       NULL::text AS error
+FROM tm_util_stmt t
+LEFT JOIN invoices i ON i.lease_id = t.lease_id AND i.invoice_type = 'utility' AND i.billing_period_start = :p0
+WHERE t.error IS NULL
+GROUP BY t.lease_id, i.id, i.status, i.total
+"""
+
+_FLAG_LEASE_PROBLEMS = """
+UPDATE tm_util_lease l
+SET error = CASE
+        WHEN l.outcome = 'skipped'
+            THEN format('utility invoice %s of lease %s for %s is %s; its statements %s stay pending for the next run',
+                        l.invoice_id, l.lease_id, to_char(CAST(:p0 AS date), 'YYYY-MM'), l.invoice_status,
+                        (SELECT string_agg(t.statement_id::text, ', ' ORDER BY t.statement_id)
+                         FROM tm_util_stmt t WHERE t.lease_id = l.lease_id AND t.error IS NULL))
+        ELSE format('utility invoice of lease %s would total %s, more than an invoice can hold (%s); '
+                    'its statements stay pending', l.lease_id, l.new_total, CAST(:max_amount AS numeric))
+    END,
+    outcome = coalesce(l.outcome, 'failed')
+WHERE l.outcome = 'skipped' OR abs(l.new_total) > :max_amount
+"""
+
+_STAGE_STATEMENTS = (
+    _STAGE_PENDING,
+    _RELINK_BILLED,
+    "ANALYZE tm_util_stmt",
+    _STAGE_LEASES,
+    _FLAG_LEASE_PROBLEMS,
+    "ANALYZE tm_util_lease",
+)
+
+# One statement of chained data-modifying CTEs, so invoices, lines and links are written together:
+# 1. `invoice` — each lease's draft utility invoice for the period: inserted with the new
+#    statements' amount as its total, or, when it exists and is still a draft, locked and touched
+#    by ON CONFLICT DO UPDATE (its total is recomputed by _RECOMPUTE_TOTALS afterwards). A non-draft
+#    invoice fails the DO UPDATE's WHERE and is not returned: its lease is handled as issued.
+#    `xmax = 0` tells the two apart: a freshly inserted row version has no locking transaction,
+#    while the version an ON CONFLICT DO UPDATE writes keeps the row lock ON CONFLICT took, so its
+#    xmax is our transaction (a PostgreSQL detail; the engine tests count created vs updated).
+# 2. `marked` — records each lease's outcome (created or updated) in the staging table.
+# 3. `line` — one invoice line per statement. ON CONFLICT on the once-per-statement unique index
+#    skips a statement another writer billed meanwhile: it is never billed twice.
+# 4. `linked` — points each statement at its new line, if it is still finalized and unlinked.
+# The CTEs pass rows on only through RETURNING: each reads the tables as they were before the
+# statement. Hence the two counts at the end: lines written and statements linked must be equal,
+# or a statement changed under the run (the caller then retries the organization).
+_BILL_STATEMENTS = """
+WITH invoice AS (
+    INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, billing_period_end,
+                          status, currency, subtotal, total, due_date, invoice_run_id)
+    SELECT :org, l.lease_id, 'utility', :p0, :p1, 'draft', :currency, l.new_amount, l.new_amount, :due, :run_id
+    FROM tm_util_lease l
+    WHERE l.outcome IS NULL AND l.lease_id BETWEEN :lo AND :hi
+    ORDER BY l.lease_id
+    ON CONFLICT (lease_id, invoice_type, billing_period_start) DO UPDATE
+    SET updated_at = now()
+    WHERE invoices.status = 'draft'
+    RETURNING id, lease_id, (xmax = 0) AS created
+), marked AS (
+    UPDATE tm_util_lease l
+    SET invoice_id = i.id, outcome = CASE WHEN i.created THEN 'created' ELSE 'updated' END
+    FROM invoice i
+    WHERE l.lease_id = i.lease_id
+), line AS (
+    INSERT INTO invoice_lines (invoice_id, line_type, source_id, description,
+                               service_period_start, service_period_end, amount)
+    SELECT i.id, 'utility', t.statement_id,
+           format('%s, %s to %s', initcap(coalesce(nullif(t.utility_type, ''), 'utility')),
+                  t.period_start, t.period_end),
+           t.period_start, t.period_end, t.amount
+    FROM invoice i
+    JOIN tm_util_stmt t ON t.lease_id = i.lease_id AND t.error IS NULL
+    ORDER BY t.statement_id
+    ON CONFLICT (source_id) WHERE line_type = 'utility' DO NOTHING
+    RETURNING id, source_id
+), linked AS (
+    UPDATE utility_statements s
+    SET invoice_line_id = line.id
+    FROM line
+    WHERE s.id = line.source_id AND s.invoice_line_id IS NULL AND s.status = 'finalized'
+    RETURNING s.id
+)
+SELECT (SELECT count(*) FROM line) AS lines, (SELECT count(*) FROM linked) AS linked
+"""
+
+# An invoice issued by the application between staging and writing was not returned above.
+_MARK_CONCURRENTLY_ISSUED = """
+UPDATE tm_util_lease
+SET outcome = 'skipped',
+    error = format('utility invoice of lease %s for %s was issued while this run was billing it; '
+                   'its statements stay pending for the next run', lease_id, to_char(CAST(:p0 AS date), 'YYYY-MM'))
+WHERE outcome IS NULL AND lease_id BETWEEN :lo AND :hi
+"""
+
+_RECOMPUTE_TOTALS = """
+UPDATE invoices i
+SET subtotal = s.total, total = s.total, due_date = :due, currency = :currency,
+    invoice_run_id = :run_id, updated_at = now()
+FROM (
+    SELECT il.invoice_id, sum(il.amount) AS total
+    FROM invoice_lines il
+    WHERE il.invoice_id IN (SELECT invoice_id FROM tm_util_lease
+                            WHERE outcome = 'updated' AND lease_id BETWEEN :lo AND :hi)
+    GROUP BY il.invoice_id
+) s
+WHERE i.id = s.invoice_id
+"""
+
+_PENDING_LEASE_IDS = "SELECT lease_id FROM tm_util_lease WHERE outcome IS NULL ORDER BY lease_id"
+
+_RECORD_WRITE_FAILURE = """
+UPDATE tm_util_lease SET outcome = 'failed', error = :reason WHERE lease_id = :lease
+"""
+
+# Counts are of leases with pending statements. A lease with at least one statement billed is a
+# success (its bad statements are still listed in errors); one whose invoice is no longer a draft
+# is skipped; one with nothing billable is a failure.
+_COUNTS = """
+WITH per_lease AS (
+    SELECT t.lease_key,
+           bool_or(l.outcome IN ('created', 'updated')) AS billed,
+           bool_or(l.outcome = 'skipped') AS skipped,
+           bool_or(l.outcome = 'created') AS created
+    FROM tm_util_stmt t
+    LEFT JOIN tm_util_lease l ON l.lease_id = t.lease_id AND t.error IS NULL
+    GROUP BY t.lease_key
+)
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE billed) AS success,
+       count(*) FILTER (WHERE NOT coalesce(billed, false) AND coalesce(skipped, false)) AS skipped,
+       count(*) FILTER (WHERE NOT coalesce(billed, false) AND NOT coalesce(skipped, false)) AS failed,
+       count(*) FILTER (WHERE created) AS created,
+       (SELECT sum(new_amount) FROM tm_util_lease WHERE outcome IN ('created', 'updated')) AS amount_billed
+FROM per_lease
+"""
+
+_ERRORS = """
+SELECT lease_id, error FROM (
+    SELECT lease_id, statement_id AS sort_key, error FROM tm_util_stmt WHERE error IS NOT NULL
+    UNION ALL
+    SELECT lease_id, 0, error FROM tm_util_lease WHERE error IS NOT NULL
+) e
+ORDER BY lease_id NULLS FIRST, sort_key
+"""
+
+
+def default_due_date(period: BillingPeriod, due_days: int) -> date:
+    return period.end + timedelta(days=due_days)

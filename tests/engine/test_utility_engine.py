@@ -1,0 +1,329 @@
+"""The utility billing engine against a real PostgreSQL: every finalized statement billed exactly once."""
+
+from __future__ import annotations
+
+import threading
+from datetime import date
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from support.factories import add_lease, add_organization, add_statement, invoice_for, lines
+from tentman.engine.common import lock_organization
+from tentman.engine.periods import BillingPeriod
+from tentman.engine.rent import generate_rent_invoices
+from tentman.engine.utility import generate_utility_invoices
+from tentman.names import ProrationMethod
+
+DEC = BillingPeriod.for_month(2026, 12)
+JAN = BillingPeriod.for_month(2027, 1)
+
+
+def bill(engine, org, period=DEC, due_date=None):
+    with engine.begin() as conn:
+        return generate_utility_invoices(
+            conn, organization_id=org, period=period, invoice_run_id=None, due_date=due_date
+        )
+
+
+def statement_line(conn, statement_id):
+    return conn.execute(
+        sa.text("SELECT invoice_line_id FROM utility_statements WHERE id = :s"), {"s": statement_id}
+    ).scalar()
+
+
+def test_pending_statements_are_billed_onto_one_draft_per_lease(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn, currency="EUR")
+        other = add_organization(conn, "Other")
+        lease = add_lease(conn, org, date(2025, 1, 1))
+        moved_out = add_lease(conn, org, date(2024, 1, 1), date(2026, 10, 31), status="ended")
+        water = add_statement(conn, org, lease, "42.17", utility_type="water")
+        power = add_statement(conn, org, lease, "88.40", utility_type="electricity")
+        late = add_statement(conn, org, lease, "19.95", date(2026, 9, 1), date(2026, 9, 30))  # finalized late
+        current = add_statement(conn, org, lease, "40.00", date(2026, 12, 1), date(2026, 12, 31))
+        draft = add_statement(conn, org, lease, "31.00", status="draft")
+        future = add_statement(conn, org, lease, "5.00", date(2027, 1, 1), date(2027, 1, 31))
+        _old_tenant = add_statement(conn, org, moved_out, "27.30", date(2026, 10, 1), date(2026, 10, 31))
+        other_lease = add_lease(conn, other, date(2025, 1, 1))
+        foreign = add_statement(conn, other, other_lease, "99.00")
+
+    result = bill(engine, org)
+    assert (result.total_leases, result.success_count, result.skipped_count, result.failure_count) == (2, 2, 0, 0)
+    assert result.statements_billed == 5 and result.errors == []
+
+    with engine.connect() as conn:
+        invoice = invoice_for(conn, lease, DEC.start, "utility")
+        got = {line.source_id: line for line in lines(conn, invoice.id)}
+        assert set(got) == {water, power, late, current}
+        assert got[water].line_type == "utility" and got[water].amount == Decimal("42.17")
+        assert got[water].description == "Water, 2026-11-01 to 2026-11-30"
+        assert got[power].description == "Electricity, 2026-11-01 to 2026-11-30"
+        assert (got[late].service_period_start, got[late].service_period_end) == (date(2026, 9, 1), date(2026, 9, 30))
+        # 42.17 + 88.40 + 19.95 + 40.00 = 190.52
+        assert invoice.subtotal == invoice.total == Decimal("190.52")
+        assert (invoice.status, invoice.currency, invoice.due_date) == ("draft", "EUR", DEC.end)
+        assert (invoice.billing_period_start, invoice.billing_period_end) == (DEC.start, DEC.end)
+        for statement, line in got.items():
+            assert statement_line(conn, statement) == line.id
+        assert invoice_for(conn, moved_out, DEC.start, "utility").total == Decimal("27.30")
+        for pending in (draft, future, foreign):
+            assert statement_line(conn, pending) is None
+        assert invoice_for(conn, other_lease, DEC.start, "utility") is None
+
+
+def test_rerun_adds_only_newly_finalized_statements_to_the_same_draft(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        lease = add_lease(conn, org, date(2025, 1, 1))
+        first = add_statement(conn, org, lease, "10.00")
+    bill(engine, org)
+    again = bill(engine, org)
+    assert (again.total_leases, again.statements_billed) == (0, 0)
+    with engine.begin() as conn:
+        second = add_statement(conn, org, lease, "2.50", utility_type="gas")
+    third = bill(engine, org)
+    assert (third.total_leases, third.success_count, third.statements_billed, third.invoices_created) == (1, 1, 1, 0)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM invoices")).scalar() == 1
+        invoice = invoice_for(conn, lease, DEC.start, "utility")
+        assert sorted(line.source_id for line in lines(conn, invoice.id)) == [first, second]
+        assert invoice.total == Decimal("12.50")
+
+
+def test_issued_invoice_leaves_statements_for_next_month(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        lease = add_lease(conn, org, date(2025, 1, 1))
+        billed = add_statement(conn, org, lease, "10.00")
+    bill(engine, org)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE invoices SET status = 'issued' WHERE lease_id = :l"), {"l": lease})
+        late = add_statement(conn, org, lease, "7.00", utility_type="gas")
+        before = conn.execute(sa.text("SELECT * FROM invoices WHERE lease_id = :l"), {"l": lease}).one()
+    result = bill(engine, org)
+    assert (result.total_leases, result.success_count, result.skipped_count, result.failure_count) == (1, 0, 1, 0)
+    assert result.errors == [
+        {
+            "lease_id": lease,
+            "error": f"utility invoice {before.id} of lease {lease} for 2026-12 is issued; "
+            f"its statements {late} stay pending for the next run",
+        }
+    ]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT * FROM invoices WHERE lease_id = :l"), {"l": lease}).one() == before
+        assert statement_line(conn, late) is None
+    january = bill(engine, org, JAN)
+    assert january.statements_billed == 1
+    with engine.connect() as conn:
+        jan_invoice = invoice_for(conn, lease, JAN.start, "utility")
+        assert [line.source_id for line in lines(conn, jan_invoice.id)] == [late]
+        assert jan_invoice.total == Decimal("7.00")
+        assert statement_line(conn, billed) is not None
+
+
+def test_bad_statements_are_recorded_and_left_pending(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        other = add_organization(conn, "Other")
+        lease = add_lease(conn, org, date(2025, 1, 1))
+        foreign_lease = add_lease(conn, other, date(2025, 1, 1))
+        good = add_statement(conn, org, lease, "20.00")
+        credit = add_statement(conn, org, lease, "-5.25", utility_type="electricity")
+        no_amount = add_statement(conn, org, lease, None)
+        inverted = add_statement(conn, org, lease, "3.00", date(2026, 11, 30), date(2026, 11, 1))
+        missing = add_statement(conn, org, 987654, "4.00")
+        no_lease = add_statement(conn, org, None, "4.00")
+        wrong_org = add_statement(conn, org, foreign_lease, "6.00")
+    result = bill(engine, org)
+    assert result.errors == [
+        {"lease_id": None, "error": f"utility statement {no_lease} names lease null, which does not exist"},
+        {"lease_id": lease, "error": f"utility statement {no_amount} of lease {lease} has no amount"},
+        {
+            "lease_id": lease,
+            "error": (
+                f"utility statement {inverted} of lease {lease}: "
+                "period_end 2026-11-01 is before its period_start 2026-11-30"
+            ),
+        },
+        {
+            "lease_id": foreign_lease,
+            "error": (
+                f"utility statement {wrong_org} names lease {foreign_lease}, which belongs to another organization"
+            ),
+        },
+        {"lease_id": 987654, "error": f"utility statement {missing} names lease 987654, which does not exist"},
+    ]
+    # Leases with pending statements: lease (billed), 987654, no lease, foreign_lease (failed).
+    assert (result.total_leases, result.success_count, result.skipped_count, result.failure_count) == (4, 1, 0, 3)
+    with engine.connect() as conn:
+        invoice = invoice_for(conn, lease, DEC.start, "utility")
+        assert sorted(line.source_id for line in lines(conn, invoice.id)) == [good, credit]
+        assert invoice.total == Decimal("14.75")  # 20.00 - 5.25: a credit is billed
+        for bad in (no_amount, inverted, missing, no_lease, wrong_org):
+            assert statement_line(conn, bad) is None
+        assert invoice_for(conn, foreign_lease, DEC.start, "utility") is None
+
+
+def test_the_database_refuses_a_second_line_for_a_statement(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        lease = add_lease(conn, org, date(2025, 1, 1))
+        statement = add_statement(conn, org, lease)
+    bill(engine, org)
+    with engine.begin() as conn:
+        other_invoice = conn.execute(
+            sa.text(
+                """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
+                                     billing_period_end, currency, subtotal, total, due_date)
+               VALUES (:o, :l, 'utility', '2027-01-01', '2027-01-31', 'USD', 0, 0, '2027-01-31') RETURNING id"""
+            ),
+            {"o": org, "l": lease},
+        ).scalar_one()
+    with pytest.raises(sa.exc.IntegrityError, match="invoice_lines_utility_statement_once"):
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO invoice_lines (invoice_id, line_type, source_id, description, amount) "
+                    "VALUES (:i, 'utility', :s, 'again', 1)"
+                ),
+                {"i": other_invoice, "s": statement},
+            )
+
+
+def test_statement_whose_link_was_lost_is_relinked_not_billed_again(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        lease = add_lease(conn, org, date(2025, 1, 1))
+        statement = add_statement(conn, org, lease)
+    bill(engine, org)
+    with engine.begin() as conn:
+        line_id = statement_line(conn, statement)
+        conn.execute(sa.text("UPDATE utility_statements SET invoice_line_id = NULL"))
+    result = bill(engine, org, JAN)
+    assert result.statements_billed == 0 and result.total_leases == 0
+    with engine.connect() as conn:
+        assert statement_line(conn, statement) == line_id
+        assert conn.execute(sa.text("SELECT count(*) FROM invoice_lines")).scalar() == 1
+
+
+def test_concurrent_runs_bill_each_statement_exactly_once(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        statements = []
+        for i in range(60):
+            lease = add_lease(conn, org, date(2025, 1, 1))
+            statements += [
+                add_statement(conn, org, lease, f"{i}.25"),
+                add_statement(conn, org, lease, "1.00", utility_type="gas"),
+            ]
+    periods = [DEC, DEC, JAN, JAN]  # two runs of the same month, and a "backfill" of the next one
+    barrier = threading.Barrier(len(periods))
+    errors = []
+
+    def run(period):
+        try:
+            barrier.wait()
+            bill(engine, org, period)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in periods]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*), count(DISTINCT source_id) FROM invoice_lines")).one() == (
+            120,
+            120,
+        )
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM utility_statements WHERE invoice_line_id IS NULL")).scalar() == 0
+        )
+        # Every invoice total equals its lines; the amounts add up to the statements'.
+        assert (
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM invoices i "
+                    "WHERE total <> (SELECT sum(amount) FROM invoice_lines WHERE invoice_id = i.id)"
+                )
+            ).scalar()
+            == 0
+        )
+        assert (
+            conn.execute(sa.text("SELECT sum(total) FROM invoices")).scalar()
+            == conn.execute(sa.text("SELECT sum(amount) FROM utility_statements")).scalar()
+        )
+
+
+def test_rent_and_utility_billing_do_not_wait_for_each_other(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        lease = add_lease(conn, org, date(2025, 1, 1))
+        add_statement(conn, org, lease, "10.00")
+    with engine.connect() as rent_conn, rent_conn.begin():
+        # A rent run of this organization is in the middle of its transaction...
+        generate_rent_invoices(
+            rent_conn,
+            organization_id=org,
+            period=DEC,
+            proration_method=ProrationMethod.ACTUAL_DAYS_IN_MONTH,
+            invoice_run_id=None,
+        )
+        # ...and the utility run of the same organization goes through without waiting.
+        with engine.begin() as conn:
+            conn.execute(sa.text("SET LOCAL lock_timeout = '3s'"))
+            result = generate_utility_invoices(conn, organization_id=org, period=DEC, invoice_run_id=None)
+        assert result.statements_billed == 1
+        # While a second utility run of the same organization does wait (and times out here).
+        with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+            with engine.connect() as holder, holder.begin():
+                lock_organization(holder, "utility", org)
+                with engine.begin() as conn:
+                    conn.execute(sa.text("SET LOCAL lock_timeout = '200ms'"))
+                    generate_utility_invoices(conn, organization_id=org, period=DEC, invoice_run_id=None)
+
+
+def test_due_date_is_configurable(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        lease = add_lease(conn, org, date(2025, 1, 1))
+        add_statement(conn, org, lease)
+    bill(engine, org, DEC, due_date=date(2027, 1, 15))
+    with engine.connect() as conn:
+        assert invoice_for(conn, lease, DEC.start, "utility").due_date == date(2027, 1, 15)
+
+
+def test_unexpected_error_on_one_lease_is_isolated(engine):
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE invoice_lines ADD CONSTRAINT test_no_6666 CHECK (amount <> 66.66)")
+        org = add_organization(conn)
+        good = [add_lease(conn, org, date(2025, 1, 1)) for _ in range(7)]
+        bad = add_lease(conn, org, date(2025, 1, 1))
+        for lease in good:
+            add_statement(conn, org, lease, "10.00")
+        ok_of_bad = add_statement(conn, org, bad, "1.00")
+        rejected = add_statement(conn, org, bad, "66.66")
+    result = bill(engine, org)
+    assert (result.total_leases, result.success_count, result.failure_count, result.statements_billed) == (8, 7, 1, 7)
+    assert result.errors[0]["lease_id"] == bad and "test_no_6666" in result.errors[0]["error"]
+    with engine.connect() as conn:
+        assert invoice_for(conn, bad, DEC.start, "utility") is None
+        assert statement_line(conn, ok_of_bad) is None and statement_line(conn, rejected) is None
+        assert conn.execute(sa.text("SELECT count(*) FROM invoices WHERE invoice_type = 'utility'")).scalar() == 7
+
+
+def test_organization_with_nothing_pending(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        add_lease(conn, org, date(2025, 1, 1))
+    result = bill(engine, org)
+    assert (result.status, result.total_leases, result.statements_billed, result.amount_billed) == (
+        "completed",
+        0,
+        0,
+        Decimal("0.00"),
+    )

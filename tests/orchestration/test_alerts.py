@@ -1,0 +1,99 @@
+"""Failure alerts: e-mail through the SMTP provider and a JSON webhook, each from a connection."""
+
+from __future__ import annotations
+
+import email
+import json
+from datetime import UTC, date, datetime
+
+import pytest
+from test_dags import RENT_DAG_ID, load_dag
+
+from support.factories import add_lease, add_organization, inject_invoice_fault
+from support.sinks import HttpSink, SmtpSink
+
+pytestmark = pytest.mark.airflow
+
+
+@pytest.fixture
+def sinks(monkeypatch, db_uri, airflow_home):
+    smtp, http = SmtpSink(), HttpSink()
+    monkeypatch.setenv("AIRFLOW_CONN_TENTMAN_DB", db_uri)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TENTMAN_ALERT_SMTP",
+        json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": smtp.port,
+                "extra": {
+                    "to": "billing-oncall@example.test, finance@example.test",
+                    "from_email": "airflow@example.test",
+                    "disable_tls": True,
+                    "disable_ssl": True,
+                    "retry_limit": 0,
+                },
+            }
+        ),
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_TENTMAN_ALERT_WEBHOOK", f"http://127.0.0.1:{http.port}/hooks/billing")
+    yield smtp, http
+    smtp.shutdown()
+    http.shutdown()
+
+
+def test_failed_organization_and_failed_run_are_alerted_by_email_and_webhook(engine, sinks):
+    smtp, http = sinks
+    with engine.begin() as conn:
+        ok = add_organization(conn, "Fine Homes")
+        broken = add_organization(conn, "Broken Estates")
+        add_lease(conn, ok, date(2025, 1, 1))
+        add_lease(conn, broken, date(2025, 1, 1))
+        inject_invoice_fault(conn, broken)
+    dag_run = load_dag(RENT_DAG_ID).test(logical_date=datetime(2026, 1, 26, 2, tzinfo=UTC))
+    assert dag_run.state == "failed"
+
+    # One alert for the organization (after its retries), one for the failed aggregation.
+    hooks = [r["json"] for r in http.requests]
+    assert [r["path"] for r in http.requests] == ["/hooks/billing", "/hooks/billing"]
+    assert [h["task_id"] for h in hooks] == ["bill_organization", "record_invoice_runs"]
+    for hook in hooks:
+        assert hook["dag_id"] == RENT_DAG_ID and hook["billing_period"] == "2026-02"
+        assert hook["organizations"] == [f"Broken Estates (#{broken})"]
+        assert "injected fault" in hook["error"]
+        assert hook["text"].startswith(
+            f"TentMan billing failed: DAG {RENT_DAG_ID}, billing period 2026-02, "
+            f"organization(s): Broken Estates (#{broken})"
+        )
+
+    assert len(smtp.messages) == 2
+    for message in smtp.messages:
+        assert message["to"] == ["<billing-oncall@example.test>", "<finance@example.test>"]
+        parsed = email.message_from_string(message["data"])
+        assert parsed["Subject"] == f"[TentMan billing] {RENT_DAG_ID} failed for 2026-02"
+        body = next(p for p in parsed.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+        assert f"Broken Estates (#{broken})" in body and "injected fault" in body and "2026-02" in body
+
+
+def test_alerts_are_off_without_connections(engine, db_uri, airflow_home, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_TENTMAN_DB", db_uri)
+    monkeypatch.delenv("AIRFLOW_CONN_TENTMAN_ALERT_SMTP", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_TENTMAN_ALERT_WEBHOOK", raising=False)
+    with engine.begin() as conn:
+        broken = add_organization(conn, "Broken Estates")
+        add_lease(conn, broken, date(2025, 1, 1))
+        inject_invoice_fault(conn, broken)
+    dag_run = load_dag(RENT_DAG_ID).test(logical_date=datetime(2026, 1, 26, 2, tzinfo=UTC))
+    assert dag_run.state == "failed"  # and nothing raised while no channel was configured
+
+
+def test_bad_params_alert_names_the_run_level_failure(engine, sinks):
+    smtp, http = sinks
+    dag_run = load_dag(RENT_DAG_ID).test(
+        logical_date=datetime(2026, 1, 26, 2, tzinfo=UTC), run_conf={"organization_ids": [424242]}
+    )
+    assert dag_run.state == "failed"
+    (hook,) = [r["json"] for r in http.requests]
+    assert hook["task_id"] == "record_invoice_runs" and hook["billing_period"] is None
+    assert hook["organizations"] == [] and "billing period could not be resolved" in hook["error"]
+    assert "none (run level)" in hook["text"]

@@ -1,0 +1,291 @@
+"""The DAG files: parse cleanly and cheaply, and run end to end with dag.test() on real databases."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from support.factories import add_charge, add_lease, add_organization, add_statement, inject_invoice_fault
+from tentman.dev.local import REPO_ROOT
+from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
+
+pytestmark = pytest.mark.airflow
+
+DAGS = REPO_ROOT / "dags"
+
+
+def load_dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    return bag.dags[dag_id]
+
+
+# What parsing a DAG file may import of the package: names, settings and the Airflow glue that
+# declares the DAG — never the engine, the run steps, SQLAlchemy or a database connection.
+PARSE_TIME_MODULES = {
+    "tentman",
+    "tentman.names",
+    "tentman.settings",
+    "tentman.orchestration",
+    "tentman.orchestration.dag_factory",
+    "tentman.orchestration.params",
+    "tentman.orchestration.alerts",
+}
+
+
+@pytest.mark.parametrize("dag_id", DAG_IDS)
+def test_dag_files_parse_without_touching_the_billing_code(dag_id):
+    code = (
+        "import sys, runpy\n"
+        f"runpy.run_path({str(DAGS / f'{dag_id}.py')!r})\n"
+        "print(sorted(m for m in sys.modules if m == 'tentman' or m.startswith('tentman.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PATH": ""})
+    assert set(ast.literal_eval(out.stdout.strip().splitlines()[-1])) == PARSE_TIME_MODULES
+
+
+def test_rent_dag_definition(airflow_home, monkeypatch):
+    for name in ("TENTMAN_ORG_TASK_RETRIES", "TENTMAN_MAX_ACTIVE_ORGANIZATIONS"):
+        monkeypatch.delenv(name, raising=False)
+    dag = load_dag(RENT_DAG_ID)
+    from airflow.sdk import CronTriggerTimetable
+
+    assert isinstance(dag.timetable, CronTriggerTimetable)
+    assert dag.timetable.expression == "0 2 26 * *" and str(dag.timetable.timezone) == "UTC"
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert {"tentman", "billing", "rent"} <= set(dag.tags)
+    assert "Monthly rent generation" in dag.doc_md
+    assert set(dag.params.keys()) == {"billing_month", "organization_ids", "proration_method", "dry_run"}
+    assert dag.params["proration_method"] == "ActualDaysInMonth" and dag.params["dry_run"] is False
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "resolve_billing_period",
+        "list_organizations",
+        "bill_organization",
+        "record_invoice_runs",
+    ]
+    org_task = dag.get_task("bill_organization")
+    assert org_task.retries == 10
+    assert org_task.retry_delay == timedelta(minutes=1)
+    assert org_task.retry_exponential_backoff == 2.0
+    assert org_task.max_retry_delay == timedelta(hours=1)
+    assert org_task.max_active_tis_per_dagrun == 5
+    assert org_task.pool == "tentman_billing"  # created by every deployment (airflow pools set)
+    assert dag.get_task("list_organizations").pool == "default_pool"
+    assert dag.get_task("record_invoice_runs").trigger_rule == "all_done"
+
+
+def test_retry_and_concurrency_are_configurable(airflow_home, monkeypatch):
+    monkeypatch.setenv("TENTMAN_ORG_TASK_RETRIES", "3")
+    monkeypatch.setenv("TENTMAN_MAX_ACTIVE_ORGANIZATIONS", "16")
+    monkeypatch.setenv("TENTMAN_RENT_SCHEDULE", "manual")
+    monkeypatch.setenv("TENTMAN_BILLING_POOL", "default_pool")
+    dag = load_dag(RENT_DAG_ID)
+    org_task = dag.get_task("bill_organization")
+    assert (org_task.retries, org_task.max_active_tis_per_dagrun, org_task.pool) == (3, 16, "default_pool")
+    assert type(dag.timetable).__name__ == "NullTimetable"  # "manual": no schedule
+
+
+def _states(dag_run) -> dict:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {
+            (ti.task_id, ti.map_index): (ti.state, ti.rendered_map_index)
+            for ti in dag_run.get_task_instances(session=session)
+        }
+
+
+def _xcom_keys(dag_run) -> set:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return set(
+            session.query(XComModel.task_id, XComModel.key)
+            .filter(XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id)
+            .distinct()
+            .all()
+        )
+
+
+@pytest.fixture
+def tentman_conn(db_uri, monkeypatch, airflow_home):
+    monkeypatch.setenv("AIRFLOW_CONN_TENTMAN_DB", db_uri)
+    return db_uri
+
+
+def test_dag_test_run_bills_every_organization_and_records_a_failing_one(engine, tentman_conn):
+    with engine.begin() as conn:
+        a = add_organization(conn, "Alpha Homes")
+        b = add_organization(conn, "Broken Estates")
+        c = add_organization(conn, "Cedar Lofts", currency="CAD")
+        add_organization(conn, "Dormant", is_active=False)
+        a1 = add_lease(conn, a, date(2025, 1, 1), None, "1500.00")
+        add_charge(conn, a1, "75.00", date(2025, 1, 1))
+        a2 = add_lease(conn, a, date(2026, 2, 10), None, "1500.00")  # 1500 * 19 / 28 = 1017.86
+        a_bad = add_lease(conn, a, date(2025, 1, 1), None, "-5.00")
+        add_lease(conn, b, date(2025, 1, 1), None, "900.00")
+        c1 = add_lease(conn, c, date(2025, 1, 1), date(2026, 2, 14), "2800.00")  # 2800 * 14 / 28 = 1400.00
+        inject_invoice_fault(conn, b)
+
+    dag = load_dag(RENT_DAG_ID)
+    dag_run = dag.test(logical_date=datetime(2026, 1, 26, 2, tzinfo=UTC))
+
+    assert dag_run.state == "failed"  # organization B failed: the run says so
+    states = _states(dag_run)
+    assert states[("resolve_billing_period", -1)][0] == "success"
+    assert states[("list_organizations", -1)][0] == "success"
+    assert {k[1]: v for k, v in states.items() if k[0] == "bill_organization"} == {
+        0: ("success", f"Alpha Homes (#{a})"),
+        1: ("failed", f"Broken Estates (#{b})"),
+        2: ("success", f"Cedar Lofts (#{c})"),
+    }
+    assert states[("record_invoice_runs", -1)][0] == "failed"
+
+    with engine.connect() as conn:
+        totals = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT lease_id, total FROM invoices "
+                    "WHERE billing_period_start = '2026-02-01' AND status = 'draft'"
+                )
+            ).all()
+        )
+        runs = {r.organization_id: r for r in conn.execute(sa.text("SELECT * FROM invoice_runs"))}
+    assert totals == {a1: Decimal("1575.00"), a2: Decimal("1017.86"), c1: Decimal("1400.00")}
+    assert set(runs) == {a, b, c}
+    assert (runs[a].status, runs[a].total_leases, runs[a].success_count, runs[a].failure_count) == (
+        "completed_with_errors",
+        3,
+        2,
+        1,
+    )
+    assert runs[a].errors == [{"lease_id": a_bad, "error": "monthly_rent -5.00 is negative"}]
+    assert runs[b].status == "failed" and "injected fault" in runs[b].errors[0]["error"]
+    assert (runs[c].status, runs[c].success_count) == ("completed", 1)
+    assert all(r.dag_id == RENT_DAG_ID and r.dag_run_id == dag_run.run_id for r in runs.values())
+    assert all(r.billing_period_start == date(2026, 2, 1) for r in runs.values())
+
+
+def test_dag_test_rerun_is_idempotent_and_bad_params_write_nothing(engine, tentman_conn):
+    with engine.begin() as conn:
+        a = add_organization(conn, "Alpha Homes")
+        for i in range(5):
+            lease = add_lease(conn, a, date(2025, 1, 1), None, f"{1000 + i}.00")
+            add_charge(conn, lease, "10.00", date(2025, 1, 1))
+    dag = load_dag(RENT_DAG_ID)
+    for _ in range(2):
+        dag_run = dag.test(logical_date=datetime(2026, 1, 26, 2, tzinfo=UTC), run_conf={"billing_month": "2026-03"})
+        assert dag_run.state == "success"
+    with engine.connect() as conn:
+        assert conn.execute(
+            sa.text("SELECT count(*), sum(total) FROM invoices WHERE billing_period_start = '2026-03-01'")
+        ).one() == (5, Decimal("5060.00"))
+        assert conn.execute(sa.text("SELECT count(*) FROM invoice_lines")).scalar() == 10
+    # One XCom per task: a dict-returning TaskFlow task would otherwise also push one XCom per key,
+    # each an API call, which at 2,000 organizations is half of Airflow's cost per task.
+    assert _xcom_keys(dag_run) == {
+        (task_id, "return_value")
+        for task_id in ("resolve_billing_period", "list_organizations", "bill_organization", "record_invoice_runs")
+    }
+
+    bad = dag.test(logical_date=datetime(2026, 2, 26, 2, tzinfo=UTC), run_conf={"organization_ids": [4242]})
+    assert bad.state == "failed"
+    assert _states(bad)[("resolve_billing_period", -1)][0] == "failed"
+    with engine.connect() as conn:
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM invoices WHERE billing_period_start = '2026-03-01'")).scalar()
+            == 5
+        )
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM invoices WHERE billing_period_start <> '2026-03-01'")).scalar()
+            == 0
+        )
+
+
+def test_utility_dag_definition(airflow_home, monkeypatch):
+    for name in ("TENTMAN_ORG_TASK_RETRIES", "TENTMAN_MAX_ACTIVE_ORGANIZATIONS"):
+        monkeypatch.delenv(name, raising=False)
+    dag = load_dag(UTILITY_DAG_ID)
+    assert dag.timetable.expression == "0 3 * * 1" and str(dag.timetable.timezone) == "UTC"
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert {"tentman", "billing", "utility"} <= set(dag.tags)
+    assert "Utility billing" in dag.doc_md
+    assert set(dag.params.keys()) == {"billing_month", "organization_ids", "dry_run"}
+    org_task = dag.get_task("bill_organization")
+    assert (
+        org_task.retries,
+        org_task.retry_delay,
+        org_task.retry_exponential_backoff,
+        org_task.max_retry_delay,
+        org_task.max_active_tis_per_dagrun,
+    ) == (10, timedelta(minutes=1), 2.0, timedelta(hours=1), 5)
+    assert dag.get_task("record_invoice_runs").trigger_rule == "all_done"
+
+
+def test_utility_dag_test_run_bills_each_statement_once(engine, tentman_conn):
+    with engine.begin() as conn:
+        a = add_organization(conn, "Alpha Homes")
+        b = add_organization(conn, "Broken Estates")
+        a1 = add_lease(conn, a, date(2025, 1, 1))
+        a2 = add_lease(conn, a, date(2024, 1, 1), date(2026, 10, 31), status="ended")  # moved out
+        _s1 = add_statement(conn, a, a1, Decimal("42.17"))
+        _s2 = add_statement(conn, a, a2, Decimal("27.30"), date(2026, 10, 1), date(2026, 10, 31))
+        s_bad = add_statement(conn, a, a1, None)
+        b1 = add_lease(conn, b, date(2025, 1, 1))
+        add_statement(conn, b, b1, Decimal("5.00"))
+        inject_invoice_fault(conn, b)
+
+    dag = load_dag(UTILITY_DAG_ID)
+    # The Monday run of Dec 7, 2026 bills December.
+    first = dag.test(logical_date=datetime(2026, 12, 7, 3, tzinfo=UTC))
+    assert first.state == "failed"
+    assert _states(first)[("bill_organization", 1)] == ("failed", f"Broken Estates (#{b})")
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TRIGGER test_fault_{b} ON invoices"))
+    second = dag.test(logical_date=datetime(2026, 12, 14, 3, tzinfo=UTC))
+    assert second.state == "success"
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT lease_id, billing_period_start, total FROM invoices "
+                "WHERE invoice_type = 'utility' ORDER BY lease_id"
+            )
+        ).all()
+        assert rows == [
+            (a1, date(2026, 12, 1), Decimal("42.17")),
+            (a2, date(2026, 12, 1), Decimal("27.30")),
+            (b1, date(2026, 12, 1), Decimal("5.00")),
+        ]
+        assert conn.execute(sa.text("SELECT count(*), count(DISTINCT source_id) FROM invoice_lines")).one() == (3, 3)
+        assert conn.execute(
+            sa.text("SELECT id FROM utility_statements WHERE invoice_line_id IS NULL")
+        ).scalars().all() == [s_bad]
+        runs = conn.execute(
+            sa.text(
+                "SELECT dag_run_id, organization_id, run_type, status, total_leases, success_count, failure_count, "
+                "errors FROM invoice_runs ORDER BY started_at, organization_id"
+            )
+        ).all()
+    by_run = {}
+    for r in runs:
+        by_run.setdefault(r.dag_run_id, {})[r.organization_id] = r
+    assert set(by_run) == {first.run_id, second.run_id}
+    assert by_run[first.run_id][a].status == "completed" and by_run[first.run_id][b].status == "failed"
+    assert by_run[first.run_id][a].errors == [
+        {"lease_id": a1, "error": f"utility statement {s_bad} of lease {a1} has no amount"}
+    ]
+    assert (by_run[first.run_id][a].total_leases, by_run[first.run_id][a].success_count) == (2, 2)
+    # The second run finds only the bad statement still pending for A, and bills B.
+    assert (by_run[second.run_id][a].total_leases, by_run[second.run_id][a].failure_count) == (1, 1)
+    assert by_run[second.run_id][b].status == "completed" and by_run[second.run_id][b].success_count == 1
+    assert all(r.run_type == "utility" for r in runs)

@@ -1,0 +1,1 @@
+"""What the tests share: databases, row factories, the audit, live stacks and alert sinks."""

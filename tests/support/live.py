@@ -1,0 +1,75 @@
+"""Live Airflow for end-to-end tests: a stack of real processes on fresh databases, and a REST client."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from pathlib import Path
+
+from support.databases import create_database, drop_database
+from tentman.db import create_engine_from_uri
+from tentman.dev.airflow_stack import (
+    AirflowApi,
+    AirflowStack,
+    free_port,
+    isolated_environment,
+    stack_environment,
+    write_passwords,
+)
+from tentman.dev.local import airflow_metadata_uri, with_database
+from tentman.migrate import upgrade
+from tentman.names import DAG_IDS
+
+PASSWORDS = {"admin": uuid.uuid4().hex, "viewer": uuid.uuid4().hex}
+
+
+class Api(AirflowApi):
+    """The REST client, logged in as one of the test users."""
+
+    def __init__(self, base_url: str, user: str | None):
+        super().__init__(base_url, user, PASSWORDS.get(user) if user else None)
+
+
+@contextlib.contextmanager
+def live_stack(pg_admin_uri: str, home: Path, *, tentman_admin_uri: str | None = None, extra_env: dict | None = None):
+    """Start api-server, scheduler, dag-processor and triggerer on fresh databases; stop them all after.
+
+    Airflow's metadata goes to `pg_admin_uri`'s server; the TentMan DB too, unless
+    `tentman_admin_uri` names another server (the fault tests restart that one).
+    Yields (stack, TentMan engine, TentMan DB URI).
+    """
+    tentman_server = tentman_admin_uri or pg_admin_uri
+    tentman_db = create_database(tentman_server, "tentman_live")
+    metadata_db = create_database(pg_admin_uri, "airflow_live")
+    tentman_uri = with_database(tentman_server, tentman_db)
+    engine = create_engine_from_uri(tentman_uri, pool_pre_ping=True)
+    upgrade(engine)
+    port = free_port()
+    base = isolated_environment(
+        tentman_uri=tentman_uri, metadata_uri=airflow_metadata_uri(with_database(pg_admin_uri, metadata_db))
+    )
+    env = stack_environment(base, home=home, port=port)
+    env.update(extra_env or {})
+    write_passwords(home / "passwords.json", PASSWORDS)
+    stack = AirflowStack(env=env, home=home, port=port)
+    try:
+        stack.migrate()
+        stack.start()
+        stack.wait_healthy(timeout=240)
+        for dag_id in DAG_IDS:
+            stack.wait_for_dag(dag_id, timeout=240)
+        yield stack, engine, tentman_uri
+    finally:
+        stack.stop()
+        engine.dispose()
+        drop_database(tentman_server, tentman_db)
+        drop_database(pg_admin_uri, metadata_db)
+
+
+def poll(condition, timeout: float = 300, interval: float = 1, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout:.0f}s")
+        time.sleep(interval)

@@ -1,0 +1,137 @@
+"""Each folder of the package keeps to the imports its place allows (docs/architecture.md).
+
+Read from the source (every import statement, module level or inside a function), so a forbidden
+import fails here before anything runs it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tentman.dev.local import REPO_ROOT
+
+pytestmark = pytest.mark.unit
+
+PACKAGE = REPO_ROOT / "include" / "tentman"
+SHARED_MODULES = {"__init__", "names", "settings", "db", "migrate", "cli"}
+FOLDERS = {"engine", "runs", "orchestration", "ui", "dev", "migrations"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported module, whether the import is inside a function) for every import in the file."""
+    found = []
+
+    class Visitor(ast.NodeVisitor):
+        depth = 0
+
+        def visit_FunctionDef(self, node):
+            self.depth += 1
+            self.generic_visit(node)
+            self.depth -= 1
+
+        visit_AsyncFunctionDef = visit_FunctionDef
+
+        def visit_Import(self, node):
+            found.extend((alias.name, self.depth > 0) for alias in node.names)
+
+        def visit_ImportFrom(self, node):
+            module = node.module or ""
+            # `from tentman import x` imports the module tentman.x when x is one.
+            found.extend((f"{module}.{alias.name}", self.depth > 0) for alias in node.names)
+
+    Visitor().visit(ast.parse(path.read_text(), filename=str(path)))
+    return found
+
+
+def _modules(folder: str | None = None) -> dict[str, list[tuple[str, bool]]]:
+    root = PACKAGE / folder if folder else PACKAGE
+    return {_module_name(path): _imports(path) for path in sorted(root.rglob("*.py"))}
+
+
+def _violations(modules: dict, forbidden: tuple[str, ...], *, allow_in_functions: bool = False) -> list[str]:
+    return [
+        f"{module} imports {imported}"
+        for module, imports in modules.items()
+        for imported, in_function in imports
+        if imported.startswith(forbidden) and not (allow_in_functions and in_function)
+    ]
+
+
+def test_every_module_lives_in_a_known_place():
+    top_level = {path.stem for path in PACKAGE.glob("*.py")}
+    folders = {path.name for path in PACKAGE.iterdir() if path.is_dir() and path.name != "__pycache__"}
+    assert top_level == SHARED_MODULES
+    assert folders == FOLDERS
+
+
+def test_the_engine_imports_neither_airflow_nor_the_layers_above_it():
+    forbidden = (
+        "airflow",
+        "fastapi",
+        "tentman.runs",
+        "tentman.orchestration",
+        "tentman.ui",
+        "tentman.dev",
+        "tentman.cli",
+    )
+    assert _violations(_modules("engine"), forbidden) == []
+
+
+def test_the_run_steps_import_neither_airflow_nor_the_ui_nor_tooling():
+    forbidden = ("airflow", "fastapi", "tentman.orchestration", "tentman.ui", "tentman.dev", "tentman.cli")
+    assert _violations(_modules("runs"), forbidden) == []
+
+
+def test_shared_modules_import_only_shared_modules():
+    modules = _modules()
+    shared = {name: modules["tentman" if name == "__init__" else f"tentman.{name}"] for name in SHARED_MODULES}
+    forbidden = ("airflow", "tentman.engine", "tentman.runs", "tentman.orchestration", "tentman.ui")
+    cli = {"cli": shared.pop("cli")}
+    assert _violations(shared, forbidden) == []
+    # The CLI's commands import what they run inside their functions, so `tentman --help` stays cheap.
+    assert _violations(cli, forbidden, allow_in_functions=True) == []
+    # names is read at DAG-parse time by everything: the standard library only.
+    assert [imported for imported, _ in shared["names"] if not imported.startswith(("__future__", "enum"))] == []
+
+
+def test_nothing_in_production_imports_developer_tooling():
+    production = {name: imports for name, imports in _modules().items() if not name.startswith("tentman.dev")}
+    cli = {"tentman.cli": production.pop("tentman.cli")}
+    assert _violations(production, ("tentman.dev",)) == []
+    # `tentman dev …` and `tentman demo load` reach tentman.dev only when they run.
+    assert _violations(cli, ("tentman.dev",), allow_in_functions=True) == []
+    for folder in ("dags", "plugins", "config"):
+        files = {path.name: _imports(path) for path in (REPO_ROOT / folder).glob("*.py")}
+        assert _violations(files, ("tentman.dev",)) == []
+
+
+def test_the_ui_and_the_airflow_glue_stay_apart():
+    assert _violations(_modules("orchestration"), ("tentman.ui", "tentman.dev")) == []
+    assert _violations(_modules("ui"), ("tentman.runs", "tentman.dev")) == []
+
+
+def test_the_check_sees_a_forbidden_import():
+    """The checker itself: an engine module importing Airflow is reported, at any depth."""
+    modules = {"tentman.engine.example": _imports_of_source("def f():\n    from airflow.sdk import task\n")}
+    assert _violations(modules, ("airflow",)) == ["tentman.engine.example imports airflow.sdk.task"]
+    assert _violations(modules, ("airflow",), allow_in_functions=True) == []
+
+
+def _imports_of_source(source: str) -> list[tuple[str, bool]]:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
+        handle.write(source)
+    path = Path(handle.name)
+    try:
+        return _imports(path)
+    finally:
+        path.unlink()

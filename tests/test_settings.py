@@ -1,0 +1,76 @@
+"""Settings read from the environment: defaults, overrides, and errors that name the bad value."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from tentman import settings
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for name in (
+        "TENTMAN_ORG_TASK_RETRIES",
+        "TENTMAN_ORG_TASK_RETRY_DELAY_SECONDS",
+        "TENTMAN_ORG_TASK_MAX_RETRY_DELAY_SECONDS",
+        "TENTMAN_MAX_ACTIVE_ORGANIZATIONS",
+        "TENTMAN_BILLING_POOL",
+        "TENTMAN_BILLING_POOL_SLOTS",
+        "TENTMAN_RENT_SCHEDULE",
+        "TENTMAN_UTILITY_SCHEDULE",
+        "TENTMAN_UTILITY_DUE_DAYS",
+        "AIRFLOW_CONN_TENTMAN_DB",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults():
+    policy = settings.organization_task_policy()
+    assert policy == settings.OrganizationTaskPolicy(
+        retries=10,
+        retry_delay=timedelta(minutes=1),
+        max_retry_delay=timedelta(hours=1),
+        max_active_organizations=5,
+        pool="tentman_billing",
+    )
+    assert settings.billing_pool_slots() == 10
+    assert (settings.rent_schedule(), settings.utility_schedule()) == ("0 2 26 * *", "0 3 * * 1")
+    assert settings.utility_due_days() == 0
+
+
+def test_overrides(monkeypatch):
+    monkeypatch.setenv("TENTMAN_ORG_TASK_RETRIES", "3")
+    monkeypatch.setenv("TENTMAN_MAX_ACTIVE_ORGANIZATIONS", "16")
+    monkeypatch.setenv("TENTMAN_BILLING_POOL", "default_pool")
+    monkeypatch.setenv("TENTMAN_RENT_SCHEDULE", "manual")
+    monkeypatch.setenv("TENTMAN_UTILITY_SCHEDULE", "*/5 * * * *")
+    policy = settings.organization_task_policy()
+    assert (policy.retries, policy.max_active_organizations, policy.pool) == (3, 16, "default_pool")
+    assert settings.rent_schedule() is None  # "manual": no schedule at all
+    assert settings.utility_schedule() == "*/5 * * * *"
+    assert settings.billing_pool_slots({"TENTMAN_BILLING_POOL_SLOTS": "24"}) == 24
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("TENTMAN_ORG_TASK_RETRIES", "ten", "TENTMAN_ORG_TASK_RETRIES='ten' is not a whole number"),
+        ("TENTMAN_ORG_TASK_RETRIES", "-1", "TENTMAN_ORG_TASK_RETRIES=-1 must be at least 0"),
+        ("TENTMAN_MAX_ACTIVE_ORGANIZATIONS", "0", "TENTMAN_MAX_ACTIVE_ORGANIZATIONS=0 must be at least 1"),
+        ("TENTMAN_ORG_TASK_RETRY_DELAY_SECONDS", "0", "TENTMAN_ORG_TASK_RETRY_DELAY_SECONDS=0 must be at least 1"),
+    ],
+)
+def test_a_bad_value_is_named(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError) as err:
+        settings.organization_task_policy()
+    assert str(err.value) == message
+
+
+def test_missing_connection_names_the_variable():
+    with pytest.raises(RuntimeError, match="AIRFLOW_CONN_TENTMAN_DB is not set"):
+        settings.tentman_database_uri()

@@ -1,0 +1,226 @@
+"""The "Billing runs" plugin on live Airflow: its JSON API, its access control, and its preview."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from support.factories import add_charge, add_lease, add_organization
+from support.live import Api, live_stack
+from tentman.dev.local import REPO_ROOT
+from tentman.names import RENT_DAG_ID
+
+pytestmark = pytest.mark.live
+
+
+@pytest.fixture(scope="module")
+def ui(pg_admin_uri, tmp_path_factory):
+    # No schedules: a DAG's catch-up run (its latest tick, started on unpause) would add rows to the runs listed here.
+    manual = {"TENTMAN_RENT_SCHEDULE": "manual", "TENTMAN_UTILITY_SCHEDULE": "manual"}
+    with live_stack(pg_admin_uri, tmp_path_factory.mktemp("airflow_ui"), extra_env=manual) as (stack, engine, _):
+        admin = Api(stack.base_url, "admin")
+        admin.client.patch(f"/dags/{RENT_DAG_ID}", json={"is_paused": False}).raise_for_status()
+        with engine.begin() as conn:
+            good = add_organization(conn, "Harbor View")
+            bad = add_organization(conn, "Shaky Estates")
+            leases = [
+                add_lease(conn, good, date(2025, 1, 1), None, "1500.00"),
+                add_lease(conn, good, date(2026, 11, 10), None, "3000.00"),
+            ]
+            add_charge(conn, leases[0], "60.00", date(2025, 1, 1))
+            add_lease(conn, bad, date(2025, 1, 1), None, "900.00")
+            broken = add_lease(conn, bad, date(2025, 1, 1), None, "-10.00")
+        run = admin.trigger(RENT_DAG_ID, {"billing_month": "2026-11", "organization_ids": [good, bad]}).json()
+        assert admin.wait(RENT_DAG_ID, run["dag_run_id"])["state"] == "success"
+        yield {
+            "stack": stack,
+            "engine": engine,
+            "admin": admin,
+            "good": good,
+            "bad": bad,
+            "leases": leases,
+            "broken": broken,
+            "run_id": run["dag_run_id"],
+        }
+
+
+def plugin(stack, token: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=f"{stack.base_url}/tentman", headers=headers, timeout=60)
+
+
+def token(stack, user: str) -> str:
+    from support.live import PASSWORDS
+
+    return httpx.post(f"{stack.base_url}/auth/token", json={"username": user, "password": PASSWORDS[user]}).json()[
+        "access_token"
+    ]
+
+
+def test_runs_with_their_counts_errors_amounts_and_links(ui):
+    client = plugin(ui["stack"], token(ui["stack"], "admin"))
+    page = client.get("/api/runs", params={"billing_month": "2026-11"}).json()
+    assert page["total"] == 2
+    rows = {r["organization_id"]: r for r in page["items"]}
+    good, bad = rows[ui["good"]], rows[ui["bad"]]
+    assert (good["status"], good["total_leases"], good["success_count"], good["invoices"]) == ("completed", 2, 2, 2)
+    # 1500 + 60 + Nov 10..30 = 21 days: 3000 * 21 / 30 = 2100.00
+    assert good["amount_billed"] == "3660.00"
+    assert good["duration_seconds"] is not None and good["duration_seconds"] > 0
+    assert good["task_url"].startswith(f"/dags/{RENT_DAG_ID}/runs/{ui['run_id']}/tasks/bill_organization/mapped/")
+    assert bad["status"] == "completed_with_errors"
+    assert bad["errors"] == [{"lease_id": ui["broken"], "error": "monthly_rent -10.00 is negative"}]
+    assert client.get("/api/runs", params={"status": "completed_with_errors"}).json()["total"] == 1
+    assert (
+        client.get("/api/runs", params={"organization_id": ui["good"]}).json()["items"][0]["organization_name"]
+        == "Harbor View"
+    )
+    assert client.get("/api/runs", params={"limit": 1}).json()["items"].__len__() == 1
+    assert client.get("/api/runs", params={"billing_month": "2026-13"}).status_code == 422
+    one = client.get(f"/api/runs/{good['id']}").json()
+    assert one["id"] == good["id"] and one["amount_billed"] == "3660.00"
+    assert client.get("/api/runs/999999").status_code == 404
+
+
+def test_trends(ui):
+    client = plugin(ui["stack"], token(ui["stack"], "admin"))
+    trends = client.get("/api/trends", params={"months": 24}).json()
+    november = [m for m in trends["invoices_per_month"] if m["billing_period_start"] == "2026-11-01"]
+    assert november == [
+        {"billing_period_start": "2026-11-01", "invoice_type": "rent", "invoices": 3, "amount": "4560.00"}
+    ]
+    failures = [m for m in trends["failures_per_month"] if m["billing_period_start"] == "2026-11-01"]
+    assert failures[0]["runs"] == 2 and failures[0]["failed_leases"] == 1 and failures[0]["failure_rate"] == 0.0
+    assert {d["organization_id"] for d in trends["durations"]} >= {ui["good"], ui["bad"]}
+
+
+def test_every_endpoint_refuses_anonymous_and_unauthorized_calls(ui):
+    stack = ui["stack"]
+    anonymous = plugin(stack)
+    for path in (
+        "/api/runs",
+        "/api/runs/1",
+        "/api/organizations",
+        "/api/trends",
+        "/openapi.json",
+        "/docs",
+        "/ui/whoami",
+    ):
+        assert anonymous.get(path).status_code == 401, path
+    assert anonymous.post("/api/preview", json={"organization_ids": [1], "billing_month": "2026-12"}).status_code == 401
+    assert anonymous.get("/ui/", follow_redirects=False).status_code in (302, 303, 307)  # to Airflow's login
+    forged = plugin(stack, "not-a-token")
+    assert forged.get("/api/runs").status_code == 403
+    viewer = plugin(stack, token(stack, "viewer"))
+    assert viewer.get("/api/runs").status_code == 200  # viewers may read runs
+    refused = viewer.post("/api/preview", json={"organization_ids": [ui["good"]], "billing_month": "2026-12"})
+    assert refused.status_code == 403  # but not run the engine
+
+
+def test_openapi_documents_the_endpoints(ui):
+    schema = plugin(ui["stack"], token(ui["stack"], "admin")).get("/openapi.json").json()
+    assert {"/api/runs", "/api/runs/{run_id}", "/api/organizations", "/api/trends", "/api/preview"} <= set(
+        schema["paths"]
+    )
+    assert "Run" in schema["components"]["schemas"] and "Trends" in schema["components"]["schemas"]
+
+
+def test_preview_equals_what_the_real_run_then_writes(ui):
+    stack, engine, admin = ui["stack"], ui["engine"], ui["admin"]
+    client = plugin(stack, token(stack, "admin"))
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE leases SET monthly_rent = 1550.00 WHERE id = :l"), {"l": ui["leases"][0]})
+    counts = (
+        "SELECT (SELECT count(*) FROM invoices), (SELECT count(*) FROM invoice_lines), "
+        "(SELECT count(*) FROM invoice_runs)"
+    )
+    with engine.connect() as conn:
+        before = conn.execute(sa.text(counts)).one()
+    body = {"organization_ids": [ui["good"]], "billing_month": "2026-12", "proration_method": "ThirtyDayMonth"}
+    response = client.post("/api/preview", json=body)
+    assert response.status_code == 200, response.text
+    (org,) = response.json()["organizations"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(counts)).one() == before  # the preview wrote nothing
+    preview = {lease["lease_id"]: lease for lease in org["leases"]}
+    assert {k: v["total"] for k, v in preview.items()} == {ui["leases"][0]: "1610.00", ui["leases"][1]: "3000.00"}
+
+    run = admin.trigger(
+        RENT_DAG_ID,
+        {"billing_month": "2026-12", "organization_ids": [ui["good"]], "proration_method": "ThirtyDayMonth"},
+    ).json()
+    assert admin.wait(RENT_DAG_ID, run["dag_run_id"])["state"] == "success"
+    with engine.connect() as conn:
+        for lease_id, item in preview.items():
+            invoice = conn.execute(
+                sa.text("SELECT * FROM invoices WHERE lease_id = :l AND billing_period_start = '2026-12-01'"),
+                {"l": lease_id},
+            ).one()
+            assert invoice.total == Decimal(item["total"])
+            written = conn.execute(
+                sa.text(
+                    "SELECT line_type, source_id, description, amount FROM invoice_lines WHERE invoice_id = :i "
+                    "ORDER BY line_type DESC, source_id"
+                ),
+                {"i": invoice.id},
+            ).all()
+            assert [(r.line_type, r.source_id, r.description, str(r.amount)) for r in written] == [
+                (x["line_type"], x["source_id"], x["description"], x["amount"]) for x in item["lines"]
+            ]
+
+
+def test_the_page_is_served_to_a_logged_in_user(ui):
+    stack = ui["stack"]
+    cookies = {"_token": token(stack, "viewer")}
+    page = httpx.get(f"{stack.base_url}/tentman/ui/", cookies=cookies, timeout=30)
+    assert page.status_code == 200 and "<h1>Billing runs</h1>" in page.text
+    runs = httpx.get(f"{stack.base_url}/tentman/api/runs", cookies=cookies, timeout=30)  # the page's own calls
+    assert runs.status_code == 200 and runs.json()["total"] >= 2
+
+
+def test_browser_logs_in_and_sees_the_runs(ui, tmp_path):
+    """Headless Chromium (Debian's package) driven by Playwright, as a property manager would."""
+    from playwright.sync_api import sync_playwright
+
+    from support.live import PASSWORDS
+
+    artifacts = REPO_ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    base = ui["stack"].base_url
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{base}/tentman/ui/")
+            page.wait_for_url("**/auth/login**")  # not logged in yet: Airflow's login page
+            page.fill("input[name=username]", "admin")
+            page.fill("input[name=password]", PASSWORDS["admin"])
+            page.click("button[type=submit]")
+            page.wait_for_url("**/tentman/ui/**", timeout=60_000)
+            page.wait_for_selector("#runs-table >> text=Shaky Estates", timeout=60_000)
+            runs = page.inner_text("#runs-table tbody")
+            assert "Harbor View" in runs and "completed_with_errors" in runs
+            assert f"lease {ui['broken']}: monthly_rent -10.00 is negative" in runs
+            page.wait_for_selector("#chart-amount rect", timeout=30_000)  # the charts are drawn
+            page.screenshot(path=str(artifacts / "billing-runs.png"), full_page=True)
+            page.goto(f"{base}/plugin/billing-runs")  # the same page inside the Airflow UI's navigation
+            page.frame_locator("iframe").locator("#runs-table >> text=Shaky Estates").first.wait_for(timeout=60_000)
+            page.screenshot(path=str(artifacts / "billing-runs-in-airflow.png"))
+        finally:
+            browser.close()
+    assert (artifacts / "billing-runs.png").stat().st_size > 10_000
