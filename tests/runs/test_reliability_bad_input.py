@@ -13,13 +13,14 @@ import sqlalchemy as sa
 
 from support.audit import snapshot_finalized
 from support.factories import add_charge, add_lease, add_organization, add_statement, invoice_for
+from tentman.names import RENT_DAG_ID
 from tentman.runs.steps import bill_organization, list_organizations, record_invoice_runs, resolve_billing_run
 
 pytestmark = pytest.mark.reliability
 
 RUN_AFTER = datetime(2026, 2, 26, 2, tzinfo=UTC)  # rent bills March 2026
 MARCH = date(2026, 3, 1)
-DAG = "tentman_monthly_rent_generation"
+DAG = RENT_DAG_ID
 
 
 def run_rent(engine, params=None, run_type="monthly_rent", run_id="r1"):

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization, inject_invoice_fault, invoice_for
 from tentman.engine.periods import BillingPeriod, rent_period_for_run, utility_period_for_run
+from tentman.names import RENT_DAG_ID
 from tentman.runs.steps import (
     BillingRunFailed,
     bill_organization,
@@ -19,7 +20,7 @@ from tentman.runs.steps import (
 )
 
 UTC = UTC
-DAG = "tentman_monthly_rent_generation"
+DAG = RENT_DAG_ID
 
 
 def utc(*args):
