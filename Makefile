@@ -21,8 +21,10 @@ demo: $(STAMP)
 	$(BIN)/tentman dev demo
 
 ## A live Airflow (api-server, scheduler, dag-processor, triggerer) on demo data: UI on :8080.
+## EXECUTOR=celery WORKERS=2: CeleryExecutor with that many workers; the broker is TENTMAN_REDIS_URL,
+## else an embedded Valkey server.
 up: $(STAMP)
-	$(BIN)/tentman dev up --port $(or $(PORT),8080)
+	$(BIN)/tentman dev up --port $(or $(PORT),8080) --executor $(or $(EXECUTOR),local) --workers $(or $(WORKERS),2)
 
 down: $(STAMP)
 	$(BIN)/tentman dev down

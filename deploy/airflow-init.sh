@@ -3,9 +3,12 @@
 set -euo pipefail
 airflow db migrate
 tentman db upgrade
-# The organization tasks run in this pool: organizations billed at once, all runs together.
-airflow pools set "${TENTMAN_BILLING_POOL:-tentman_billing}" "${TENTMAN_BILLING_POOL_SLOTS:-10}" \
-  "TentMan organization billing tasks: organizations billed at once, all runs together"
+# The pool the organization tasks opted into (TENTMAN_BILLING_POOL): organizations billed at once,
+# all runs together. Created before any component schedules a task in it.
+if [ -n "${TENTMAN_BILLING_POOL:-}" ] && [ "${TENTMAN_BILLING_POOL}" != "default_pool" ]; then
+  airflow pools set "${TENTMAN_BILLING_POOL}" "${TENTMAN_BILLING_POOL_SLOTS:-10}" \
+    "TentMan organization billing tasks: organizations billed at once, all runs together"
+fi
 # The simple auth manager reads passwords from this file; they come from the environment.
 python - <<'PY'
 import json, os

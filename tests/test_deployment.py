@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tentman.dev.airflow_stack import stack_environment, with_local_settings
+from tentman.dev.airflow_stack import FAILURE_DETECTION, stack_environment, with_local_settings
 from tentman.dev.local import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "docker-compose.yaml"
@@ -145,6 +145,22 @@ def test_celery_profile_adds_redis_and_workers():
     assert worker["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert worker["environment"]["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0"
     assert config["services"]["scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    # The broker keeps what it accepted across a restart, as the live tests' broker does.
+    assert "--appendonly" in config["services"]["redis"]["command"]
+    # The failure-detection settings the live Celery tests run with (tests/live/test_celery.py).
+    live = stack_environment(
+        {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://airflow@postgres:5432/airflow"},
+        home=Path("/tmp/x"),
+        port=8080,
+        executor="celery",
+        broker_url="redis://redis:6379/0",
+    )
+    for name in ("scheduler", "airflow-worker", "api-server", "triggerer"):
+        env = config["services"][name]["environment"]
+        assert {key: str(env[key]) for key in FAILURE_DETECTION} == FAILURE_DETECTION, name
+        assert {key: live[key] for key in FAILURE_DETECTION} == FAILURE_DETECTION
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql")
+    assert live["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql+psycopg2://airflow@postgres:5432/airflow"
 
 
 def test_no_secret_is_committed():
@@ -172,6 +188,7 @@ def test_airflow_init_script_migrates_both_databases_and_creates_the_billing_poo
         AIRFLOW_ADMIN_PASSWORD="a-secret",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin",
+        TENTMAN_BILLING_POOL="tentman_billing",
         TENTMAN_BILLING_POOL_SLOTS="12",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )

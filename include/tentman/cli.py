@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.set_defaults(func=_dev_command("dev_demo"))
     up = dev.add_parser("up", help="what `make up` runs: a live local Airflow on demo data")
     up.add_argument("--port", type=int, default=8080)
+    up.add_argument("--executor", default="local", help="local (LocalExecutor) or celery (CeleryExecutor)")
+    up.add_argument("--workers", type=int, default=2, help="Celery workers (with --executor celery)")
     up.add_argument("--timeout", type=float, default=240)
     up.set_defaults(func=_dev_command("dev_up"))
     dev.add_parser("down", help="stop what `make up` started").set_defaults(func=_dev_command("dev_down"))

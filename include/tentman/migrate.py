@@ -43,3 +43,18 @@ def current_revision(engine: Engine) -> str | None:
 
 def head_revision() -> str:
     return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+class SchemaNotReady(RuntimeError):
+    """The TentMan database is not at the schema revision this bundle was written for."""
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise SchemaNotReady, naming the revision found, the one needed and the command that fixes it."""
+    found, needed = current_revision(engine), head_revision()
+    if found != needed:
+        raise SchemaNotReady(
+            f"the TentMan database is at schema revision {found or 'none (never migrated)'}, and this bundle "
+            f"needs revision {needed}: run `tentman db upgrade` with AIRFLOW_CONN_TENTMAN_DB set to that "
+            "database, then run the DAG again"
+        )

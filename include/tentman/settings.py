@@ -28,10 +28,14 @@ def _int_env(name: str, default: int, minimum: int = 0, environ: Mapping[str, st
     return value
 
 
-# The Airflow pool of the organization tasks: how many organizations are billed at once across
-# every billing run (rent, utility, backfills), i.e. the load on the TentMan database. Every
-# deployment creates it (`airflow pools set`, see tentman.dev.airflow_stack and deploy/airflow-init.sh).
+# The Airflow pool that caps how many organizations are billed at once across every billing run
+# (rent, utility, backfills), i.e. the load on the TentMan database. Opt-in: a stock Airflow has
+# only `default_pool`, and a task in a pool that does not exist waits forever with nothing in the
+# UI saying why. A deployment creates the pool first (`airflow pools set tentman_billing …`), then
+# sets TENTMAN_BILLING_POOL=tentman_billing on every Airflow component; ours all do (compose,
+# `make up`, the test and benchmark stacks).
 BILLING_POOL = "tentman_billing"
+DEFAULT_POOL = "default_pool"
 BILLING_POOL_DESCRIPTION = "TentMan organization billing tasks: organizations billed at once, all runs together"
 
 
@@ -58,9 +62,8 @@ def organization_task_policy() -> OrganizationTaskPolicy:
 
 
 def billing_pool(environ: Mapping[str, str] | None = None) -> str:
-    """The organization tasks' pool: TENTMAN_BILLING_POOL, default `tentman_billing`
-    ("default_pool" opts out, for a deployment that cannot create pools)."""
-    return (os.environ if environ is None else environ).get("TENTMAN_BILLING_POOL", "").strip() or BILLING_POOL
+    """The organization tasks' pool: TENTMAN_BILLING_POOL, default Airflow's `default_pool`."""
+    return (os.environ if environ is None else environ).get("TENTMAN_BILLING_POOL", "").strip() or DEFAULT_POOL
 
 
 def billing_pool_slots(environ: Mapping[str, str] | None = None) -> int:

@@ -11,8 +11,9 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from support.databases import create_database, drop_database
 from support.factories import add_charge, add_lease, add_organization, add_statement, inject_invoice_fault
-from tentman.dev.local import REPO_ROOT
+from tentman.dev.local import REPO_ROOT, with_database
 from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
 
 pytestmark = pytest.mark.airflow
@@ -77,8 +78,11 @@ def test_rent_dag_definition(airflow_home, monkeypatch):
     assert org_task.retry_exponential_backoff == 2.0
     assert org_task.max_retry_delay == timedelta(hours=1)
     assert org_task.max_active_tis_per_dagrun == 5
-    assert org_task.pool == "tentman_billing"  # created by every deployment (airflow pools set)
+    assert org_task.pool == "default_pool"  # the billing pool is opt-in: a stock Airflow has no other
     assert dag.get_task("list_organizations").pool == "default_pool"
+    # What `astro dev init`'s DAG tests check of every DAG: tags, and default_args retries of at least 2.
+    assert dag.default_args["retries"] >= 2 and dag.default_args["owner"] == "billing"
+    assert dag.get_task("list_organizations").retries == dag.default_args["retries"]
     assert dag.get_task("record_invoice_runs").trigger_rule == "all_done"
 
 
@@ -86,10 +90,10 @@ def test_retry_and_concurrency_are_configurable(airflow_home, monkeypatch):
     monkeypatch.setenv("TENTMAN_ORG_TASK_RETRIES", "3")
     monkeypatch.setenv("TENTMAN_MAX_ACTIVE_ORGANIZATIONS", "16")
     monkeypatch.setenv("TENTMAN_RENT_SCHEDULE", "manual")
-    monkeypatch.setenv("TENTMAN_BILLING_POOL", "default_pool")
+    monkeypatch.setenv("TENTMAN_BILLING_POOL", "tentman_billing")
     dag = load_dag(RENT_DAG_ID)
     org_task = dag.get_task("bill_organization")
-    assert (org_task.retries, org_task.max_active_tis_per_dagrun, org_task.pool) == (3, 16, "default_pool")
+    assert (org_task.retries, org_task.max_active_tis_per_dagrun, org_task.pool) == (3, 16, "tentman_billing")
     assert type(dag.timetable).__name__ == "NullTimetable"  # "manual": no schedule
 
 
@@ -173,6 +177,20 @@ def test_dag_test_run_bills_every_organization_and_records_a_failing_one(engine,
     assert (runs[c].status, runs[c].success_count) == ("completed", 1)
     assert all(r.dag_id == RENT_DAG_ID and r.dag_run_id == dag_run.run_id for r in runs.values())
     assert all(r.billing_period_start == date(2026, 2, 1) for r in runs.values())
+
+
+def test_an_unmigrated_tentman_database_fails_the_first_task_at_once(pg_admin_uri, airflow_home, monkeypatch):
+    name = create_database(pg_admin_uri, "tentman_unmigrated")
+    monkeypatch.setenv("AIRFLOW_CONN_TENTMAN_DB", with_database(pg_admin_uri, name))
+    try:
+        run = load_dag(RENT_DAG_ID).test(logical_date=datetime(2026, 1, 26, 2, tzinfo=UTC))
+        states = _states(run)
+        assert run.state == "failed"
+        # Failed, not up_for_retry: no retry can migrate a schema.
+        assert states[("resolve_billing_period", -1)][0] == "failed"
+        assert states[("list_organizations", -1)][0] == "upstream_failed"
+    finally:
+        drop_database(pg_admin_uri, name)
 
 
 def test_dag_test_rerun_is_idempotent_and_bad_params_write_nothing(engine, tentman_conn):
@@ -289,3 +307,27 @@ def test_utility_dag_test_run_bills_each_statement_once(engine, tentman_conn):
     assert (by_run[second.run_id][a].total_leases, by_run[second.run_id][a].failure_count) == (1, 1)
     assert by_run[second.run_id][b].status == "completed" and by_run[second.run_id][b].success_count == 1
     assert all(r.run_type == "utility" for r in runs)
+
+
+def test_more_organizations_than_max_map_length_fail_the_listing_in_words(engine, tentman_conn, monkeypatch):
+    with engine.begin() as conn:
+        for name in ("Alpha", "Beta", "Gamma"):
+            add_lease(conn, add_organization(conn, name), date(2025, 1, 1))
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "2")
+    run = load_dag(RENT_DAG_ID).test(logical_date=datetime(2026, 1, 26, 2, tzinfo=UTC))
+    states = _states(run)
+    assert run.state == "failed"
+    assert states[("list_organizations", -1)][0] == "failed"  # at once: retrying cannot shrink the list
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM invoices")).scalar() == 0
+
+
+def test_the_max_map_length_message_names_the_setting_its_value_and_the_count(airflow_home):
+    from tentman.orchestration.dag_factory import too_many_organizations_message
+
+    assert too_many_organizations_message(10_000, 4096) == (
+        "10,000 organizations to bill, one mapped task each, but Airflow's [core] max_map_length is 4,096: "
+        "set AIRFLOW__CORE__MAX_MAP_LENGTH (or [core] max_map_length) to at least 10,000 on every Airflow "
+        "component (the api-server enforces it), restart them, then clear this run's list_organizations task. "
+        "Nothing was billed."
+    )

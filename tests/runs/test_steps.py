@@ -8,8 +8,12 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from support.databases import create_database, drop_database
 from support.factories import add_lease, add_organization, inject_invoice_fault, invoice_for
+from tentman.db import create_engine_from_uri
+from tentman.dev.local import with_database
 from tentman.engine.periods import BillingPeriod, rent_period_for_run, utility_period_for_run
+from tentman.migrate import SchemaNotReady, head_revision, upgrade
 from tentman.names import RENT_DAG_ID
 from tentman.runs.steps import (
     BillingRunFailed,
@@ -242,3 +246,25 @@ def test_scheduled_run_starting_late_logs_a_warning_naming_both_dates(engine, ca
             started_at=utc(2026, 1, 26, 2, 5),
         )
     assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+
+
+def test_a_schema_behind_the_bundle_is_named_before_anything_is_billed(pg_admin_uri):
+    name = create_database(pg_admin_uri, "tentman_unmigrated")
+    engine = create_engine_from_uri(with_database(pg_admin_uri, name))
+    head = head_revision()
+    try:
+        with pytest.raises(SchemaNotReady) as err:
+            resolve(engine, {})
+        assert str(err.value) == (
+            f"the TentMan database is at schema revision none (never migrated), and this bundle needs revision "
+            f"{head}: run `tentman db upgrade` with AIRFLOW_CONN_TENTMAN_DB set to that database, then run the DAG "
+            "again"
+        )
+        upgrade(engine, "0002")
+        with pytest.raises(SchemaNotReady, match=f"at schema revision 0002, and this bundle needs revision {head}:"):
+            resolve(engine, {})
+        upgrade(engine)
+        assert resolve(engine, {}).billing_period_start == "2026-03-01"
+    finally:
+        engine.dispose()
+        drop_database(pg_admin_uri, name)

@@ -12,6 +12,8 @@ from tentman.db import create_engine_from_uri
 from tentman.dev.airflow_stack import (
     AirflowApi,
     AirflowStack,
+    component_commands,
+    component_environments,
     free_port,
     isolated_environment,
     stack_environment,
@@ -32,8 +34,19 @@ class Api(AirflowApi):
 
 
 @contextlib.contextmanager
-def live_stack(pg_admin_uri: str, home: Path, *, tentman_admin_uri: str | None = None, extra_env: dict | None = None):
-    """Start api-server, scheduler, dag-processor and triggerer on fresh databases; stop them all after.
+def live_stack(
+    pg_admin_uri: str,
+    home: Path,
+    *,
+    tentman_admin_uri: str | None = None,
+    extra_env: dict | None = None,
+    executor: str = "local",
+    broker_url: str | None = None,
+    workers: int = 0,
+    schedulers: int = 1,
+):
+    """Start api-server, scheduler, dag-processor and triggerer (and, with the CeleryExecutor, its
+    workers) on fresh databases; stop them all after.
 
     Airflow's metadata goes to `pg_admin_uri`'s server; the TentMan DB too, unless
     `tentman_admin_uri` names another server (the fault tests restart that one).
@@ -49,10 +62,12 @@ def live_stack(pg_admin_uri: str, home: Path, *, tentman_admin_uri: str | None =
     base = isolated_environment(
         tentman_uri=tentman_uri, metadata_uri=airflow_metadata_uri(with_database(pg_admin_uri, metadata_db))
     )
-    env = stack_environment(base, home=home, port=port)
+    env = stack_environment(base, home=home, port=port, executor=executor, broker_url=broker_url)
     env.update(extra_env or {})
     write_passwords(home / "passwords.json", PASSWORDS)
-    stack = AirflowStack(env=env, home=home, port=port)
+    commands = component_commands(executor=executor, workers=workers, schedulers=schedulers, worker_concurrency=2)
+    component_env = component_environments(commands) if executor == "celery" else {}
+    stack = AirflowStack(env=env, home=home, port=port, commands=commands, component_env=component_env)
     try:
         stack.migrate()
         stack.start()

@@ -22,9 +22,70 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tentman.dev.local import REPO_ROOT
-from tentman.settings import BILLING_POOL_DESCRIPTION, billing_pool, billing_pool_slots
+from tentman.settings import BILLING_POOL, BILLING_POOL_DESCRIPTION, DEFAULT_POOL, billing_pool, billing_pool_slots
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# `make up EXECUTOR=…`: the executors a local stack runs, by the name the Makefile takes.
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+
+# How soon a dead worker or scheduler is noticed. Airflow's defaults wait 300 s for each; a billing
+# deployment runs with these (compose's Celery profile and the tests use the same; the trade-offs
+# are in docs/deployment.md "Failure detection").
+FAILURE_DETECTION = {
+    # A running task that stopped heartbeating (its worker died) is failed, then retried, after this.
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+    # A scheduler is dead when its last heartbeat is older than this ...
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "30",
+    # ... and a live scheduler looks for the dead ones' tasks to adopt this often.
+    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
+    # A task queued but never started (its message lost with a broker) is rescheduled after this.
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "300",
+}
+
+
+def executor_class(name: str) -> str:
+    """The Airflow executor class of `name` (local, celery); a ValueError lists the accepted ones."""
+    try:
+        return EXECUTORS[name.strip().lower()]
+    except KeyError:
+        raise ValueError(f"executor {name!r} is not supported; expected one of {', '.join(EXECUTORS)}") from None
+
+
+def component_hostname() -> str:
+    """Airflow's hostname of a stack process: its component name when the stack set one
+    (TENTMAN_COMPONENT_NAME), so a task instance says which worker ran it and a job which scheduler."""
+    return os.environ.get("TENTMAN_COMPONENT_NAME") or socket.getfqdn()
+
+
+def component_environments(commands: dict[str, list[str]]) -> dict[str, dict[str, str]]:
+    """Per-process settings of a Celery stack: each scheduler and worker named after its component."""
+    return {
+        name: {
+            "TENTMAN_COMPONENT_NAME": name,
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.component_hostname",
+        }
+        for name in commands
+        if name.startswith(("scheduler", "worker-"))
+    }
+
+
+def component_commands(
+    *, executor: str = "local", workers: int = 0, schedulers: int = 1, worker_concurrency: int = 8
+) -> dict[str, list[str]]:
+    """The processes of a stack, by name: Airflow's components, more schedulers, Celery workers."""
+    commands = {name: ["airflow", name] for name in COMPONENTS}
+    for number in range(2, schedulers + 1):
+        commands[f"scheduler-{number}"] = ["airflow", "scheduler"]
+    if executor_class(executor) == "CeleryExecutor":
+        for number in range(1, max(1, workers) + 1):
+            # -s: no log server of its own (port 8793 is one per machine); the api-server reads the
+            # task logs from the log folder the components share on this machine.
+            commands[f"worker-{number}"] = [
+                "airflow", "celery", "worker", "-H", f"w{number}@%h", "-c", str(worker_concurrency), "-s",
+            ]  # fmt: skip
+    return commands
+
+
 USERS = {"admin": "admin", "viewer": "viewer"}  # user name -> role
 
 
@@ -68,13 +129,15 @@ def with_local_settings(env: dict[str, str]) -> dict[str, str]:
     return {**env, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
 
-def stack_environment(base_env: dict[str, str], *, home: Path, port: int) -> dict[str, str]:
+def stack_environment(
+    base_env: dict[str, str], *, home: Path, port: int, executor: str = "local", broker_url: str | None = None
+) -> dict[str, str]:
     """Settings of a local production-like stack, on top of `base_env` (databases, paths)."""
     env = with_local_settings(base_env)
     env.update(
         {
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": executor_class(executor),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
             "AIRFLOW__API__HOST": "127.0.0.1",
@@ -91,10 +154,19 @@ def stack_environment(base_env: dict[str, str], *, home: Path, port: int) -> dic
             # New DAG files show up within seconds, not the 5-minute default.
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            # Our stacks opt into the billing pool (migrate() creates it first).
+            "TENTMAN_BILLING_POOL": BILLING_POOL,
             # One mapped task per organization: room for thousands (the default is 1024).
             "AIRFLOW__CORE__MAX_MAP_LENGTH": "4096",
         }
     )
+    env.update(FAILURE_DETECTION)
+    if env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor":
+        if not broker_url:
+            raise ValueError("the CeleryExecutor needs a broker URL (redis://HOST:PORT/DB)")
+        env["AIRFLOW__CELERY__BROKER_URL"] = broker_url
+        # Task results in the metadata PostgreSQL: nothing else to run or to lose.
+        env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     env.setdefault("AIRFLOW__CORE__PARALLELISM", "8")
     return env
 
@@ -106,6 +178,10 @@ class AirflowStack:
     env: dict[str, str]
     home: Path
     port: int
+    # What start() runs, by name (component_commands()); LocalExecutor's four components by default.
+    commands: dict[str, list[str]] = field(default_factory=component_commands)
+    # Settings of single processes on top of `env`, by name (component_environments()).
+    component_env: dict[str, dict[str, str]] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -122,20 +198,20 @@ class AirflowStack:
         )
 
     def migrate(self) -> None:
-        """Migrate the metadata DB and create the billing pool (the organization tasks wait for it)."""
+        """Migrate the metadata DB and create the billing pool the stack opted into."""
         self.airflow("db", "migrate")
         pool = billing_pool(self.env)
-        if pool != "default_pool":
+        if pool != DEFAULT_POOL:
             self.airflow("pools", "set", pool, str(billing_pool_slots(self.env)), BILLING_POOL_DESCRIPTION)
 
-    def start(self, components: tuple[str, ...] = COMPONENTS, *, detached: bool = False) -> None:
+    def start(self, components: tuple[str, ...] | None = None, *, detached: bool = False) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name in components:
+        for name in components or tuple(self.commands):
             # The child keeps its own copy of the file descriptor; ours is closed once it started.
             with open(self.log_dir / f"{name}.log", "ab") as log:
                 self.processes[name] = subprocess.Popen(
-                    ["airflow", name],
-                    env=self.env,
+                    self.commands[name],
+                    env={**self.env, **self.component_env.get(name, {})},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -145,7 +221,8 @@ class AirflowStack:
                 (self.home / f"{name}.pid").write_text(str(self.processes[name].pid))
 
     def wait_healthy(self, timeout: float = 180) -> None:
-        """Wait until the api-server answers and the scheduler and dag-processor report healthy."""
+        """Wait until the api-server answers, the scheduler, dag-processor and triggerer report healthy
+        and every Celery worker is ready."""
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
@@ -161,12 +238,19 @@ class AirflowStack:
                 wanted = [
                     c for c in ("scheduler", "dag_processor", "triggerer") if c.replace("_", "-") in self.processes
                 ]
-                if all((health.get(c) or {}).get("status") == "healthy" for c in ["metadatabase"] + wanted):
+                if all((health.get(c) or {}).get("status") == "healthy" for c in ["metadatabase"] + wanted) and all(
+                    self.worker_ready(name) for name in self.processes if name.startswith("worker-")
+                ):
                     return
             except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
                 pass
             time.sleep(1)
         raise TimeoutError(f"Airflow did not become healthy within {timeout:.0f}s (last health: {last})")
+
+    def worker_ready(self, name: str) -> bool:
+        """Whether Celery worker `name` has connected to the broker and takes tasks."""
+        log = self.log_dir / f"{name}.log"
+        return log.exists() and b" ready." in log.read_bytes()
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
         """Wait until the dag-processor has parsed `dag_id` into the metadata DB."""

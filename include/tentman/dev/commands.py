@@ -7,9 +7,20 @@ import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 from tentman.db import UnitOfWork, tentman_engine
-from tentman.dev.airflow_stack import AirflowStack, stack_environment, stop_detached, write_passwords
+from tentman.dev.airflow_stack import (
+    AirflowStack,
+    component_commands,
+    component_environments,
+    executor_class,
+    free_port,
+    stack_environment,
+    stop_detached,
+    write_passwords,
+)
+from tentman.dev.broker import BROKER_URL_ENV, EmbeddedBroker
 from tentman.dev.demo import DEMO_RENT_LOGICAL_DATE, DEMO_UTILITY_LOGICAL_DATE, load_demo_data
 from tentman.dev.local import LOCAL_DIR, local_environment
 from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
@@ -70,14 +81,27 @@ def dev_demo(args) -> int:
 
 
 def dev_up(args) -> int:
-    """`make up`: a live Airflow (api-server, scheduler, dag-processor, triggerer) on demo data."""
+    """`make up`: a live Airflow (api-server, scheduler, dag-processor, triggerer, and Celery workers
+    with EXECUTOR=celery) on demo data."""
+    executor_class(args.executor)  # an unknown name is refused before anything starts
     home = LOCAL_DIR / "airflow"
     if any(home.glob("*.pid")):
         print("Airflow is already up (pid files in .local/airflow); `make down` stops it.")
         return 0
-    env = stack_environment(local_environment(), home=home, port=args.port)
+    home.mkdir(parents=True, exist_ok=True)
+    broker_url = _broker_url(args.executor, home) if executor_class(args.executor) == "CeleryExecutor" else None
+    env = stack_environment(
+        local_environment(), home=home, port=args.port, executor=args.executor, broker_url=broker_url
+    )
     passwords = write_passwords(home / "passwords.json")
-    stack = AirflowStack(env=env, home=home, port=args.port)
+    commands = component_commands(executor=args.executor, workers=args.workers)
+    stack = AirflowStack(
+        env=env,
+        home=home,
+        port=args.port,
+        commands=commands,
+        component_env=component_environments(commands) if broker_url else {},
+    )
     tentman = [sys.executable, "-m", "tentman.cli"]
     print("\n==> Airflow metadata DB and the billing pool", flush=True)
     try:
@@ -87,7 +111,7 @@ def dev_up(args) -> int:
         return 1
     _run(tentman + ["db", "upgrade"], env, "TentMan schema")
     _run(tentman + ["demo", "load"], env, "Demo data")
-    print("\n==> Starting Airflow: " + ", ".join(("api-server", "scheduler", "dag-processor", "triggerer")), flush=True)
+    print("\n==> Starting Airflow: " + ", ".join(commands), flush=True)
     stack.start(detached=True)
     try:
         stack.wait_healthy(timeout=args.timeout)
@@ -102,10 +126,21 @@ def dev_up(args) -> int:
         f"\nAirflow is up: {stack.base_url}\n"
         + "".join(f"  log in as {user} / {pw}\n" for user, pw in passwords.items())
         + f"  (passwords in {home / 'passwords.json'}; process logs in {stack.log_dir})\n"
-        f"DAGs: {', '.join(DAG_IDS)} (Trigger → params form).\n"
+        + (f"  executor {env['AIRFLOW__CORE__EXECUTOR']}, broker {broker_url}\n" if broker_url else "")
+        + f"DAGs: {', '.join(DAG_IDS)} (Trigger → params form).\n"
         "Stop with `make down`."
     )
     return 0
+
+
+def _broker_url(executor: str, home: Path) -> str:
+    """TENTMAN_REDIS_URL when set, else an embedded Valkey server that `make down` stops too."""
+    if os.environ.get(BROKER_URL_ENV):
+        return os.environ[BROKER_URL_ENV]
+    broker = EmbeddedBroker(home / "broker", free_port(), pid_file=home / "broker.pid")
+    print(f"\n==> Celery broker: embedded Valkey on 127.0.0.1:{broker.port} ({BROKER_URL_ENV} is not set)", flush=True)
+    broker.start()
+    return broker.url
 
 
 def dev_down(args) -> int:

@@ -19,8 +19,9 @@ from tentman.orchestration.alerts import BillingFailureNotifier
 from tentman.settings import OrganizationTaskPolicy, organization_task_policy
 
 TAGS = ["tentman", "billing"]
-# Run-level steps: a few quick retries for a database that blinks; they bill nothing themselves.
-RUN_STEP_RETRIES = {"retries": 3, "retry_delay": timedelta(seconds=30)}
+# Every task's defaults: a few quick retries for a database that blinks. The run-level steps bill
+# nothing themselves; the organization tasks override these with their own policy (settings).
+DEFAULT_ARGS = {"owner": "billing", "retries": 3, "retry_delay": timedelta(seconds=30)}
 
 
 def _tentman_engine():
@@ -36,9 +37,9 @@ def _tentman_engine():
     task_id="resolve_billing_period",
     task_display_name="Resolve billing period",
     multiple_outputs=False,
-    **RUN_STEP_RETRIES,
 )
 def resolve_billing_period_task(run_type: str) -> dict:
+    from tentman.migrate import SchemaNotReady
     from tentman.runs.steps import resolve_billing_run
 
     context = get_current_context()
@@ -56,14 +57,34 @@ def resolve_billing_period_task(run_type: str) -> dict:
     except ValueError as exc:
         # A bad parameter will not get better by retrying: fail now, nothing written.
         raise AirflowFailException(f"Invalid run parameters: {exc}") from exc
+    except SchemaNotReady as exc:
+        # Neither will a schema nobody migrated: say what to run, at once.
+        raise AirflowFailException(f"TentMan schema not ready: {exc}") from exc
     return run.to_dict()
 
 
-@task(task_id="list_organizations", task_display_name="List organizations", **RUN_STEP_RETRIES)
+@task(task_id="list_organizations", task_display_name="List organizations")
 def list_organizations_task(run: dict) -> list[dict]:
+    from airflow.sdk.configuration import conf
+
     from tentman.runs.steps import BillingRun, list_organizations
 
-    return list_organizations(_tentman_engine(), BillingRun.from_dict(run))
+    organizations = list_organizations(_tentman_engine(), BillingRun.from_dict(run))
+    max_map_length = conf.getint("core", "max_map_length", fallback=1024)
+    if len(organizations) > max_map_length:
+        # Airflow itself would refuse the list with "pushed value is too large to map", naming neither
+        # the setting nor the number; and retrying cannot shrink the list.
+        raise AirflowFailException(too_many_organizations_message(len(organizations), max_map_length))
+    return organizations
+
+
+def too_many_organizations_message(organizations: int, max_map_length: int) -> str:
+    return (
+        f"{organizations:,} organizations to bill, one mapped task each, but Airflow's [core] max_map_length is "
+        f"{max_map_length:,}: set AIRFLOW__CORE__MAX_MAP_LENGTH (or [core] max_map_length) to at least "
+        f"{organizations:,} on every Airflow component (the api-server enforces it), restart them, then clear "
+        "this run's list_organizations task. Nothing was billed."
+    )
 
 
 @task(
@@ -106,7 +127,6 @@ def _organization_task_settings(policy: OrganizationTaskPolicy) -> dict:
     task_display_name="Record invoice runs",
     trigger_rule="all_done",
     on_failure_callback=[BillingFailureNotifier()],
-    **RUN_STEP_RETRIES,
 )
 def record_invoice_runs_task(run: dict | None, organizations: list[dict] | None, results) -> list[dict]:
     from tentman.runs.steps import BillingRun, BillingRunFailed, record_invoice_runs
@@ -140,7 +160,7 @@ def build_billing_dag(
         tags=TAGS + tags,
         doc_md=doc_md,
         params=params,
-        default_args={"owner": "billing"},
+        default_args=DEFAULT_ARGS,
     ) as dag:
         run = resolve_billing_period_task(run_type)
         organizations = list_organizations_task(run)

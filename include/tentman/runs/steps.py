@@ -20,6 +20,7 @@ from tentman.engine.common import OrganizationBillingResult
 from tentman.engine.periods import BillingPeriod, rent_period_for_run, utility_period_for_run
 from tentman.engine.rent import generate_rent_invoices
 from tentman.engine.utility import default_due_date, generate_utility_invoices
+from tentman.migrate import check_schema
 from tentman.names import RENT_RUN, RUN_TYPES, ProrationMethod, organization_label
 from tentman.runs import invoice_runs
 from tentman.runs.invoice_runs import RunKey
@@ -94,7 +95,8 @@ def resolve_billing_run(
     scheduled: bool = False,
     started_at: datetime | None = None,
 ) -> BillingRun:
-    """Validate a run's params and resolve its billing period; raises ValueError naming a bad value.
+    """Validate a run's params and resolve its billing period; raises ValueError naming a bad value,
+    SchemaNotReady when the TentMan database is not migrated to this bundle's schema.
 
     The period comes from `billing_month` when given, otherwise from the run's logical date (or,
     for a manual run without one, its `run_after`) — never from the wall clock, so late runs and
@@ -102,6 +104,8 @@ def resolve_billing_run(
     """
     if run_type not in RUN_TYPES:
         raise ValueError(f"run_type {run_type!r} is not one of {', '.join(RUN_TYPES)}")
+    # A schema behind the bundle would fail deep inside every organization task, retried ten times.
+    check_schema(engine)
     period = _billing_period(run_type, params.get("billing_month"), logical_date or run_after)
     method = ProrationMethod.parse(params.get("proration_method")).value if run_type == RENT_RUN else None
     organization_ids = _parse_organization_ids(params.get("organization_ids"))

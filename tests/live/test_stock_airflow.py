@@ -1,0 +1,117 @@
+"""The bundle dropped into a stock Airflow, as docs/deployment.md "Deploy into an existing Airflow" says.
+
+An existing deployment is played by plain `airflow api-server`, `airflow scheduler` and
+`airflow dag-processor` with Airflow's defaults and only what any deployment has (its metadata
+database, its DAGs and plugins folders, a shared JWT secret, where workers reach the api-server).
+On top of it, only the documented steps: the bundle's files, the `tentman_db` connection,
+`tentman db upgrade`, unpausing the DAGs. No pool, no local settings, no max_map_length.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from support.databases import create_database, drop_database
+from support.factories import add_lease, add_organization, add_statement
+from support.live import poll
+from tentman.db import create_engine_from_uri
+from tentman.dev.airflow_stack import AirflowStack, free_port
+from tentman.dev.local import REPO_ROOT, airflow_metadata_uri, with_database
+from tentman.names import DAG_IDS
+
+pytestmark = pytest.mark.live
+
+
+def existing_airflow(tmp_path: Path, metadata_uri: str, port: int) -> dict[str, str]:
+    """What every Airflow deployment already sets: nothing of TentMan's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TENTMAN_"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(tmp_path / "airflow"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_uri,
+            "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(tmp_path / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
+    return env
+
+
+def test_both_dags_run_on_a_stock_airflow_with_only_the_documented_steps(pg_admin_uri, tmp_path, audited):
+    tentman_db, metadata_db = create_database(pg_admin_uri, "tentman_stock"), create_database(pg_admin_uri, "af_stock")
+    tentman_uri = with_database(pg_admin_uri, tentman_db)
+    port = free_port()
+    env = existing_airflow(tmp_path, airflow_metadata_uri(with_database(pg_admin_uri, metadata_db)), port)
+    # The documented steps: the bundle's files, the connection, the schema.
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "plugins").mkdir()
+    for dag_id in DAG_IDS:
+        shutil.copy(REPO_ROOT / "dags" / f"{dag_id}.py", tmp_path / "dags")
+    shutil.copy(REPO_ROOT / "plugins" / "tentman_billing_plugin.py", tmp_path / "plugins")
+    env["AIRFLOW_CONN_TENTMAN_DB"] = tentman_uri
+    stack = AirflowStack(
+        env=env,
+        home=tmp_path / "airflow",
+        port=port,
+        commands={name: ["airflow", name] for name in ("api-server", "scheduler", "dag-processor")},
+    )
+    engine = create_engine_from_uri(tentman_uri)
+    try:
+        stack.airflow("db", "migrate")  # the existing deployment's own metadata database
+        schema = subprocess.run(["tentman", "db", "upgrade"], env=env, capture_output=True, text=True)
+        assert schema.returncode == 0, schema.stderr
+        with engine.begin() as conn:
+            orgs = [add_organization(conn, name) for name in ("North", "South", "East")]
+            for number, org in enumerate(orgs):
+                lease = add_lease(conn, org, date(2025, 1, 1), None, f"{1100 + number}.00")
+                add_lease(conn, org, date(2027, 1, 10), None, "900.00")  # moves in mid-month
+                add_statement(conn, org, lease, "31.40", date(2026, 12, 1), date(2026, 12, 31))
+        stack.start()
+        stack.wait_healthy(timeout=240)
+        for dag_id in DAG_IDS:
+            stack.wait_for_dag(dag_id, timeout=240)
+            stack.airflow("dags", "unpause", dag_id)
+        for dag_id in DAG_IDS:
+            stack.airflow("dags", "trigger", dag_id, "--conf", json.dumps({"billing_month": "2027-01"}))
+        for dag_id in DAG_IDS:
+            poll(
+                lambda dag_id=dag_id: _states(stack, dag_id) == ["success"],
+                timeout=600,
+                interval=3,
+                what=f"{dag_id} run succeeded",
+            )
+        with engine.connect() as conn:
+            invoices = dict(
+                conn.execute(
+                    sa.text("SELECT invoice_type, count(*) FROM invoices WHERE organization_id = ANY(:o) GROUP BY 1"),
+                    {"o": orgs},
+                ).all()
+            )
+        assert invoices == {"rent": 6, "utility": 3}
+        audited(engine)
+    finally:
+        stack.stop()
+        engine.dispose()
+        drop_database(pg_admin_uri, tentman_db)
+        drop_database(pg_admin_uri, metadata_db)
+
+
+def _states(stack: AirflowStack, dag_id: str) -> list[str]:
+    out = stack.airflow("dags", "list-runs", dag_id, "--output", "json", check=False)
+    if out.returncode != 0:
+        return []
+    return [run["state"] for run in json.loads(out.stdout or "[]")]

@@ -1,0 +1,62 @@
+"""The local stacks' executor choices, processes and broker: refused names are named, Celery stacks
+get their workers, broker and result backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tentman.dev.airflow_stack import (
+    component_commands,
+    component_environments,
+    executor_class,
+    free_port,
+    stack_environment,
+)
+from tentman.dev.broker import EmbeddedBroker, ping
+
+pytestmark = pytest.mark.unit
+
+METADATA = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://airflow@127.0.0.1:5432/airflow"}
+
+
+def test_executor_names():
+    assert executor_class("local") == "LocalExecutor"
+    assert executor_class(" Celery ") == "CeleryExecutor"
+    with pytest.raises(ValueError) as err:
+        executor_class("kubernetes")
+    assert str(err.value) == "executor 'kubernetes' is not supported; expected one of local, celery"
+
+
+def test_a_celery_stack_has_its_workers_broker_and_result_backend():
+    commands = component_commands(executor="celery", workers=2, schedulers=2, worker_concurrency=4)
+    assert list(commands) == [
+        "api-server", "scheduler", "dag-processor", "triggerer", "scheduler-2", "worker-1", "worker-2",
+    ]  # fmt: skip
+    assert commands["worker-2"] == ["airflow", "celery", "worker", "-H", "w2@%h", "-c", "4", "-s"]
+    assert set(component_environments(commands)) == {"scheduler", "scheduler-2", "worker-1", "worker-2"}
+    env = stack_environment(
+        dict(METADATA), home=Path("/tmp/x"), port=8080, executor="celery", broker_url="redis://127.0.0.1:6399/0"
+    )
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://127.0.0.1:6399/0"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql+psycopg2://airflow@127.0.0.1:5432/airflow"
+    with pytest.raises(ValueError, match="needs a broker URL"):
+        stack_environment(dict(METADATA), home=Path("/tmp/x"), port=8080, executor="celery")
+
+
+def test_a_local_stack_has_no_worker_and_no_broker():
+    assert list(component_commands()) == ["api-server", "scheduler", "dag-processor", "triggerer"]
+    env = stack_environment(dict(METADATA), home=Path("/tmp/x"), port=8080)
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor" and "AIRFLOW__CELERY__BROKER_URL" not in env
+
+
+def test_the_embedded_broker_starts_answers_and_stops(tmp_path):
+    broker = EmbeddedBroker(tmp_path / "broker", free_port())
+    broker.start()
+    try:
+        assert ping(broker.port) and broker.url == f"redis://127.0.0.1:{broker.port}/0"
+    finally:
+        broker.stop()
+    assert not ping(broker.port)
