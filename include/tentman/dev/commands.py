@@ -83,13 +83,13 @@ def dev_demo(args) -> int:
 def dev_up(args) -> int:
     """`make up`: a live Airflow (api-server, scheduler, dag-processor, triggerer, and Celery workers
     with EXECUTOR=celery) on demo data."""
-    executor_class(args.executor)  # an unknown name is refused before anything starts
+    celery = executor_class(args.executor) == "CeleryExecutor"  # an unknown name is refused here
     home = LOCAL_DIR / "airflow"
     if any(home.glob("*.pid")):
         print("Airflow is already up (pid files in .local/airflow); `make down` stops it.")
         return 0
     home.mkdir(parents=True, exist_ok=True)
-    broker_url = _broker_url(args.executor, home) if executor_class(args.executor) == "CeleryExecutor" else None
+    broker_url = _broker_url(home) if celery else None
     env = stack_environment(
         local_environment(), home=home, port=args.port, executor=args.executor, broker_url=broker_url
     )
@@ -100,7 +100,7 @@ def dev_up(args) -> int:
         home=home,
         port=args.port,
         commands=commands,
-        component_env=component_environments(commands) if broker_url else {},
+        component_env=component_environments(commands) if celery else {},
     )
     tentman = [sys.executable, "-m", "tentman.cli"]
     print("\n==> Airflow metadata DB and the billing pool", flush=True)
@@ -133,7 +133,7 @@ def dev_up(args) -> int:
     return 0
 
 
-def _broker_url(executor: str, home: Path) -> str:
+def _broker_url(home: Path) -> str:
     """TENTMAN_REDIS_URL when set, else an embedded Valkey server that `make down` stops too."""
     if os.environ.get(BROKER_URL_ENV):
         return os.environ[BROKER_URL_ENV]

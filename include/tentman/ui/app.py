@@ -14,6 +14,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
 
+import pendulum
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -242,9 +243,9 @@ def list_organizations(conn=Depends(read_only)) -> list[Organization]:
 
 @router.get("/api/trends", response_model=Trends, dependencies=[read_runs], summary="Trends over the last months")
 def trends(months: int = Query(12, ge=1, le=60), conn=Depends(read_only)) -> Trends:
-    today = date.today()
-    index = today.year * 12 + today.month - 1 - (months - 1)
-    since = date(index // 12, index % 12 + 1, 1)
+    # The first day of the month `months - 1` months ago: the window ends with the current month.
+    first = pendulum.today("UTC").start_of("month").subtract(months=months - 1)
+    since = date(first.year, first.month, 1)
     return Trends(
         since=since,
         invoices_per_month=[
