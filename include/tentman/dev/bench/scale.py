@@ -30,13 +30,21 @@ from tentman.db import create_engine_from_uri
 from tentman.dev.airflow_stack import (
     AirflowApi,
     AirflowStack,
+    executor_class,
     free_port,
     isolated_environment,
     stack_environment,
     write_passwords,
 )
 from tentman.dev.bench.common import bill_rent, copy_floor
-from tentman.dev.local import airflow_metadata_uri, ensure_database, server_uri, start_embedded_postgres, with_database
+from tentman.dev.local import (
+    REPO_ROOT,
+    airflow_metadata_uri,
+    ensure_database,
+    server_uri,
+    start_embedded_postgres,
+    with_database,
+)
 from tentman.engine.periods import BillingPeriod
 from tentman.migrate import upgrade
 from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
@@ -250,7 +258,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the default population")
     parser.add_argument("--concurrency", type=int, default=16, help="organizations billed at once (and parallelism)")
     parser.add_argument("--timeout", type=float, default=3600)
+    sweep = parser.add_argument_group("sweep: overhead per mapped task against the number of organizations")
+    sweep.add_argument("--sweep", help="comma-separated numbers of organizations, e.g. 500,2000,5000,10000")
+    sweep.add_argument("--leases-per-organization", type=int, default=5)
+    sweep.add_argument("--executor", default="local", help="local, celery, or both: local,celery")
+    sweep.add_argument("--workers", type=int, default=2, help="Celery workers")
+    sweep.add_argument("--out", default=str(REPO_ROOT / "test-artifacts" / "bench-scale"), help="where figures go")
     args = parser.parse_args(argv)
+    if args.sweep:
+        from tentman.dev.bench.sweep import run_sweep
+
+        executors = [name.strip() for name in args.executor.split(",") if name.strip()]
+        for name in executors:
+            executor_class(name)  # refuse an unknown name before anything starts
+        run_sweep(
+            [int(n) for n in args.sweep.split(",")],
+            leases=args.leases_per_organization,
+            executors=executors,
+            workers=args.workers,
+            concurrency=args.concurrency,
+            timeout=args.timeout,
+            out_dir=Path(args.out),
+        )
+        return 0
     organizations, leases, statements = int(2000 * args.scale), int(1_000_000 * args.scale), int(200_000 * args.scale)
 
     with tempfile.TemporaryDirectory(prefix="tentman-bench-scale-") as tmp:

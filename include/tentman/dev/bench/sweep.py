@@ -1,0 +1,181 @@
+"""`make bench-scale BENCH_ARGS="--sweep 500,2000"`: Airflow's overhead per mapped task as the number
+of organizations grows (not a test).
+
+For each N: N small organizations (`--leases-per-organization`, default 5), a fresh TentMan and
+metadata database, a fresh live Airflow on the chosen executor(s), one rent run. Overhead per
+mapped task = (run wall time − Σ engine seconds / concurrency) / N: what Airflow costs around the
+billing. Prints a table, writes the figures as JSON and the curve as a PNG next to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from tentman.db import create_engine_from_uri
+from tentman.dev.airflow_stack import (
+    AirflowApi,
+    AirflowStack,
+    component_commands,
+    component_environments,
+    free_port,
+    isolated_environment,
+    stack_environment,
+    write_passwords,
+)
+from tentman.dev.bench.scale import MONTH, ProcessSampler, generate, measured_run, postmaster_pid, summarize
+from tentman.dev.broker import EmbeddedBroker
+from tentman.dev.local import airflow_metadata_uri, ensure_database, server_uri, start_embedded_postgres, with_database
+from tentman.migrate import upgrade
+from tentman.names import DAG_IDS, RENT_DAG_ID
+
+
+@contextlib.contextmanager
+def _stack(tmp: Path, admin: str, tentman_uri: str, *, executor: str, workers: int, concurrency: int, n: int):
+    """A live Airflow on a fresh metadata database, room for `n` mapped tasks."""
+    airflow_db = f"airflow_{uuid.uuid4().hex[:6]}"
+    ensure_database(admin, airflow_db)
+    home = tmp / f"airflow-{executor}-{n}"
+    home.mkdir()
+    port = free_port()
+    broker = None
+    if executor == "celery":
+        broker = EmbeddedBroker(home / "broker", free_port())
+        broker.start()
+    base = isolated_environment(
+        tentman_uri=tentman_uri, metadata_uri=airflow_metadata_uri(with_database(admin, airflow_db))
+    )
+    env = stack_environment(base, home=home, port=port, executor=executor, broker_url=broker.url if broker else None)
+    env.update(
+        {
+            "AIRFLOW__CORE__PARALLELISM": str(concurrency),
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(concurrency),
+            "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(4096, n)),
+            "TENTMAN_MAX_ACTIVE_ORGANIZATIONS": str(concurrency),
+            "TENTMAN_BILLING_POOL_SLOTS": str(concurrency),
+            "TENTMAN_RENT_SCHEDULE": "manual",
+            "TENTMAN_UTILITY_SCHEDULE": "manual",
+        }
+    )
+    passwords = write_passwords(home / "passwords.json")
+    commands = component_commands(
+        executor=executor, workers=workers, worker_concurrency=max(1, concurrency // max(1, workers))
+    )
+    stack = AirflowStack(
+        env=env,
+        home=home,
+        port=port,
+        commands=commands,
+        component_env=component_environments(commands) if executor == "celery" else {},
+    )
+    stack.migrate()
+    stack.start()
+    try:
+        stack.wait_healthy(timeout=300)
+        for dag_id in DAG_IDS:
+            stack.wait_for_dag(dag_id, timeout=300)
+        api = AirflowApi(stack.base_url, "admin", passwords["admin"])
+        api.client.patch(f"/dags/{RENT_DAG_ID}", json={"is_paused": False}).raise_for_status()
+        yield stack, api
+    finally:
+        stack.stop()
+        if broker:
+            broker.stop()
+
+
+def measure(n: int, leases: int, *, executor: str, workers: int, concurrency: int, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="tentman-bench-sweep-") as tmp_name:
+        tmp = Path(tmp_name)
+        server = start_embedded_postgres(tmp / "pgdata", cleanup_mode="stop")
+        try:
+            admin = server_uri(server)
+            tentman_db = f"tentman_{uuid.uuid4().hex[:6]}"
+            ensure_database(admin, tentman_db)
+            tentman_uri = with_database(admin, tentman_db)
+            engine = create_engine_from_uri(tentman_uri)
+            upgrade(engine)
+            with engine.begin() as conn:
+                generate(conn, [leases] * n, statements=max(1, n * leases))
+            with _stack(tmp, admin, tentman_uri, executor=executor, workers=workers, concurrency=concurrency, n=n) as (
+                stack,
+                api,
+            ):
+                roots = {name: proc.pid for name, proc in stack.processes.items()}
+                roots["postgres"] = postmaster_pid(tmp / "pgdata")
+                sampler = ProcessSampler(roots)
+                sampler.start()
+                started = time.perf_counter()
+                outcome, cpu = measured_run(api, sampler, RENT_DAG_ID, {"billing_month": MONTH}, timeout)
+                sampler.stop.set()
+                figures = summarize("rent", engine, outcome, "leases", n * leases, concurrency, cpu)
+                figures["observed_s"] = round(time.perf_counter() - started, 1)
+            engine.dispose()
+        finally:
+            server.cleanup()
+    return {"organizations": n, "leases_per_organization": leases, "executor": executor, **figures}
+
+
+def chart(results: list[dict], path: Path) -> None:
+    """The overhead per mapped task against N, one line per executor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for executor in sorted({r["executor"] for r in results}):
+        points = sorted(
+            (r["organizations"], r["rent_overhead_per_task_s"]) for r in results if r["executor"] == executor
+        )
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=executor)
+    axes.set_xlabel("organizations (one mapped task each)")
+    axes.set_ylabel("Airflow overhead per mapped task (s)")
+    axes.set_title("TentMan rent run: Airflow's cost per organization task")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        f"{'executor':<8} {'orgs':>6} {'wall s':>8} {'overhead/task s':>16} {'vs first':>9}",
+    ]
+    first = {}
+    for r in results:
+        base = first.setdefault(r["executor"], r["rent_overhead_per_task_s"])
+        ratio = r["rent_overhead_per_task_s"] / base if base else 0.0
+        lines.append(
+            f"{r['executor']:<8} {r['organizations']:>6,} {r['rent_wall_s']:>8.1f} "
+            f"{r['rent_overhead_per_task_s']:>16.3f} {ratio:>8.2f}×"
+        )
+    return "\n".join(lines)
+
+
+def run_sweep(
+    sizes: list[int],
+    *,
+    leases: int,
+    executors: list[str],
+    workers: int,
+    concurrency: int,
+    timeout: float,
+    out_dir: Path,
+) -> list[dict]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for executor in executors:
+        for n in sizes:
+            figures = measure(n, leases, executor=executor, workers=workers, concurrency=concurrency, timeout=timeout)
+            results.append(figures)
+            print(json.dumps(figures), flush=True)
+            (out_dir / "sweep.json").write_text(json.dumps(results, indent=2))
+    chart(results, out_dir / "sweep.png")
+    print(table(results))
+    print(f"figures: {out_dir / 'sweep.json'}; chart: {out_dir / 'sweep.png'}")
+    return results
