@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization
-from support.live import Api, live_stack, poll
+from support.live import Api, live_stack, make_slow, poll
 from tentman.dev.airflow_stack import FAILURE_DETECTION, free_port
 from tentman.dev.broker import EmbeddedBroker
 from tentman.names import DAG_IDS, RENT_DAG_ID
@@ -87,22 +87,6 @@ def organizations(engine, prefix: str, count: int, leases: int = 3) -> list[int]
     return orgs
 
 
-def make_slow(engine, orgs: list[int], seconds: int, month: str) -> None:
-    """Each organization's first rent invoice of `month` sleeps inside PostgreSQL (test-only)."""
-    with engine.begin() as conn:
-        for org in (int(o) for o in orgs):
-            conn.exec_driver_sql(f"""
-                CREATE SEQUENCE test_slow_{org};
-                CREATE FUNCTION test_slow_{org}() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN
-                    IF nextval('test_slow_{org}') = 1 THEN PERFORM pg_sleep({int(seconds)}); END IF;
-                    RETURN NEW;
-                END $$;
-                CREATE TRIGGER test_slow_{org} BEFORE INSERT ON invoices FOR EACH ROW
-                WHEN (NEW.organization_id = {org} AND NEW.billing_period_start = DATE '{month}-01')
-                EXECUTE FUNCTION test_slow_{org}();""")
-
-
 def trigger(api, orgs: list[int], month: str) -> str:
     response = api.trigger(RENT_DAG_ID, {"billing_month": month, "organization_ids": orgs})
     response.raise_for_status()
@@ -160,7 +144,8 @@ def test_a_run_spreads_over_both_workers(celery, audited, capsys):
 def test_a_killed_worker_s_organizations_are_retried_on_the_other(celery, audited, all_running):
     stack, engine, api = celery
     orgs = organizations(engine, "Killed worker", 4)
-    make_slow(engine, orgs, 20, "2027-02")
+    for org in orgs:
+        make_slow(engine, org, 20, "2027-02")
     run_id = trigger(api, orgs, "2027-02")
     poll(lambda: running_on(api, run_id), timeout=180, interval=1, what="organization tasks running")
     victim, killed = max(running_on(api, run_id).items(), key=lambda item: len(item[1]))
@@ -178,7 +163,8 @@ def test_a_killed_worker_s_organizations_are_retried_on_the_other(celery, audite
 def test_the_other_scheduler_finishes_a_run_whose_scheduler_died(celery, audited, all_running):
     stack, engine, api = celery
     orgs = organizations(engine, "Killed scheduler", 4)
-    make_slow(engine, orgs, 15, "2027-03")
+    for org in orgs:
+        make_slow(engine, org, 15, "2027-03")
     run_id = trigger(api, orgs, "2027-03")
     poll(lambda: running_on(api, run_id), timeout=180, interval=1, what="organization tasks running")
     queued_by = _scheduler_that_queued(stack, run_id)
@@ -212,7 +198,8 @@ def _scheduler_that_queued(stack, run_id: str) -> str:
 def test_a_run_completes_after_its_broker_restarted(celery, broker, audited):
     stack, engine, api = celery
     orgs = organizations(engine, "Broker restart", 6)
-    make_slow(engine, orgs[:2], 10, "2027-04")
+    for org in orgs[:2]:
+        make_slow(engine, org, 10, "2027-04")
     run_id = trigger(api, orgs, "2027-04")
     poll(lambda: running_on(api, run_id), timeout=180, interval=1, what="organization tasks running")
     broker.stop()

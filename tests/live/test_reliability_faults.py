@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization
-from support.live import Api, live_stack, poll
+from support.live import Api, live_stack, make_slow, poll
 from tentman.dev.local import server_uri, start_embedded_postgres
 from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
 
@@ -52,28 +52,6 @@ def faults(pg_admin_uri, tentman_server, tmp_path_factory):
         for dag_id in DAG_IDS:
             api.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
         yield stack, engine, api
-
-
-def make_slow(engine, organization_id: int, seconds: int, month: str) -> None:
-    """The first invoice row written for the organization and month sleeps inside PostgreSQL (test-only).
-
-    Scoped to the month: the stack's own scheduled runs (unpausing a DAG runs its latest tick)
-    may bill the same organization for another month meanwhile.
-    """
-    org = int(organization_id)
-    period_start = f"{month}-01"
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"""
-            CREATE SEQUENCE test_slow_{org};
-            CREATE FUNCTION test_slow_{org}() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF nextval('test_slow_{org}') = 1 THEN PERFORM pg_sleep({int(seconds)}); END IF;
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER test_slow_{org} BEFORE INSERT ON invoices FOR EACH ROW
-            WHEN (NEW.organization_id = {org} AND NEW.invoice_type = 'rent'
-                  AND NEW.billing_period_start = DATE '{period_start}')
-            EXECUTE FUNCTION test_slow_{org}();""")
 
 
 def sleeping_writer_pid(engine, timeout: float = 120) -> int:

@@ -88,3 +88,25 @@ def poll(condition, timeout: float = 300, interval: float = 1, what: str = "cond
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not met within {timeout:.0f}s")
         time.sleep(interval)
+
+
+def make_slow(engine, organization_id: int, seconds: int, month: str) -> None:
+    """The first invoice row written for the organization and month sleeps inside PostgreSQL (test-only).
+
+    Scoped to the month: the stack's own scheduled runs (unpausing a DAG runs its latest tick)
+    may bill the same organization for another month meanwhile.
+    """
+    org = int(organization_id)
+    period_start = f"{month}-01"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"""
+            CREATE SEQUENCE test_slow_{org};
+            CREATE FUNCTION test_slow_{org}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('test_slow_{org}') = 1 THEN PERFORM pg_sleep({int(seconds)}); END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_slow_{org} BEFORE INSERT ON invoices FOR EACH ROW
+            WHEN (NEW.organization_id = {org} AND NEW.invoice_type = 'rent'
+                  AND NEW.billing_period_start = DATE '{period_start}')
+            EXECUTE FUNCTION test_slow_{org}();""")
