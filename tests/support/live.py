@@ -12,11 +12,8 @@ from tentman.db import create_engine_from_uri
 from tentman.dev.airflow_stack import (
     AirflowApi,
     AirflowStack,
-    component_commands,
-    component_environments,
     free_port,
     isolated_environment,
-    stack_environment,
     write_passwords,
 )
 from tentman.dev.local import airflow_metadata_uri, with_database
@@ -62,12 +59,18 @@ def live_stack(
     base = isolated_environment(
         tentman_uri=tentman_uri, metadata_uri=airflow_metadata_uri(with_database(pg_admin_uri, metadata_db))
     )
-    env = stack_environment(base, home=home, port=port, executor=executor, broker_url=broker_url)
-    env.update(extra_env or {})
     write_passwords(home / "passwords.json", PASSWORDS)
-    commands = component_commands(executor=executor, workers=workers, schedulers=schedulers, worker_concurrency=2)
-    component_env = component_environments(commands) if executor == "celery" else {}
-    stack = AirflowStack(env=env, home=home, port=port, commands=commands, component_env=component_env)
+    stack = AirflowStack.for_executor(
+        base,
+        home=home,
+        port=port,
+        executor=executor,
+        broker_url=broker_url,
+        workers=workers,
+        schedulers=schedulers,
+        worker_concurrency=2,
+        extra_env=extra_env,
+    )
     try:
         stack.migrate()
         stack.start()

@@ -184,6 +184,33 @@ class AirflowStack:
     component_env: dict[str, dict[str, str]] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
+    @classmethod
+    def for_executor(
+        cls,
+        base_env: dict[str, str],
+        *,
+        home: Path,
+        port: int,
+        executor: str = "local",
+        broker_url: str | None = None,
+        workers: int = 0,
+        schedulers: int = 1,
+        worker_concurrency: int = 8,
+        extra_env: dict[str, str] | None = None,
+    ) -> AirflowStack:
+        """A local stack on `executor`: its settings, its processes and, on Celery, each scheduler and
+        worker named after its component. `extra_env` goes last (tests' and benchmarks' overrides)."""
+        env = {**stack_environment(base_env, home=home, port=port, executor=executor, broker_url=broker_url),
+               **(extra_env or {})}  # fmt: skip
+        commands = component_commands(
+            executor=executor, workers=workers, schedulers=schedulers, worker_concurrency=worker_concurrency
+        )
+        celery = executor_class(executor) == "CeleryExecutor"
+        return cls(
+            env=env, home=home, port=port, commands=commands,
+            component_env=component_environments(commands) if celery else {},
+        )  # fmt: skip
+
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

@@ -12,11 +12,8 @@ from pathlib import Path
 from tentman.db import UnitOfWork, tentman_engine
 from tentman.dev.airflow_stack import (
     AirflowStack,
-    component_commands,
-    component_environments,
     executor_class,
     free_port,
-    stack_environment,
     stop_detached,
     write_passwords,
 )
@@ -90,18 +87,12 @@ def dev_up(args) -> int:
         return 0
     home.mkdir(parents=True, exist_ok=True)
     broker_url = _broker_url(home) if celery else None
-    env = stack_environment(
-        local_environment(), home=home, port=args.port, executor=args.executor, broker_url=broker_url
-    )
+    stack = AirflowStack.for_executor(
+        local_environment(), home=home, port=args.port, executor=args.executor, broker_url=broker_url,
+        workers=args.workers,
+    )  # fmt: skip
+    env = stack.env
     passwords = write_passwords(home / "passwords.json")
-    commands = component_commands(executor=args.executor, workers=args.workers)
-    stack = AirflowStack(
-        env=env,
-        home=home,
-        port=args.port,
-        commands=commands,
-        component_env=component_environments(commands) if celery else {},
-    )
     tentman = [sys.executable, "-m", "tentman.cli"]
     print("\n==> Airflow metadata DB and the billing pool", flush=True)
     try:
@@ -111,7 +102,7 @@ def dev_up(args) -> int:
         return 1
     _run(tentman + ["db", "upgrade"], env, "TentMan schema")
     _run(tentman + ["demo", "load"], env, "Demo data")
-    print("\n==> Starting Airflow: " + ", ".join(commands), flush=True)
+    print("\n==> Starting Airflow: " + ", ".join(stack.commands), flush=True)
     stack.start(detached=True)
     try:
         stack.wait_healthy(timeout=args.timeout)

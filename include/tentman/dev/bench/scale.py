@@ -33,7 +33,6 @@ from tentman.dev.airflow_stack import (
     executor_class,
     free_port,
     isolated_environment,
-    stack_environment,
     write_passwords,
 )
 from tentman.dev.bench.common import bill_rent, copy_floor
@@ -209,6 +208,21 @@ def ui_timings(api, base_url: str, dag_id: str, run_id: str) -> dict[str, float]
     return timings
 
 
+def measured_stack_settings(concurrency: int, organizations: int) -> dict[str, str]:
+    """What every benchmark stack runs with: `concurrency` organizations billed at once (per run, in
+    the pool and in the executor), room to map every organization, no schedules (unpausing would
+    otherwise start each DAG's latest tick beside the measured runs)."""
+    return {
+        "AIRFLOW__CORE__PARALLELISM": str(concurrency),
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(concurrency),
+        "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(4096, organizations)),
+        "TENTMAN_MAX_ACTIVE_ORGANIZATIONS": str(concurrency),
+        "TENTMAN_BILLING_POOL_SLOTS": str(concurrency),
+        "TENTMAN_RENT_SCHEDULE": "manual",
+        "TENTMAN_UTILITY_SCHEDULE": "manual",
+    }
+
+
 def postmaster_pid(pgdata: Path) -> int | None:
     """The embedded PostgreSQL's postmaster (its backends are its children)."""
     import psutil
@@ -311,19 +325,10 @@ def main(argv: list[str] | None = None) -> int:
             base = isolated_environment(
                 tentman_uri=tentman_uri, metadata_uri=airflow_metadata_uri(with_database(admin, airflow_db))
             )
-            env = stack_environment(base, home=home, port=port)
-            env.update(
-                {
-                    "AIRFLOW__CORE__PARALLELISM": str(args.concurrency),
-                    "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(args.concurrency),
-                    "TENTMAN_MAX_ACTIVE_ORGANIZATIONS": str(args.concurrency),
-                    # No schedule: unpausing would otherwise start each DAG's latest tick beside the measured runs.
-                    "TENTMAN_RENT_SCHEDULE": "manual",
-                    "TENTMAN_UTILITY_SCHEDULE": "manual",
-                }
-            )
             passwords = write_passwords(home / "passwords.json")
-            stack = AirflowStack(env=env, home=home, port=port)
+            stack = AirflowStack.for_executor(
+                base, home=home, port=port, extra_env=measured_stack_settings(args.concurrency, organizations)
+            )
             stack.migrate()
             stack.start()
             try:

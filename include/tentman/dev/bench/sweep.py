@@ -20,14 +20,19 @@ from tentman.db import create_engine_from_uri
 from tentman.dev.airflow_stack import (
     AirflowApi,
     AirflowStack,
-    component_commands,
-    component_environments,
     free_port,
     isolated_environment,
-    stack_environment,
     write_passwords,
 )
-from tentman.dev.bench.scale import MONTH, ProcessSampler, generate, measured_run, postmaster_pid, summarize
+from tentman.dev.bench.scale import (
+    MONTH,
+    ProcessSampler,
+    generate,
+    measured_run,
+    measured_stack_settings,
+    postmaster_pid,
+    summarize,
+)
 from tentman.dev.broker import EmbeddedBroker
 from tentman.dev.local import airflow_metadata_uri, ensure_database, server_uri, start_embedded_postgres, with_database
 from tentman.migrate import upgrade
@@ -49,28 +54,16 @@ def _stack(tmp: Path, admin: str, tentman_uri: str, *, executor: str, workers: i
     base = isolated_environment(
         tentman_uri=tentman_uri, metadata_uri=airflow_metadata_uri(with_database(admin, airflow_db))
     )
-    env = stack_environment(base, home=home, port=port, executor=executor, broker_url=broker.url if broker else None)
-    env.update(
-        {
-            "AIRFLOW__CORE__PARALLELISM": str(concurrency),
-            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(concurrency),
-            "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(4096, n)),
-            "TENTMAN_MAX_ACTIVE_ORGANIZATIONS": str(concurrency),
-            "TENTMAN_BILLING_POOL_SLOTS": str(concurrency),
-            "TENTMAN_RENT_SCHEDULE": "manual",
-            "TENTMAN_UTILITY_SCHEDULE": "manual",
-        }
-    )
     passwords = write_passwords(home / "passwords.json")
-    commands = component_commands(
-        executor=executor, workers=workers, worker_concurrency=max(1, concurrency // max(1, workers))
-    )
-    stack = AirflowStack(
-        env=env,
+    stack = AirflowStack.for_executor(
+        base,
         home=home,
         port=port,
-        commands=commands,
-        component_env=component_environments(commands) if executor == "celery" else {},
+        executor=executor,
+        broker_url=broker.url if broker else None,
+        workers=workers,
+        worker_concurrency=max(1, concurrency // max(1, workers)),
+        extra_env=measured_stack_settings(concurrency, n),
     )
     stack.migrate()
     stack.start()
