@@ -16,7 +16,13 @@ from tentman.db import create_engine_from_uri
 from tentman.dev.bench import engines as bench
 from tentman.dev.demo import load_demo_data
 from tentman.names import RENT_DAG_ID, RENT_RUN
-from tentman.runs.steps import bill_organization, list_organizations, record_invoice_runs, resolve_billing_run
+from tentman.runs.steps import (
+    bill_organization,
+    list_organizations,
+    organization_labels,
+    record_invoice_runs,
+    resolve_billing_run,
+)
 
 
 def tentman(*args, env_extra=None):
@@ -62,7 +68,7 @@ def test_demo_data_bills_as_documented(engine, db_uri):
         run_after=datetime(2026, 11, 26, 2, tzinfo=UTC),
     )
     orgs = list_organizations(engine, run)
-    assert [o["label"].rsplit(" (#", 1)[0] for o in orgs] == [
+    assert [label.rsplit(" (#", 1)[0] for label in organization_labels(engine, orgs).values()] == [
         "Harbor View Properties",
         "Maple Street Rentals",
         "Cedar Lofts",
@@ -117,7 +123,7 @@ def test_demo_utility_statements_bill_as_documented(engine):
     )
     assert run.billing_period_start == "2026-12-01"
     orgs = list_organizations(engine, run)
-    results = {o["id"]: bill_organization(engine, run, o, dag_id="demo-utility", dag_run_id="r") for o in orgs}
+    results = {o: bill_organization(engine, run, o, dag_id="demo-utility", dag_run_id="r") for o in orgs}
     assert results[1]["statements_billed"] == 6
     assert results[1]["errors"] == [{"lease_id": 106, "error": "utility statement 5006 of lease 106 has no amount"}]
     assert results[2]["errors"] == [

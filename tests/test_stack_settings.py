@@ -60,3 +60,15 @@ def test_the_embedded_broker_starts_answers_and_stops(tmp_path):
     finally:
         broker.stop()
     assert not ping(broker.port)
+
+
+def test_the_sweep_runs_each_size_on_the_executors_that_run_at_it():
+    from tentman.dev.bench.scale import sweep_plan
+
+    assert sweep_plan([500, 2000, 10000], "local,celery:2000") == [
+        (500, "local"), (2000, "local"), (2000, "celery"), (10000, "local"),
+    ]  # fmt: skip
+    both = [(500, "local"), (500, "celery"), (2000, "local"), (2000, "celery")]
+    assert sweep_plan([500, 2000], "local, celery") == both
+    with pytest.raises(ValueError, match="executor 'kubernetes' is not supported"):
+        sweep_plan([500], "local,kubernetes")

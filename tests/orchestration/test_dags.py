@@ -120,6 +120,20 @@ def _xcom_keys(dag_run) -> set:
         )
 
 
+def _xcom_value(dag_run, task_id: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel.value)
+            .filter(XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id)
+            .filter(XComModel.task_id == task_id, XComModel.key == "return_value")
+            .one()
+        )
+    return XComModel.deserialize_value(row)
+
+
 @pytest.fixture
 def tentman_conn(db_uri, monkeypatch, airflow_home):
     monkeypatch.setenv("AIRFLOW_CONN_TENTMAN_DB", db_uri)
@@ -214,6 +228,8 @@ def test_dag_test_rerun_is_idempotent_and_bad_params_write_nothing(engine, tentm
         (task_id, "return_value")
         for task_id in ("resolve_billing_period", "list_organizations", "bill_organization", "record_invoice_runs")
     }
+    # Every organization task pulls the whole list to find its own item: ids only, nothing more.
+    assert _xcom_value(dag_run, "list_organizations") == [a]
 
     bad = dag.test(logical_date=datetime(2026, 2, 26, 2, tzinfo=UTC), run_conf={"organization_ids": [4242]})
     assert bad.state == "failed"

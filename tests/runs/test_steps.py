@@ -19,6 +19,7 @@ from tentman.runs.steps import (
     BillingRunFailed,
     bill_organization,
     list_organizations,
+    organization_labels,
     record_invoice_runs,
     resolve_billing_run,
 )
@@ -111,9 +112,14 @@ def test_inactive_organization_is_refused_and_not_listed(engine):
     with pytest.raises(ValueError, match=rf"inactive organizations: \[{inactive}\]"):
         resolve(engine, {"organization_ids": [active, inactive]})
     run = resolve(engine, {})
-    assert [o["id"] for o in list_organizations(engine, run)] == [active]
+    assert list_organizations(engine, run) == [active]
     only = resolve(engine, {"organization_ids": [active]})
-    assert list_organizations(engine, only) == [{"id": active, "label": f"Active (#{active})"}]
+    assert list_organizations(engine, only) == [active]
+    assert organization_labels(engine, [active, inactive, 999_999]) == {
+        active: f"Active (#{active})",
+        inactive: f"Dormant (#{inactive})",
+        999_999: "organization (#999999)",  # no longer in the table
+    }
 
 
 def _setup_two_orgs(engine):

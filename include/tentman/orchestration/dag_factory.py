@@ -64,7 +64,7 @@ def resolve_billing_period_task(run_type: str) -> dict:
 
 
 @task(task_id="list_organizations", task_display_name="List organizations")
-def list_organizations_task(run: dict) -> list[dict]:
+def list_organizations_task(run: dict) -> list[int]:
     from airflow.sdk.configuration import conf
 
     from tentman.runs.steps import BillingRun, list_organizations
@@ -96,16 +96,21 @@ def too_many_organizations_message(organizations: int, max_map_length: int) -> s
     # After the last retry only: a retry is not worth waking anyone.
     on_failure_callback=[BillingFailureNotifier()],
 )
-def bill_organization_task(organization: dict, run: dict) -> dict:
-    from tentman.runs.steps import BillingRun, bill_organization
+def bill_organization_task(organization_id: int, run: dict) -> dict:
+    from tentman.names import organization_label
+    from tentman.runs.steps import BillingRun, bill_organization, organization_labels
 
     context = get_current_context()
-    # Shown as the mapped instance's label in the UI: "Acme Homes (#3)".
-    context["organization_label"] = organization["label"]
+    # Shown as the mapped instance's label in the UI and in alerts: "Acme Homes (#3)"; the bare
+    # "organization (#3)" until the name is read (the database may be what fails).
+    context["organization_label"] = organization_label(None, organization_id)
+    engine = _tentman_engine()
+    label = context["organization_label"] = organization_labels(engine, [organization_id])[organization_id]
     return bill_organization(
-        _tentman_engine(),
+        engine,
         BillingRun.from_dict(run),
-        organization,
+        organization_id,
+        label=label,
         dag_id=context["dag"].dag_id,
         dag_run_id=context["run_id"],
     )
@@ -128,7 +133,7 @@ def _organization_task_settings(policy: OrganizationTaskPolicy) -> dict:
     trigger_rule="all_done",
     on_failure_callback=[BillingFailureNotifier()],
 )
-def record_invoice_runs_task(run: dict | None, organizations: list[dict] | None, results) -> list[dict]:
+def record_invoice_runs_task(run: dict | None, organization_ids: list[int] | None, results) -> list[dict]:
     from tentman.runs.steps import BillingRun, BillingRunFailed, record_invoice_runs
 
     context = get_current_context()
@@ -136,7 +141,7 @@ def record_invoice_runs_task(run: dict | None, organizations: list[dict] | None,
         return record_invoice_runs(
             _tentman_engine(),
             BillingRun.from_dict(run) if run else None,
-            organizations,
+            organization_ids,
             # One slice request for every result: iterating would fetch them one API call each.
             list(results[:]) if results is not None else [],
             dag_id=context["dag"].dag_id,
@@ -163,11 +168,11 @@ def build_billing_dag(
         default_args=DEFAULT_ARGS,
     ) as dag:
         run = resolve_billing_period_task(run_type)
-        organizations = list_organizations_task(run)
+        organization_ids = list_organizations_task(run)
         results = (
             bill_organization_task.override(**_organization_task_settings(organization_task_policy()))
             .partial(run=run)
-            .expand(organization=organizations)
+            .expand(organization_id=organization_ids)
         )
-        record_invoice_runs_task(run, organizations, results)
+        record_invoice_runs_task(run, organization_ids, results)
     return dag

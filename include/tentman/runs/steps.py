@@ -28,6 +28,9 @@ from tentman.settings import utility_due_days
 
 log = logging.getLogger(__name__)
 
+# The run's log names this many organizations to bill, then counts the rest.
+LOGGED_ORGANIZATIONS = 50
+
 # A scheduled run starting further than this from its logical date is reported in the log.
 LATE_RUN_TOLERANCE = timedelta(days=1)
 
@@ -175,11 +178,13 @@ def _warn_if_late(period: BillingPeriod, logical_date: datetime, started_at: dat
         )
 
 
-def list_organizations(engine: Engine, run: BillingRun) -> list[dict]:
-    """The organizations to bill, in stable id order, as {"id", "label"} dicts.
+def list_organizations(engine: Engine, run: BillingRun) -> list[int]:
+    """The ids of the organizations to bill, in stable id order.
 
-    Kept small on purpose: every organization task reads the whole list to find its own entry
-    (Airflow's expansion of a mapped task), so at 2,000 organizations each byte costs 2,000 times.
+    Ids only, on purpose: every organization task reads this whole list to find its own entry
+    (Airflow pulls an unmapped upstream's value whole into each mapped instance), so each byte
+    is read once per organization — at 10,000 organizations, 10,000 times. Names are read by
+    the tasks that show them (`organization_labels`).
     """
     with UnitOfWork(engine, read_only=True) as uow:
         rows = uow.connection.execute(
@@ -194,9 +199,22 @@ def list_organizations(engine: Engine, run: BillingRun) -> list[dict]:
         ).all()
         if run.organization_ids is None:
             _warn_about_orphan_leases(uow.connection)
-    organizations = [{"id": r.id, "label": organization_label(r.name, r.id)} for r in rows]
-    log.info("%d organizations to bill: %s", len(organizations), ", ".join(o["label"] for o in organizations))
-    return organizations
+    labels = [organization_label(r.name, r.id) for r in rows]
+    shown = ", ".join(labels[:LOGGED_ORGANIZATIONS])
+    more = f" and {len(labels) - LOGGED_ORGANIZATIONS:,} more" if len(labels) > LOGGED_ORGANIZATIONS else ""
+    log.info("%d organizations to bill: %s%s", len(labels), shown, more)
+    return [r.id for r in rows]
+
+
+def organization_labels(engine: Engine, organization_ids: list[int]) -> dict[int, str]:
+    """Each organization's label ("Acme Homes (#3)"); an id no longer in the table keeps a bare one."""
+    with UnitOfWork(engine, read_only=True) as uow:
+        names = dict(
+            uow.connection.execute(
+                sa.text("SELECT id, name FROM organizations WHERE id = ANY(:ids)"), {"ids": list(organization_ids)}
+            ).all()
+        )
+    return {i: organization_label(names.get(i), i) for i in organization_ids}
 
 
 def _warn_about_orphan_leases(conn) -> None:
@@ -249,19 +267,24 @@ def _generate(run: BillingRun):
     return generate
 
 
-def bill_organization(engine: Engine, run: BillingRun, organization: dict, *, dag_id: str, dag_run_id: str) -> dict:
+def bill_organization(
+    engine: Engine, run: BillingRun, organization_id: int, *, label: str | None = None, dag_id: str, dag_run_id: str
+) -> dict:
     """Bill one organization in one transaction, with its `invoice_runs` row; returns its result.
+
+    `label` names the organization in the logs; read from the database when not given.
 
     An organization-level failure (connection lost, deadlock, …) rolls everything back, notes the
     error on the row and re-raises so Airflow retries the organization. A dry run computes the
     same result and rolls back: nothing is written, not even the run row.
     """
     generate = _generate(run)
-    organization_id = organization["id"]
+    if label is None:
+        label = organization_labels(engine, [organization_id])[organization_id]
     if run.dry_run:
         with UnitOfWork(engine) as uow:  # never committed
             result = generate(uow.connection, organization_id, None)
-        _log_result(organization, result, dry_run=True)
+        _log_result(label, result, dry_run=True)
         return result.to_dict()
 
     key = RunKey(dag_id, dag_run_id, organization_id)
@@ -276,10 +299,10 @@ def bill_organization(engine: Engine, run: BillingRun, organization: dict, *, da
             invoice_runs.complete_invoice_run(uow.connection, invoice_run_id, result)
             uow.commit()
     except Exception as exc:
-        log.error("Billing organization %s failed: %s", organization["label"], exc)
+        log.error("Billing organization %s failed: %s", label, exc)
         _note_attempt_error(engine, invoice_run_id, exc)
         raise
-    _log_result(organization, result, dry_run=False)
+    _log_result(label, result, dry_run=False)
     # Peak memory of this task process: it must not grow with the organization's size.
     peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return {**result.to_dict(), "invoice_run_id": invoice_run_id, "peak_rss_mb": peak_rss_mb}
@@ -294,12 +317,12 @@ def _note_attempt_error(engine: Engine, invoice_run_id: int, exc: Exception) -> 
         log.warning("Could not record the error on invoice run %s", invoice_run_id, exc_info=True)
 
 
-def _log_result(organization: dict, result: OrganizationBillingResult, *, dry_run: bool) -> None:
+def _log_result(label: str, result: OrganizationBillingResult, *, dry_run: bool) -> None:
     log.info(
         "%s%s: status=%s leases=%d success=%d skipped=%d failed=%d created=%d updated=%d "
         "unchanged=%d stale_drafts_removed=%d amount=%s",
         "[dry run] " if dry_run else "",
-        organization["label"],
+        label,
         result.status,
         result.total_leases,
         result.success_count,
@@ -312,13 +335,13 @@ def _log_result(organization: dict, result: OrganizationBillingResult, *, dry_ru
         result.amount_billed,
     )
     for error in result.errors:
-        log.warning("%s: lease %s not billed: %s", organization["label"], error["lease_id"], error["error"])
+        log.warning("%s: lease %s not billed: %s", label, error["lease_id"], error["error"])
 
 
 def record_invoice_runs(
     engine: Engine,
     run: BillingRun | None,
-    organizations: list[dict] | None,
+    organization_ids: list[int] | None,
     results: list[dict],
     *,
     dag_id: str,
@@ -335,20 +358,21 @@ def record_invoice_runs(
         raise BillingRunFailed(
             "the billing period could not be resolved; nothing was billed (see the first task's log)"
         )
-    if organizations is None:
+    if organization_ids is None:
         raise BillingRunFailed("the organizations could not be listed; nothing was billed (see that task's log)")
+    labels = organization_labels(engine, organization_ids)
     if run.dry_run:
         by_organization = {r["organization_id"]: r for r in results or []}
         summary = [
             {
-                "organization_id": o["id"],
-                "organization": o["label"],
-                **by_organization.get(o["id"], {"status": "failed"}),
+                "organization_id": i,
+                "organization": labels[i],
+                **by_organization.get(i, {"status": "failed"}),
             }
-            for o in organizations
+            for i in organization_ids
         ]
     else:
-        summary = _complete_invoice_runs(engine, run, organizations, dag_id=dag_id, dag_run_id=dag_run_id)
+        summary = _complete_invoice_runs(engine, run, labels, dag_id=dag_id, dag_run_id=dag_run_id)
     for s in summary:
         log.info(
             "%s %s %s: %s, leases=%s success=%s skipped=%s failed=%s",
@@ -366,15 +390,17 @@ def record_invoice_runs(
 
 
 def _complete_invoice_runs(
-    engine: Engine, run: BillingRun, organizations: list[dict], *, dag_id: str, dag_run_id: str
+    engine: Engine, run: BillingRun, labels: dict[int, str], *, dag_id: str, dag_run_id: str
 ) -> list[dict]:
-    """Mark the organizations whose task never finished as failed; the summary of every row."""
+    """Mark the organizations whose task never finished as failed; the summary of every row.
+
+    `labels`: the run's organizations, id → label, in billing order."""
     with UnitOfWork(engine) as uow:
         invoice_runs.fail_unfinished_invoice_runs(
             uow.connection,
             dag_id=dag_id,
             dag_run_id=dag_run_id,
-            organization_ids=[o["id"] for o in organizations],
+            organization_ids=list(labels),
             run_type=run.run_type,
             period=run.period,
             proration_method=run.proration_method,
@@ -382,12 +408,12 @@ def _complete_invoice_runs(
         rows = {r.organization_id: r for r in invoice_runs.invoice_runs_of_dag_run(uow.connection, dag_id, dag_run_id)}
         uow.commit()
     summary = []
-    for o in organizations:
-        row = rows.get(o["id"])
+    for organization_id, label in labels.items():
+        row = rows.get(organization_id)
         summary.append(
             {
-                "organization_id": o["id"],
-                "organization": o["label"],
+                "organization_id": organization_id,
+                "organization": label,
                 "status": row.status if row else "failed",
                 "total_leases": row.total_leases if row else 0,
                 "success_count": row.success_count if row else 0,

@@ -267,6 +267,20 @@ def summarize(
     }
 
 
+def sweep_plan(sizes: list[int], executors: str) -> list[tuple[int, str]]:
+    """(organizations, executor) pairs in the order they run: size by size, each size on every
+    executor that runs at it ("local,celery:2000" = local at every size, celery at 2,000 only), so
+    that two executors at one size are measured one right after the other."""
+    only: dict[str, set[int] | None] = {}
+    for spec in (part.strip() for part in executors.split(",")):
+        if not spec:
+            continue
+        name, _, at = spec.partition(":")
+        executor_class(name)  # refuse an unknown name before anything starts
+        only[name] = {int(n) for n in at.split("/")} if at else None
+    return [(n, name) for n in sizes for name, at in only.items() if at is None or n in at]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the default population")
@@ -275,20 +289,21 @@ def main(argv: list[str] | None = None) -> int:
     sweep = parser.add_argument_group("sweep: overhead per mapped task against the number of organizations")
     sweep.add_argument("--sweep", help="comma-separated numbers of organizations, e.g. 500,2000,5000,10000")
     sweep.add_argument("--leases-per-organization", type=int, default=5)
-    sweep.add_argument("--executor", default="local", help="local, celery, or both: local,celery")
+    sweep.add_argument(
+        "--executor",
+        default="local",
+        help="local, celery, or both: local,celery; `celery:2000` runs that executor at those sizes only (2000/5000)",
+    )
     sweep.add_argument("--workers", type=int, default=2, help="Celery workers")
     sweep.add_argument("--out", default=str(REPO_ROOT / "test-artifacts" / "bench-scale"), help="where figures go")
     args = parser.parse_args(argv)
     if args.sweep:
         from tentman.dev.bench.sweep import run_sweep
 
-        executors = [name.strip() for name in args.executor.split(",") if name.strip()]
-        for name in executors:
-            executor_class(name)  # refuse an unknown name before anything starts
+        sizes = [int(n) for n in args.sweep.split(",")]
         run_sweep(
-            [int(n) for n in args.sweep.split(",")],
+            sweep_plan(sizes, args.executor),
             leases=args.leases_per_organization,
-            executors=executors,
             workers=args.workers,
             concurrency=args.concurrency,
             timeout=args.timeout,
