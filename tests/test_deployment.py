@@ -128,7 +128,7 @@ def test_settings_match_what_the_live_tests_run():
         ):
             assert str(env[key]) == live[key], (name, key)
         assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"  # login required
-        assert int(env["AIRFLOW__CORE__MAX_MAP_LENGTH"]) >= 2000  # one mapped task per organization
+        assert int(env["AIRFLOW__CORE__MAX_MAP_LENGTH"]) >= 10_000  # one mapped task per organization
         assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == jwt and len(jwt) >= 64
         assert env["AIRFLOW_CONN_TENTMAN_DB"] == "postgresql://tentman:tm-pw@postgres:5432/tentman"
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres:5432/airflow")

@@ -27,6 +27,9 @@ from tentman.settings import BILLING_POOL, BILLING_POOL_DESCRIPTION, DEFAULT_POO
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 # `make up EXECUTOR=…`: the executors a local stack runs, by the name the Makefile takes.
 EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+# [core] max_map_length of our stacks (and compose): one mapped task per organization, room for ten
+# thousand organizations and growth. Airflow's default, 1024, stops at organization 1,025.
+MAX_MAP_LENGTH = 16384
 
 # How soon a dead worker or scheduler is noticed. Airflow's defaults wait 300 s for each; a billing
 # deployment runs with these (compose's Celery profile and the tests use the same; the trade-offs
@@ -156,8 +159,8 @@ def stack_environment(
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             # Our stacks opt into the billing pool (migrate() creates it first).
             "TENTMAN_BILLING_POOL": BILLING_POOL,
-            # One mapped task per organization: room for thousands (the default is 1024).
-            "AIRFLOW__CORE__MAX_MAP_LENGTH": "4096",
+            # One mapped task per organization: room for ten thousand and more (the default is 1024).
+            "AIRFLOW__CORE__MAX_MAP_LENGTH": str(MAX_MAP_LENGTH),
         }
     )
     env.update(FAILURE_DETECTION)

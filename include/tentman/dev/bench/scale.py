@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from tentman.db import create_engine_from_uri
 from tentman.dev.airflow_stack import (
+    MAX_MAP_LENGTH,
     AirflowApi,
     AirflowStack,
     executor_class,
@@ -215,7 +216,7 @@ def measured_stack_settings(concurrency: int, organizations: int) -> dict[str, s
     return {
         "AIRFLOW__CORE__PARALLELISM": str(concurrency),
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(concurrency),
-        "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(4096, organizations)),
+        "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(MAX_MAP_LENGTH, organizations)),
         "TENTMAN_MAX_ACTIVE_ORGANIZATIONS": str(concurrency),
         "TENTMAN_BILLING_POOL_SLOTS": str(concurrency),
         "TENTMAN_RENT_SCHEDULE": "manual",
