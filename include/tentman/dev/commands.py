@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tentman.db import UnitOfWork, tentman_engine
 from tentman.dev.airflow_stack import (
@@ -17,7 +18,7 @@ from tentman.dev.airflow_stack import (
     stop_detached,
     write_passwords,
 )
-from tentman.dev.broker import BROKER_URL_ENV, EmbeddedBroker
+from tentman.dev.broker import BROKER_URL_ENV, BrokerUnavailable, EmbeddedBroker, ping
 from tentman.dev.demo import DEMO_RENT_LOGICAL_DATE, DEMO_UTILITY_LOGICAL_DATE, load_demo_data
 from tentman.dev.local import LOCAL_DIR, local_environment
 from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
@@ -86,7 +87,11 @@ def dev_up(args) -> int:
         print("Airflow is already up (pid files in .local/airflow); `make down` stops it.")
         return 0
     home.mkdir(parents=True, exist_ok=True)
-    broker_url = _broker_url(home) if celery else None
+    try:
+        broker_url = _broker_url(home) if celery else None
+    except BrokerUnavailable as exc:
+        print(f"tentman: error: {exc}", file=sys.stderr)
+        return 1
     stack = AirflowStack.for_executor(
         local_environment(), home=home, port=args.port, executor=args.executor, broker_url=broker_url,
         workers=args.workers,
@@ -127,7 +132,15 @@ def dev_up(args) -> int:
 def _broker_url(home: Path) -> str:
     """TENTMAN_REDIS_URL when set, else an embedded Valkey server that `make down` stops too."""
     if os.environ.get(BROKER_URL_ENV):
-        return os.environ[BROKER_URL_ENV]
+        url = os.environ[BROKER_URL_ENV]
+        address = urlsplit(url)
+        # Only plain redis:// is checked here (rediss:// needs TLS); Celery reports the others.
+        if address.scheme == "redis" and not ping(address.port or 6379, address.hostname or "127.0.0.1"):
+            raise BrokerUnavailable(
+                f"{BROKER_URL_ENV}={url} does not answer PING; start that Redis, or unset {BROKER_URL_ENV} "
+                "for the embedded one"
+            )
+        return url
     broker = EmbeddedBroker(home / "broker", free_port(), pid_file=home / "broker.pid")
     print(f"\n==> Celery broker: embedded Valkey on 127.0.0.1:{broker.port} ({BROKER_URL_ENV} is not set)", flush=True)
     broker.start()
