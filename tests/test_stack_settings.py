@@ -72,3 +72,16 @@ def test_the_sweep_runs_each_size_on_the_executors_that_run_at_it():
     assert sweep_plan([500, 2000], "local, celery") == both
     with pytest.raises(ValueError, match="executor 'kubernetes' is not supported"):
         sweep_plan([500], "local,kubernetes")
+
+
+def test_a_resumed_sweep_keeps_only_points_measured_with_the_same_settings(tmp_path):
+    import json
+
+    from tentman.dev.bench.sweep import resumable
+
+    path = tmp_path / "sweep.json"
+    assert resumable(path, leases=5, concurrency=8) == []
+    kept = {"organizations": 500, "executor": "local", "leases_per_organization": 5, "concurrency": 8}
+    other = {"organizations": 2000, "executor": "local", "leases_per_organization": 5, "concurrency": 16}
+    path.write_text(json.dumps([kept, other]))
+    assert resumable(path, leases=5, concurrency=8) == [kept]

@@ -309,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         help="local, celery, or both: local,celery; `celery:2000` runs that executor at those sizes only (2000/5000)",
     )
     sweep.add_argument("--workers", type=int, default=2, help="Celery workers")
+    sweep.add_argument(
+        "--resume", action="store_true", help="keep the points already in --out's sweep.json, measure the rest"
+    )
     sweep.add_argument("--out", default=str(REPO_ROOT / "test-artifacts" / "bench-scale"), help="where figures go")
     args = parser.parse_args(argv)
     # Stopped by a signal, even when started in the background (which ignores SIGINT), the stacks
@@ -326,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             timeout=args.timeout,
             out_dir=Path(args.out),
+            resume=args.resume,
         )
         return 0
     organizations, leases, statements = int(2000 * args.scale), int(1_000_000 * args.scale), int(200_000 * args.scale)

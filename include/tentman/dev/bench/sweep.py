@@ -109,7 +109,25 @@ def measure(n: int, leases: int, *, executor: str, workers: int, concurrency: in
             engine.dispose()
         finally:
             server.cleanup()
-    return {"organizations": n, "leases_per_organization": leases, "executor": executor, **figures}
+    return {
+        "organizations": n,
+        "leases_per_organization": leases,
+        "executor": executor,
+        "concurrency": concurrency,
+        **({"workers": workers} if executor == "celery" else {}),
+        **figures,
+    }
+
+
+def resumable(path: Path, *, leases: int, concurrency: int) -> list[dict]:
+    """The points of an earlier sweep measured with these settings."""
+    if not path.exists():
+        return []
+    return [
+        r
+        for r in json.loads(path.read_text())
+        if r.get("leases_per_organization") == leases and r.get("concurrency") == concurrency
+    ]
 
 
 def chart(results: list[dict], path: Path) -> None:
@@ -164,10 +182,18 @@ def run_sweep(
     concurrency: int,
     timeout: float,
     out_dir: Path,
+    resume: bool = False,
 ) -> list[dict]:
+    """Measure each (organizations, executor) of the plan; with `resume`, keep the points already in
+    the output's sweep.json measured with the same settings and measure only the others (a sweep
+    of hours can be stopped, and continued)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
+    results = resumable(out_dir / "sweep.json", leases=leases, concurrency=concurrency) if resume else []
+    done = {(r["organizations"], r["executor"]) for r in results}
     for n, executor in plan:
+        if (n, executor) in done:
+            print(f"{executor} at {n:,} organizations: kept from {out_dir / 'sweep.json'}", flush=True)
+            continue
         figures = measure(n, leases, executor=executor, workers=workers, concurrency=concurrency, timeout=timeout)
         results.append(figures)
         print(json.dumps(figures), flush=True)
