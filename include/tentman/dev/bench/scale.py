@@ -299,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the default population")
     parser.add_argument("--concurrency", type=int, default=16, help="organizations billed at once (and parallelism)")
-    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds a run may take (default 3600; a sweep: 1 s per organization, at least 3600)",
+    )
     sweep = parser.add_argument_group("sweep: overhead per mapped task against the number of organizations")
     sweep.add_argument("--sweep", help="comma-separated numbers of organizations, e.g. 500,2000,5000,10000")
     sweep.add_argument("--leases-per-organization", type=int, default=5)
@@ -327,11 +331,12 @@ def main(argv: list[str] | None = None) -> int:
             leases=args.leases_per_organization,
             workers=args.workers,
             concurrency=args.concurrency,
-            timeout=args.timeout,
+            timeout=args.timeout,  # None: from each point's size
             out_dir=Path(args.out),
             resume=args.resume,
         )
         return 0
+    args.timeout = args.timeout or 3600
     organizations, leases, statements = int(2000 * args.scale), int(1_000_000 * args.scale), int(200_000 * args.scale)
 
     with tempfile.TemporaryDirectory(prefix="tentman-bench-scale-") as tmp:

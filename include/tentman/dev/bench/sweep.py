@@ -180,7 +180,7 @@ def run_sweep(
     leases: int,
     workers: int,
     concurrency: int,
-    timeout: float,
+    timeout: float | None,
     out_dir: Path,
     resume: bool = False,
 ) -> list[dict]:
@@ -194,7 +194,9 @@ def run_sweep(
         if (n, executor) in done:
             print(f"{executor} at {n:,} organizations: kept from {out_dir / 'sweep.json'}", flush=True)
             continue
-        figures = measure(n, leases, executor=executor, workers=workers, concurrency=concurrency, timeout=timeout)
+        # 10,000 organizations took 66 min here: a fixed hour would cut the largest runs short.
+        run_timeout = timeout or max(3600.0, 1.0 * n)
+        figures = measure(n, leases, executor=executor, workers=workers, concurrency=concurrency, timeout=run_timeout)
         results.append(figures)
         print(json.dumps(figures), flush=True)
         (out_dir / "sweep.json").write_text(json.dumps(results, indent=2))
