@@ -13,6 +13,7 @@ task, and the database size. `--scale 0.1` runs a tenth of it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import signal
@@ -39,6 +40,7 @@ from tentman.dev.airflow_stack import (
     write_passwords,
 )
 from tentman.dev.bench.common import bill_rent, copy_floor
+from tentman.dev.broker import EmbeddedBroker
 from tentman.dev.local import (
     REPO_ROOT,
     airflow_metadata_uri,
@@ -237,6 +239,51 @@ def measured_stack_settings(concurrency: int, organizations: int) -> dict[str, s
     }
 
 
+@contextlib.contextmanager
+def measured_stack(
+    tmp: Path, admin: str, tentman_uri: str, *, executor: str = "local", workers: int = 2, concurrency: int, n: int
+):
+    """A live Airflow on a fresh metadata database with the benchmark settings, room for `n` mapped
+    tasks, both DAGs unpaused (they have no schedule here); yields the stack and a logged-in API."""
+    airflow_db = f"airflow_{uuid.uuid4().hex[:6]}"
+    ensure_database(admin, airflow_db)
+    home = tmp / f"airflow-{executor}-{n}"
+    home.mkdir()
+    port = free_port()
+    broker = None
+    if executor == "celery":
+        broker = EmbeddedBroker(home / "broker", free_port())
+        broker.start()
+    base = isolated_environment(
+        tentman_uri=tentman_uri, metadata_uri=airflow_metadata_uri(with_database(admin, airflow_db))
+    )
+    passwords = write_passwords(home / "passwords.json")
+    stack = AirflowStack.for_executor(
+        base,
+        home=home,
+        port=port,
+        executor=executor,
+        broker_url=broker.url if broker else None,
+        workers=workers,
+        worker_concurrency=max(1, concurrency // max(1, workers)),
+        extra_env=measured_stack_settings(concurrency, n),
+    )
+    stack.migrate()
+    stack.start()
+    try:
+        stack.wait_healthy(timeout=300)
+        for dag_id in DAG_IDS:
+            stack.wait_for_dag(dag_id, timeout=300)
+        api = AirflowApi(stack.base_url, "admin", passwords["admin"])
+        for dag_id in DAG_IDS:
+            api.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        yield stack, api
+    finally:
+        stack.stop()
+        if broker:
+            broker.stop()
+
+
 def postmaster_pid(pgdata: Path) -> int | None:
     """The embedded PostgreSQL's postmaster (its backends are its children)."""
     import psutil
@@ -343,9 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         server = start_embedded_postgres(Path(tmp) / "pgdata", cleanup_mode="stop")
         try:
             admin = server_uri(server)
-            tentman_db, airflow_db = f"tentman_{uuid.uuid4().hex[:6]}", f"airflow_{uuid.uuid4().hex[:6]}"
+            tentman_db = f"tentman_{uuid.uuid4().hex[:6]}"
             ensure_database(admin, tentman_db)
-            ensure_database(admin, airflow_db)
             tentman_uri = with_database(admin, tentman_db)
             engine = create_engine_from_uri(tentman_uri)
             upgrade(engine)
@@ -361,25 +407,10 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-            home = Path(tmp) / "airflow"
-            home.mkdir()
-            port = free_port()
-            base = isolated_environment(
-                tentman_uri=tentman_uri, metadata_uri=airflow_metadata_uri(with_database(admin, airflow_db))
-            )
-            passwords = write_passwords(home / "passwords.json")
-            stack = AirflowStack.for_executor(
-                base, home=home, port=port, extra_env=measured_stack_settings(args.concurrency, organizations)
-            )
-            stack.migrate()
-            stack.start()
-            try:
-                stack.wait_healthy(timeout=300)
-                for dag_id in DAG_IDS:
-                    stack.wait_for_dag(dag_id, timeout=300)
-                api = AirflowApi(stack.base_url, "admin", passwords["admin"])
-                for dag_id in DAG_IDS:
-                    api.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+            with measured_stack(Path(tmp), admin, tentman_uri, concurrency=args.concurrency, n=organizations) as (
+                stack,
+                api,
+            ):
                 roots = {name: proc.pid for name, proc in stack.processes.items()}
                 roots["postgres"] = postmaster_pid(Path(tmp) / "pgdata")
                 sampler = ProcessSampler(roots)
@@ -438,8 +469,6 @@ def main(argv: list[str] | None = None) -> int:
                     {"invoices": rows, "invoice_lines": f"invoice_id IN (SELECT id FROM invoices WHERE {rows})"},
                 )
                 figures["largest_org_copy_floor_leases_per_s"] = round(max(sizes) / floor_s)
-            finally:
-                stack.stop()
                 engine.dispose()
         finally:
             server.cleanup()

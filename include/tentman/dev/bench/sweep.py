@@ -9,7 +9,6 @@ billing. Prints a table, writes the figures as JSON and the curve as a PNG next 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
 import time
@@ -17,67 +16,18 @@ import uuid
 from pathlib import Path
 
 from tentman.db import create_engine_from_uri
-from tentman.dev.airflow_stack import (
-    AirflowApi,
-    AirflowStack,
-    free_port,
-    isolated_environment,
-    write_passwords,
-)
 from tentman.dev.bench.scale import (
     MONTH,
     ProcessSampler,
     generate,
     measured_run,
-    measured_stack_settings,
+    measured_stack,
     postmaster_pid,
     summarize,
 )
-from tentman.dev.broker import EmbeddedBroker
-from tentman.dev.local import airflow_metadata_uri, ensure_database, server_uri, start_embedded_postgres, with_database
+from tentman.dev.local import ensure_database, server_uri, start_embedded_postgres, with_database
 from tentman.migrate import upgrade
-from tentman.names import DAG_IDS, RENT_DAG_ID
-
-
-@contextlib.contextmanager
-def _stack(tmp: Path, admin: str, tentman_uri: str, *, executor: str, workers: int, concurrency: int, n: int):
-    """A live Airflow on a fresh metadata database, room for `n` mapped tasks."""
-    airflow_db = f"airflow_{uuid.uuid4().hex[:6]}"
-    ensure_database(admin, airflow_db)
-    home = tmp / f"airflow-{executor}-{n}"
-    home.mkdir()
-    port = free_port()
-    broker = None
-    if executor == "celery":
-        broker = EmbeddedBroker(home / "broker", free_port())
-        broker.start()
-    base = isolated_environment(
-        tentman_uri=tentman_uri, metadata_uri=airflow_metadata_uri(with_database(admin, airflow_db))
-    )
-    passwords = write_passwords(home / "passwords.json")
-    stack = AirflowStack.for_executor(
-        base,
-        home=home,
-        port=port,
-        executor=executor,
-        broker_url=broker.url if broker else None,
-        workers=workers,
-        worker_concurrency=max(1, concurrency // max(1, workers)),
-        extra_env=measured_stack_settings(concurrency, n),
-    )
-    stack.migrate()
-    stack.start()
-    try:
-        stack.wait_healthy(timeout=300)
-        for dag_id in DAG_IDS:
-            stack.wait_for_dag(dag_id, timeout=300)
-        api = AirflowApi(stack.base_url, "admin", passwords["admin"])
-        api.client.patch(f"/dags/{RENT_DAG_ID}", json={"is_paused": False}).raise_for_status()
-        yield stack, api
-    finally:
-        stack.stop()
-        if broker:
-            broker.stop()
+from tentman.names import RENT_DAG_ID
 
 
 def measure(n: int, leases: int, *, executor: str, workers: int, concurrency: int, timeout: float) -> dict:
@@ -93,7 +43,9 @@ def measure(n: int, leases: int, *, executor: str, workers: int, concurrency: in
             upgrade(engine)
             with engine.begin() as conn:
                 generate(conn, [leases] * n, statements=max(1, n * leases))
-            with _stack(tmp, admin, tentman_uri, executor=executor, workers=workers, concurrency=concurrency, n=n) as (
+            with measured_stack(
+                tmp, admin, tentman_uri, executor=executor, workers=workers, concurrency=concurrency, n=n
+            ) as (
                 stack,
                 api,
             ):
