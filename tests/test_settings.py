@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from tentman import settings
+from tentman.names import RENT_RUN, UTILITY_RUN
 
 pytestmark = pytest.mark.unit
 
@@ -23,6 +24,8 @@ def clean_environment(monkeypatch):
         "TENTMAN_RENT_SCHEDULE",
         "TENTMAN_UTILITY_SCHEDULE",
         "TENTMAN_UTILITY_DUE_DAYS",
+        "TENTMAN_RENT_PRIORITY_WEIGHT",
+        "TENTMAN_UTILITY_PRIORITY_WEIGHT",
         "AIRFLOW_CONN_TENTMAN_DB",
     ):
         monkeypatch.delenv(name, raising=False)
@@ -40,6 +43,8 @@ def test_defaults():
     assert settings.billing_pool_slots() == 10
     assert (settings.rent_schedule(), settings.utility_schedule()) == ("0 2 26 * *", "0 3 * * 1")
     assert settings.utility_due_days() == 0
+    # Critical before routine: rent's tasks outrank utility's, which keep Airflow's default weight.
+    assert (settings.priority_weight(RENT_RUN), settings.priority_weight(UTILITY_RUN)) == (100, 1)
 
 
 def test_overrides(monkeypatch):
@@ -53,6 +58,25 @@ def test_overrides(monkeypatch):
     assert settings.rent_schedule() is None  # "manual": no schedule at all
     assert settings.utility_schedule() == "*/5 * * * *"
     assert settings.billing_pool_slots({"TENTMAN_BILLING_POOL_SLOTS": "24"}) == 24
+    weights = {"TENTMAN_RENT_PRIORITY_WEIGHT": "500", "TENTMAN_UTILITY_PRIORITY_WEIGHT": "20"}
+    assert (settings.priority_weight(RENT_RUN, weights), settings.priority_weight(UTILITY_RUN, weights)) == (500, 20)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("high", "TENTMAN_RENT_PRIORITY_WEIGHT='high' is not a whole number"),
+        ("0", "TENTMAN_RENT_PRIORITY_WEIGHT=0 must be at least 1"),
+        (
+            "3000000000",
+            "TENTMAN_RENT_PRIORITY_WEIGHT=3000000000 must be at most 2147483647 (Airflow stores a 32-bit integer)",
+        ),
+    ],
+)
+def test_a_bad_priority_weight_is_named(value, message):
+    with pytest.raises(ValueError) as err:
+        settings.priority_weight(RENT_RUN, {"TENTMAN_RENT_PRIORITY_WEIGHT": value})
+    assert str(err.value) == message
 
 
 @pytest.mark.parametrize(

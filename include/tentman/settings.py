@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
+from tentman.names import RENT_RUN, UTILITY_RUN
+
 TENTMAN_CONN_ID = "tentman_db"
 TENTMAN_CONN_ENV = "AIRFLOW_CONN_TENTMAN_DB"
 
@@ -70,6 +72,32 @@ def billing_pool_slots(environ: Mapping[str, str] | None = None) -> int:
     """Slots of the billing pool when a deployment creates it: TENTMAN_BILLING_POOL_SLOTS, default 10
     (two runs — rent and utility — at the default 5 organizations each)."""
     return _int_env("TENTMAN_BILLING_POOL_SLOTS", 10, 1, environ)
+
+
+# Critical before routine: when rent and utility tasks wait for the same slots (the billing pool,
+# the executor's parallelism, the Celery workers), Airflow's scheduler queues the waiting task with
+# the highest priority_weight first, across every DAG. "absolute" makes a task's weight exactly
+# this number (Airflow's default rule, "downstream", sums the weights below the task, so the
+# weight of a DAG would depend on its shape); every task of a billing DAG gets its DAG's weight.
+# Utility keeps Airflow's default weight (1): routine work among the deployment's other DAGs.
+PRIORITY_WEIGHT_RULE = "absolute"
+RENT_PRIORITY_WEIGHT = 100
+UTILITY_PRIORITY_WEIGHT = 1
+# Airflow stores priority_weight as a 32-bit integer.
+MAX_PRIORITY_WEIGHT = 2**31 - 1
+
+
+def priority_weight(run_type: str, environ: Mapping[str, str] | None = None) -> int:
+    """The priority weight of a billing DAG's tasks: TENTMAN_RENT_PRIORITY_WEIGHT (default 100) or
+    TENTMAN_UTILITY_PRIORITY_WEIGHT (default 1)."""
+    name, default = {
+        RENT_RUN: ("TENTMAN_RENT_PRIORITY_WEIGHT", RENT_PRIORITY_WEIGHT),
+        UTILITY_RUN: ("TENTMAN_UTILITY_PRIORITY_WEIGHT", UTILITY_PRIORITY_WEIGHT),
+    }[run_type]
+    weight = _int_env(name, default, 1, environ)
+    if weight > MAX_PRIORITY_WEIGHT:
+        raise ValueError(f"{name}={weight} must be at most {MAX_PRIORITY_WEIGHT} (Airflow stores a 32-bit integer)")
+    return weight
 
 
 RENT_SCHEDULE = "0 2 26 * *"

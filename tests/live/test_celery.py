@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization
 from support.live import Api, live_stack, make_slow, poll
+from support.priority import critical_before_routine
 from tentman.dev.airflow_stack import FAILURE_DETECTION, free_port
 from tentman.dev.broker import EmbeddedBroker
 from tentman.names import DAG_IDS, RENT_DAG_ID
@@ -225,4 +226,12 @@ def test_a_run_triggered_while_the_broker_is_down_waits_for_it(celery, broker, a
     run = api.wait(RENT_DAG_ID, run_id, timeout=900, poll=3)
     assert run["state"] == "success"
     assert drafts(engine, orgs, "2027-05") == 3 * 3
+    audited(engine)
+
+
+def test_rent_organizations_start_before_waiting_utility_ones(celery, audited):
+    """Critical before routine on Celery, two schedulers and two workers: the pool (2 slots) keeps the
+    backlog in the scheduler, which queues by priority, not in Redis, which is FIFO per queue."""
+    _, engine, api = celery
+    critical_before_routine(api, engine, billing_slots=2)
     audited(engine)

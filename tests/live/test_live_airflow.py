@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from support.factories import add_charge, add_lease, add_organization, inject_invoice_fault
 from support.live import Api, live_stack, poll
+from support.priority import critical_before_routine
 from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
 
 pytestmark = pytest.mark.live
@@ -411,3 +412,10 @@ def test_cli_trigger_with_a_dry_run_writes_nothing(live, admin):
     )
     assert _count(engine, "SELECT count(*) FROM invoices WHERE organization_id = ANY(:o)", o=orgs) == 0
     assert _count(engine, "SELECT count(*) FROM invoice_runs WHERE organization_id = ANY(:o)", o=orgs) == 0
+
+
+def test_rent_organizations_start_before_waiting_utility_ones(live, admin):
+    """Critical before routine: with one billing slot, a rent run triggered while a utility run's
+    organizations wait for it gets every one of its organization tasks started first."""
+    _, engine = live
+    critical_before_routine(admin, engine, billing_slots=1)

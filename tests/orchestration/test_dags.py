@@ -54,7 +54,12 @@ def test_dag_files_parse_without_touching_the_billing_code(dag_id):
 
 
 def test_rent_dag_definition(airflow_home, monkeypatch):
-    for name in ("TENTMAN_ORG_TASK_RETRIES", "TENTMAN_MAX_ACTIVE_ORGANIZATIONS"):
+    for name in (
+        "TENTMAN_ORG_TASK_RETRIES",
+        "TENTMAN_MAX_ACTIVE_ORGANIZATIONS",
+        "TENTMAN_RENT_PRIORITY_WEIGHT",
+        "TENTMAN_UTILITY_PRIORITY_WEIGHT",
+    ):
         monkeypatch.delenv(name, raising=False)
     dag = load_dag(RENT_DAG_ID)
     from airflow.sdk import CronTriggerTimetable
@@ -84,6 +89,8 @@ def test_rent_dag_definition(airflow_home, monkeypatch):
     assert dag.default_args["retries"] >= 2 and dag.default_args["owner"] == "billing"
     assert dag.get_task("list_organizations").retries == dag.default_args["retries"]
     assert dag.get_task("record_invoice_runs").trigger_rule == "all_done"
+    # Critical before routine: every rent task waits in the queue with weight 100, utility's with 1.
+    assert {(t.priority_weight, str(t.weight_rule)) for t in dag.tasks} == {(100, "absolute")}
 
 
 def test_retry_and_concurrency_are_configurable(airflow_home, monkeypatch):
@@ -91,9 +98,11 @@ def test_retry_and_concurrency_are_configurable(airflow_home, monkeypatch):
     monkeypatch.setenv("TENTMAN_MAX_ACTIVE_ORGANIZATIONS", "16")
     monkeypatch.setenv("TENTMAN_RENT_SCHEDULE", "manual")
     monkeypatch.setenv("TENTMAN_BILLING_POOL", "tentman_billing")
+    monkeypatch.setenv("TENTMAN_RENT_PRIORITY_WEIGHT", "7")
     dag = load_dag(RENT_DAG_ID)
     org_task = dag.get_task("bill_organization")
     assert (org_task.retries, org_task.max_active_tis_per_dagrun, org_task.pool) == (3, 16, "tentman_billing")
+    assert (org_task.priority_weight, str(org_task.weight_rule)) == (7, "absolute")
     assert type(dag.timetable).__name__ == "NullTimetable"  # "manual": no schedule
 
 
@@ -246,7 +255,12 @@ def test_dag_test_rerun_is_idempotent_and_bad_params_write_nothing(engine, tentm
 
 
 def test_utility_dag_definition(airflow_home, monkeypatch):
-    for name in ("TENTMAN_ORG_TASK_RETRIES", "TENTMAN_MAX_ACTIVE_ORGANIZATIONS"):
+    for name in (
+        "TENTMAN_ORG_TASK_RETRIES",
+        "TENTMAN_MAX_ACTIVE_ORGANIZATIONS",
+        "TENTMAN_RENT_PRIORITY_WEIGHT",
+        "TENTMAN_UTILITY_PRIORITY_WEIGHT",
+    ):
         monkeypatch.delenv(name, raising=False)
     dag = load_dag(UTILITY_DAG_ID)
     assert dag.timetable.expression == "0 3 * * 1" and str(dag.timetable.timezone) == "UTC"
@@ -263,6 +277,7 @@ def test_utility_dag_definition(airflow_home, monkeypatch):
         org_task.max_active_tis_per_dagrun,
     ) == (10, timedelta(minutes=1), 2.0, timedelta(hours=1), 5)
     assert dag.get_task("record_invoice_runs").trigger_rule == "all_done"
+    assert {(t.priority_weight, str(t.weight_rule)) for t in dag.tasks} == {(1, "absolute")}
 
 
 def test_utility_dag_test_run_bills_each_statement_once(engine, tentman_conn):

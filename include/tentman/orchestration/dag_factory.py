@@ -16,7 +16,7 @@ from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from tentman.orchestration.alerts import BillingFailureNotifier
-from tentman.settings import OrganizationTaskPolicy, organization_task_policy
+from tentman.settings import PRIORITY_WEIGHT_RULE, OrganizationTaskPolicy, organization_task_policy, priority_weight
 
 TAGS = ["tentman", "billing"]
 # Every task's defaults: a few quick retries for a database that blinks. The run-level steps bill
@@ -165,7 +165,13 @@ def build_billing_dag(
         tags=TAGS + tags,
         doc_md=doc_md,
         params=params,
-        default_args=DEFAULT_ARGS,
+        # Every task of the DAG, the organization tasks included, waits in the queue with its DAG's
+        # weight: rent's before utility's (settings.priority_weight).
+        default_args={
+            **DEFAULT_ARGS,
+            "priority_weight": priority_weight(run_type),
+            "weight_rule": PRIORITY_WEIGHT_RULE,
+        },
     ) as dag:
         run = resolve_billing_period_task(run_type)
         organization_ids = list_organizations_task(run)
