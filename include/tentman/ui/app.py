@@ -150,8 +150,9 @@ class Organization(BaseModel):
 class MonthInvoices(BaseModel):
     billing_period_start: date
     invoice_type: str
+    currency: str = Field(description="ISO 4217 code: each currency has its own rows")
     invoices: int
-    amount: str
+    amount: str = Field(description="Total of the invoices (void excluded), a decimal string with two decimals")
 
 
 class MonthFailures(BaseModel):
@@ -275,6 +276,7 @@ def trends(months: int = Query(12, ge=1, le=60), conn=Depends(read_only)) -> Tre
             MonthInvoices(
                 billing_period_start=r.billing_period_start,
                 invoice_type=r.invoice_type,
+                currency=r.currency,
                 invoices=r.invoices,
                 amount=str(r.amount),
             )

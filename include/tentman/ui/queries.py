@@ -23,13 +23,13 @@ RUN_COLUMNS = """
 INVOICES_OF_RUN = f"""
     CROSS JOIN LATERAL (
         SELECT count(*) FILTER (WHERE i.invoice_run_id = r.id) AS drafted_invoices,
-               coalesce(sum(i.total) FILTER (WHERE i.invoice_run_id = r.id), 0) AS drafted_amount,
+               coalesce(sum(i.total) FILTER (WHERE i.invoice_run_id = r.id), 0.00) AS drafted_amount,
                count(*) FILTER (WHERE i.invoice_run_id IS DISTINCT FROM r.id) AS other_invoices,
-               coalesce(sum(i.total) FILTER (WHERE i.invoice_run_id IS DISTINCT FROM r.id), 0) AS other_amount,
+               coalesce(sum(i.total) FILTER (WHERE i.invoice_run_id IS DISTINCT FROM r.id), 0.00) AS other_amount,
                coalesce(array_agg(DISTINCT i.status) FILTER (WHERE i.invoice_run_id IS DISTINCT FROM r.id),
                         '{{}}') AS other_statuses,
                count(*) AS invoices,
-               coalesce(sum(i.total), 0) AS amount_billed
+               coalesce(sum(i.total), 0.00) AS amount_billed
         FROM invoices i
         WHERE i.organization_id = r.organization_id
           AND i.invoice_type = {invoice_type_sql("r.run_type")}
@@ -99,13 +99,14 @@ def existing_organization_ids(conn: Connection, organization_ids: list[int]) -> 
 
 
 def invoices_per_month(conn: Connection, since: date) -> list[sa.Row]:
+    """Invoices and their total per month, type and currency: amounts in different currencies never add up."""
     return conn.execute(
         sa.text(
             """
-            SELECT billing_period_start, invoice_type, count(*) AS invoices, sum(total) AS amount
+            SELECT billing_period_start, invoice_type, currency, count(*) AS invoices, sum(total) AS amount
             FROM invoices
             WHERE billing_period_start >= :since AND status <> 'void'
-            GROUP BY 1, 2 ORDER BY 1, 2
+            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
             """
         ),
         {"since": since},
