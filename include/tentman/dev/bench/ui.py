@@ -78,7 +78,8 @@ def generate(conn, invoices: int, organizations: int, months: int) -> None:
     # before the run): the runs list shows it apart, as one of the period's other invoices.
     conn.execute(
         sa.text(
-            """UPDATE invoices SET invoice_run_id = NULL, status = CASE WHEN status = 'draft' THEN 'issued' ELSE status END
+            """UPDATE invoices
+           SET invoice_run_id = NULL, status = CASE WHEN status = 'draft' THEN 'issued' ELSE status END
            WHERE lease_id IN (SELECT min(id) FROM leases GROUP BY organization_id)"""
         )
     )
