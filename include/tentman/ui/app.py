@@ -110,13 +110,14 @@ class Run(BaseModel):
     completed_at: datetime | None
     duration_seconds: float | None
     drafted_invoices: int = Field(
-        description="Invoices this run drafted: created, updated or confirmed unchanged by it (linked to it by "
-        "`invoices.invoice_run_id`), whatever their status since; void ones excluded"
+        description="Invoices linked to this run by `invoices.invoice_run_id`: the drafts it created or updated "
+        "(rent and utility) or found unchanged (rent), whatever their status since, unless a later run of the same "
+        "organization and period has written them since; void ones excluded"
     )
     drafted_amount: str = Field(description="Total of the drafted invoices (a decimal string, two decimals)")
     other_invoices: int = Field(
-        description="The organization's other invoices of this type and period, not drafted by this run: issued "
-        "or paid ones it left alone, drafts of another run or of the TentMan app; void ones excluded"
+        description="The organization's other invoices of this type and period, not linked to this run: issued "
+        "or paid ones it left alone, drafts written by another run or by the TentMan app; void ones excluded"
     )
     other_amount: str = Field(description="Total of the other invoices (a decimal string, two decimals)")
     other_statuses: list[str] = Field(description="The statuses of the other invoices, e.g. ['issued', 'paid']")
