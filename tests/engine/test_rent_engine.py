@@ -210,6 +210,53 @@ def test_rerun_recomputes_drafts_in_place(engine):
     assert after.updated_at > before.updated_at
 
 
+def _invoice_run(conn, org) -> int:
+    return conn.execute(
+        sa.text(
+            "INSERT INTO invoice_runs (organization_id, run_type, billing_period_start, billing_period_end, status, "
+            "dag_id, dag_run_id) VALUES (:org, 'monthly_rent', '2026-03-01', '2026-03-31', 'running', 'd', "
+            "gen_random_uuid()::text) RETURNING id"
+        ),
+        {"org": org},
+    ).scalar_one()
+
+
+def test_every_draft_of_a_run_is_linked_to_it_unchanged_ones_included(engine):
+    """The run's invoices are the ones with its invoice_run_id: created, updated and unchanged drafts."""
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        kept, raised, issued = (
+            add_lease(conn, org, date(2025, 1, 1), None, rent) for rent in ("1000.00", "700.00", "500.00")
+        )
+        first_run, second_run = _invoice_run(conn, org), _invoice_run(conn, org)
+    bill(engine, org, MAR_2026, run_id=first_run)
+    with engine.begin() as conn:
+        before = invoice_for(conn, kept, MAR_2026.start)
+        conn.execute(sa.text("UPDATE leases SET monthly_rent = 750.00 WHERE id = :l"), {"l": raised})
+        conn.execute(sa.text("UPDATE invoices SET status = 'issued' WHERE lease_id = :l"), {"l": issued})
+    again = bill(engine, org, MAR_2026, run_id=second_run)
+    assert (again.invoices_created, again.invoices_updated, again.invoices_unchanged, again.skipped_count) == (
+        0,
+        1,
+        1,
+        1,
+    )
+    assert again.amount_billed == Decimal("1750.00")
+    with engine.connect() as conn:
+        after = invoice_for(conn, kept, MAR_2026.start)
+        assert after.invoice_run_id == second_run  # unchanged, and linked to the run that found it so
+        assert (after.total, after.updated_at) == (before.total, before.updated_at)  # its content untouched
+        assert invoice_for(conn, raised, MAR_2026.start).invoice_run_id == second_run
+        assert invoice_for(conn, issued, MAR_2026.start).invoice_run_id == first_run  # skipped: left alone
+        linked = conn.execute(
+            sa.text("SELECT count(*), sum(total) FROM invoices WHERE invoice_run_id = :r"), {"r": second_run}
+        ).one()
+    assert tuple(linked) == (2, again.amount_billed)
+    bill(engine, org, MAR_2026, run_id=None)  # no run (a preview, a bench): links nothing
+    with engine.connect() as conn:
+        assert invoice_for(conn, kept, MAR_2026.start).invoice_run_id == second_run
+
+
 @pytest.mark.parametrize("status", ["issued", "paid", "void"])
 def test_non_draft_invoice_is_left_untouched_and_lease_skipped(engine, status):
     with engine.begin() as conn:

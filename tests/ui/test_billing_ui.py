@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -32,6 +34,18 @@ def ui(pg_admin_uri, tmp_path_factory):
                 add_lease(conn, good, date(2026, 11, 10), None, "3000.00"),
             ]
             add_charge(conn, leases[0], "60.00", date(2025, 1, 1))
+            # A lease whose November invoice the app has already issued: the run skips it, so it is one of
+            # the period's "other" invoices, not one the run drafted. (It ends in November: December has none.)
+            issued_lease = add_lease(conn, good, date(2025, 1, 1), date(2026, 11, 30), "1650.00")
+            conn.execute(
+                sa.text(
+                    "INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, "
+                    "billing_period_end, status, currency, subtotal, total, due_date) "
+                    "VALUES (:org, :lease, 'rent', '2026-11-01', '2026-11-30', 'issued', 'USD', 1650.00, 1650.00, "
+                    "'2026-11-01')"
+                ),
+                {"org": good, "lease": issued_lease},
+            )
             add_lease(conn, bad, date(2025, 1, 1), None, "900.00")
             broken = add_lease(conn, bad, date(2025, 1, 1), None, "-10.00")
         run = admin.trigger(RENT_DAG_ID, {"billing_month": "2026-11", "organization_ids": [good, bad]}).json()
@@ -67,9 +81,24 @@ def test_runs_with_their_counts_errors_amounts_and_links(ui):
     assert page["total"] == 2
     rows = {r["organization_id"]: r for r in page["items"]}
     good, bad = rows[ui["good"]], rows[ui["bad"]]
-    assert (good["status"], good["total_leases"], good["success_count"], good["invoices"]) == ("completed", 2, 2, 2)
-    # 1500 + 60 + Nov 10..30 = 21 days: 3000 * 21 / 30 = 2100.00
-    assert good["amount_billed"] == "3660.00"
+    assert (good["status"], good["total_leases"], good["success_count"], good["skipped_count"]) == (
+        "completed",
+        3,
+        2,
+        1,
+    )
+    # What the run drafted: 1500 + 60, and Nov 10..30 = 21 days: 3000 * 21 / 30 = 2100.00
+    assert (good["drafted_invoices"], good["drafted_amount"]) == (2, "3660.00")
+    # Apart: the issued invoice it skipped.
+    assert (good["other_invoices"], good["other_amount"], good["other_statuses"]) == (1, "1650.00", ["issued"])
+    # The deprecated fields keep their meaning: every invoice of the period.
+    assert (good["invoices"], good["amount_billed"]) == (3, "5310.00")
+    assert (bad["drafted_invoices"], bad["drafted_amount"], bad["other_invoices"], bad["other_amount"]) == (
+        1,
+        "900.00",
+        0,
+        "0.00",
+    )
     assert good["duration_seconds"] is not None and good["duration_seconds"] > 0
     assert good["task_url"].startswith(f"/dags/{RENT_DAG_ID}/runs/{ui['run_id']}/tasks/bill_organization/mapped/")
     assert bad["status"] == "completed_with_errors"
@@ -82,7 +111,7 @@ def test_runs_with_their_counts_errors_amounts_and_links(ui):
     assert client.get("/api/runs", params={"limit": 1}).json()["items"].__len__() == 1
     assert client.get("/api/runs", params={"billing_month": "2026-13"}).status_code == 422
     one = client.get(f"/api/runs/{good['id']}").json()
-    assert one["id"] == good["id"] and one["amount_billed"] == "3660.00"
+    assert one["id"] == good["id"] and (one["drafted_amount"], one["other_amount"]) == ("3660.00", "1650.00")
     assert client.get("/api/runs/999999").status_code == 404
 
 
@@ -90,12 +119,41 @@ def test_trends(ui):
     client = plugin(ui["stack"], token(ui["stack"], "admin"))
     trends = client.get("/api/trends", params={"months": 24}).json()
     november = [m for m in trends["invoices_per_month"] if m["billing_period_start"] == "2026-11-01"]
-    assert november == [
-        {"billing_period_start": "2026-11-01", "invoice_type": "rent", "invoices": 3, "amount": "4560.00"}
+    assert november == [  # every invoice of the month, the issued one included: 3660.00 + 900.00 + 1650.00
+        {
+            "billing_period_start": "2026-11-01",
+            "invoice_type": "rent",
+            "currency": "USD",
+            "invoices": 4,
+            "amount": "6210.00",
+        }
     ]
     failures = [m for m in trends["failures_per_month"] if m["billing_period_start"] == "2026-11-01"]
     assert failures[0]["runs"] == 2 and failures[0]["failed_leases"] == 1 and failures[0]["failure_rate"] == 0.0
     assert {d["organization_id"] for d in trends["durations"]} >= {ui["good"], ui["bad"]}
+
+
+def test_a_rerun_drafts_the_same_invoices_and_the_earlier_run_shows_them_as_another_runs(ui):
+    """Drafted = linked to the run by invoice_run_id; a re-run links the drafts it finds unchanged."""
+    admin, client = ui["admin"], plugin(ui["stack"], token(ui["stack"], "admin"))
+    first = client.get("/api/runs", params={"billing_month": "2026-11", "organization_id": ui["good"]}).json()
+    run = admin.trigger(RENT_DAG_ID, {"billing_month": "2026-11", "organization_ids": [ui["good"]]}).json()
+    assert admin.wait(RENT_DAG_ID, run["dag_run_id"])["state"] == "success"
+    rows = client.get("/api/runs", params={"billing_month": "2026-11", "organization_id": ui["good"]}).json()["items"]
+    latest, earlier = rows
+    assert earlier["id"] == first["items"][0]["id"] and latest["dag_run_id"] == run["dag_run_id"]
+    assert (latest["drafted_invoices"], latest["drafted_amount"], latest["other_invoices"], latest["other_amount"]) == (
+        2,
+        "3660.00",
+        1,
+        "1650.00",
+    )
+    assert (earlier["drafted_invoices"], earlier["drafted_amount"]) == (0, "0.00")
+    assert (earlier["other_invoices"], earlier["other_amount"], earlier["other_statuses"]) == (
+        3,
+        "5310.00",
+        ["draft", "issued"],
+    )
 
 
 def test_every_endpoint_refuses_anonymous_and_unauthorized_calls(ui):
@@ -182,8 +240,9 @@ def test_the_page_is_served_to_a_logged_in_user(ui):
     assert runs.status_code == 200 and runs.json()["total"] >= 2
 
 
-def test_browser_logs_in_and_sees_the_runs(ui, tmp_path):
-    """Headless Chromium (Debian's package) driven by Playwright, as a property manager would."""
+def test_browser_sees_runs_charts_and_api_docs_with_no_network(ui, tmp_path):
+    """Headless Chromium (Debian's package) driven by Playwright, as a property manager would, with
+    every request to another host than the stack's aborted (and recorded): an offline deployment."""
     from playwright.sync_api import sync_playwright
 
     from support.live import PASSWORDS
@@ -191,6 +250,17 @@ def test_browser_logs_in_and_sees_the_runs(ui, tmp_path):
     artifacts = REPO_ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     base = ui["stack"].base_url
+    host = urlsplit(base).netloc
+    outside, loaded = [], []
+
+    def only_the_stack(route):
+        if urlsplit(route.request.url).netloc == host:
+            loaded.append(urlsplit(route.request.url).path)
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path="/usr/bin/chromium",
@@ -205,7 +275,9 @@ def test_browser_logs_in_and_sees_the_runs(ui, tmp_path):
             ],
         )
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.route("**/*", only_the_stack)
+            page = context.new_page()
             page.goto(f"{base}/tentman/ui/")
             page.wait_for_url("**/auth/login**")  # not logged in yet: Airflow's login page
             page.fill("input[name=username]", "admin")
@@ -216,11 +288,58 @@ def test_browser_logs_in_and_sees_the_runs(ui, tmp_path):
             runs = page.inner_text("#runs-table tbody")
             assert "Harbor View" in runs and "completed_with_errors" in runs
             assert f"lease {ui['broken']}: monthly_rent -10.00 is negative" in runs
-            page.wait_for_selector("#chart-amount rect", timeout=30_000)  # the charts are drawn
+            headers = page.inner_text("#runs-table thead")
+            assert "Drafted invoices" in headers and "Other invoices of the period" in headers
+            # Harbor View's November run: drafted 2 for 3,660.00; its issued invoice apart, labelled.
+            november = page.locator("#runs-table tbody tr", has_text="2026-11").filter(has_text="Harbor View").first
+            cells = november.locator("td").all_inner_texts()
+            assert cells[9:12] == ["2", "3,660.00", "1 · 1,650.00 (issued, left alone by this run)"], cells
+
+            # The charts: ECharts' SVG renderer, so legends and axes are text in the DOM.
+            page.select_option("#trend-months", "24")
+            page.wait_for_selector("#chart-amount svg text >> text=Rent (USD)", timeout=30_000)
+
+            def texts(chart: str) -> set[str]:
+                return {t.strip() for t in page.locator(f"#{chart} svg text").all_text_contents()}
+
+            assert {"Rent (USD)", "Utility (USD)", "Amount (USD)", "Billing month"} <= texts("chart-amount")
+            assert {"Rent", "Utility", "Invoices", "Billing month"} <= texts("chart-invoices")
+            assert {"Rent", "Utility", "Organizations failed (%)", "0%", "100%"} <= texts("chart-failures")
+            assert {"Rent", "Utility", "Seconds", f"Harbor View #{ui['good']}"} <= texts("chart-durations")
+            assert any(re.fullmatch(r"\d{4}-\d{2}", t) for t in texts("chart-amount"))  # month labels
+            assert any(re.fullmatch(r"[\d,]+", t) and t != "0" for t in texts("chart-amount"))  # value ticks
+
+            # Hover November's rent bar: the tooltip shows the month's exact amount (the API's decimal string).
+            x, y = page.evaluate(
+                """() => {
+                    const chart = window.billingCharts["chart-amount"], option = chart.getOption();
+                    const i = option.xAxis[0].data.indexOf("2026-11");
+                    return chart.convertToPixel({seriesIndex: 0}, [i, option.series[0].data[i].value / 2]);
+                }"""
+            )
+            box = page.locator("#chart-amount").bounding_box()
+            page.mouse.move(box["x"] + x, box["y"] + y)
+            tooltip = page.locator("#chart-amount div", has_text="USD 6,210.00").last
+            tooltip.wait_for(timeout=10_000)
+            assert "Rent (USD): USD 6,210.00 (4 invoices)" in tooltip.inner_text()
             page.screenshot(path=str(artifacts / "billing-runs.png"), full_page=True)
+
+            # The API docs: Swagger UI from the bundle renders every operation, with no network.
+            page.goto(f"{base}/tentman/docs")
+            page.wait_for_selector(".opblock-summary-path", timeout=60_000)
+            paths = set(page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.dataset.path)"))
+            assert {"/api/runs", "/api/runs/{run_id}", "/api/organizations", "/api/trends", "/api/preview"} <= paths
+            page.screenshot(path=str(artifacts / "api-docs-offline.png"))
+
             page.goto(f"{base}/plugin/billing-runs")  # the same page inside the Airflow UI's navigation
             page.frame_locator("iframe").locator("#runs-table >> text=Shaky Estates").first.wait_for(timeout=60_000)
             page.screenshot(path=str(artifacts / "billing-runs-in-airflow.png"))
         finally:
             browser.close()
+    assert outside == []  # nothing was even attempted outside the stack
+    assert {
+        "/tentman/static/vendor/echarts/echarts.common.min.js",
+        "/tentman/static/vendor/swagger-ui/swagger-ui-bundle.js",
+        "/tentman/static/vendor/swagger-ui/swagger-ui.css",
+    } <= set(loaded)
     assert (artifacts / "billing-runs.png").stat().st_size > 10_000

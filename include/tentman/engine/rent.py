@@ -221,7 +221,8 @@ UPDATE tm_rent_target SET outcome = 'skipped' WHERE invoice_status IS NOT NULL A
 # - n.invoice_id IS NULL: the line is no longer due (o only, e.g. a charge that ended) — deleted
 #   (its n columns, line_type included, are NULL, which is how _DELETE_OLD_LINES finds it);
 # - both sides, with different text, dates or amount: the line changed — upserted.
-# Lines equal on both sides are not in the diff at all, so an unchanged draft is never rewritten.
+# Lines equal on both sides are not in the diff at all, so an unchanged draft is never rewritten
+# (only its link to the run is: _LINK_UNCHANGED).
 _STAGE_LINE_DIFF = """
 CREATE TEMP TABLE tm_rent_line_diff ON COMMIT DROP AS
 SELECT coalesce(n.invoice_id, o.invoice_id) AS invoice_id,
@@ -340,6 +341,18 @@ _MARK_UNCHANGED = """
 UPDATE tm_rent_target SET outcome = 'unchanged' WHERE outcome IS NULL AND lease_id BETWEEN :lo AND :hi
 """
 
+# An unchanged draft is part of what this run drafted (it counts it in amount_billed): link it to
+# the run, so the run's invoices are the ones with its invoice_run_id (the "Billing runs" page
+# counts them so). updated_at stays: the invoice's content did not change. Only rows whose link
+# actually changes are written (a run with no id, as in a preview, links nothing).
+_LINK_UNCHANGED = """
+UPDATE invoices i SET invoice_run_id = :run_id
+FROM tm_rent_target t
+WHERE t.outcome = 'unchanged' AND t.lease_id BETWEEN :lo AND :hi
+  AND i.id = t.invoice_id AND i.status = 'draft'
+  AND CAST(:run_id AS bigint) IS NOT NULL AND i.invoice_run_id IS DISTINCT FROM CAST(:run_id AS bigint)
+"""
+
 
 def _write_invoices(conn: Connection, params: dict) -> None:
     for statement in (
@@ -349,6 +362,7 @@ def _write_invoices(conn: Connection, params: dict) -> None:
         _DELETE_OLD_LINES,
         _UPSERT_CHANGED_LINES,
         _MARK_UNCHANGED,
+        _LINK_UNCHANGED,
     ):
         conn.execute(sa.text(statement), params)
 

@@ -18,6 +18,7 @@ import pendulum
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from tentman.db import UnitOfWork
@@ -37,6 +38,9 @@ from tentman.names import (
 from tentman.ui import queries
 
 STATIC = Path(__file__).with_name("static")
+# Third-party files (charts, Swagger UI) shipped with the package: see static/vendor/README.md.
+VENDOR = STATIC / "vendor"
+VENDOR_URL = "/tentman/static/vendor"
 RunType = Literal[RENT_RUN, UTILITY_RUN]
 RunStatus = Literal[RUN_STATUSES]
 
@@ -105,10 +109,29 @@ class Run(BaseModel):
     started_at: datetime
     completed_at: datetime | None
     duration_seconds: float | None
-    amount_billed: str = Field(
-        description="Total of the organization's invoices of this type and period (void excluded)"
+    drafted_invoices: int = Field(
+        description="Invoices linked to this run by `invoices.invoice_run_id`: the drafts it created or updated "
+        "(rent and utility) or found unchanged (rent), whatever their status since, unless a later run of the same "
+        "organization and period has written them since; void ones excluded"
     )
-    invoices: int
+    drafted_amount: str = Field(description="Total of the drafted invoices (a decimal string, two decimals)")
+    other_invoices: int = Field(
+        description="The organization's other invoices of this type and period, not linked to this run: issued "
+        "or paid ones it left alone, drafts written by another run or by the TentMan app; void ones excluded"
+    )
+    other_amount: str = Field(description="Total of the other invoices (a decimal string, two decimals)")
+    other_statuses: list[str] = Field(description="The statuses of the other invoices, e.g. ['issued', 'paid']")
+    # Kept for existing clients with their old meaning; the page shows the fields above.
+    amount_billed: str = Field(
+        description="Deprecated: drafted_amount + other_amount, the total of every invoice of the organization, "
+        "type and period (void excluded), including ones this run did not draft",
+        json_schema_extra={"deprecated": True},
+    )
+    invoices: int = Field(
+        description="Deprecated: drafted_invoices + other_invoices, every invoice of the organization, type and "
+        "period (void excluded), including ones this run did not draft",
+        json_schema_extra={"deprecated": True},
+    )
     task_url: str = Field(description="The organization's task instance (and its log) in the Airflow UI")
 
 
@@ -128,8 +151,9 @@ class Organization(BaseModel):
 class MonthInvoices(BaseModel):
     billing_period_start: date
     invoice_type: str
+    currency: str = Field(description="ISO 4217 code: each currency has its own rows")
     invoices: int
-    amount: str
+    amount: str = Field(description="Total of the invoices (void excluded), a decimal string with two decimals")
 
 
 class MonthFailures(BaseModel):
@@ -194,7 +218,8 @@ def _task_urls(rows) -> dict[int, str]:
 
 def _run(row, url: str) -> Run:
     data = dict(row._mapping)
-    data["amount_billed"] = str(row.amount_billed)
+    for amount in ("drafted_amount", "other_amount", "amount_billed"):
+        data[amount] = str(data[amount])
     data["duration_seconds"] = float(row.duration_seconds) if row.duration_seconds is not None else None
     return Run(**data, task_url=url)
 
@@ -252,6 +277,7 @@ def trends(months: int = Query(12, ge=1, le=60), conn=Depends(read_only)) -> Tre
             MonthInvoices(
                 billing_period_start=r.billing_period_start,
                 invoice_type=r.invoice_type,
+                currency=r.currency,
                 invoices=r.invoices,
                 amount=str(r.amount),
             )
@@ -346,6 +372,19 @@ def create_app() -> FastAPI:
     def docs() -> HTMLResponse:
         from fastapi.openapi.docs import get_swagger_ui_html
 
-        return get_swagger_ui_html(openapi_url="/tentman/openapi.json", title="TentMan billing runs API")
+        # Swagger UI from the bundle, not from a CDN: the docs work in an offline deployment.
+        return get_swagger_ui_html(
+            openapi_url="/tentman/openapi.json",
+            title="TentMan billing runs API",
+            swagger_js_url=f"{VENDOR_URL}/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url=f"{VENDOR_URL}/swagger-ui/swagger-ui.css",
+            swagger_favicon_url=f"{VENDOR_URL}/swagger-ui/favicon-32x32.png",
+            # No badge from validator.swagger.io: it would call out to the internet.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    # Public releases (no TentMan data), served without a login like Airflow's own JavaScript; the
+    # page and the docs that use them, and every API call they make, stay behind Airflow's auth.
+    app.mount("/static/vendor", StaticFiles(directory=VENDOR), name="vendor")
 
     return app

@@ -16,7 +16,7 @@ from datetime import date
 import sqlalchemy as sa
 
 from tentman.dev.bench.common import bench_server, scratch_database
-from tentman.names import RUN_TYPE_OF_DAG, RUN_TYPES
+from tentman.names import INVOICE_TYPE_OF_RUN, RUN_TYPE_OF_DAG, RUN_TYPES
 from tentman.ui import queries
 
 
@@ -64,15 +64,24 @@ def generate(conn, invoices: int, organizations: int, months: int) -> None:
     conn.execute(
         sa.text(
             """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, billing_period_end,
-                                 status, currency, subtotal, total, due_date)
-           SELECT l.organization_id, l.id, t, m, (m + interval '1 month - 1 day')::date,
-                  CASE WHEN m < DATE '2026-06-01' THEN 'paid' ELSE 'draft' END, 'USD', 1000, 1000, m
-           FROM leases l,
-                generate_series(DATE '2025-01-01', DATE '2025-01-01' + (:months - 1) * interval '1 month',
-                                interval '1 month') m,
-                unnest(ARRAY['rent', 'utility']) t"""
+                                 status, currency, subtotal, total, due_date, invoice_run_id)
+           SELECT l.organization_id, l.id, r.invoice_type, r.billing_period_start, r.billing_period_end,
+                  CASE WHEN r.billing_period_start < DATE '2026-06-01' THEN 'paid' ELSE 'draft' END,
+                  'USD', 1000, 1000, r.billing_period_start, r.id
+           FROM leases l
+           JOIN (SELECT *, CAST(:invoice_types AS jsonb) ->> run_type AS invoice_type FROM invoice_runs) r
+             ON r.organization_id = l.organization_id"""
         ),
-        {"months": months},
+        {"invoice_types": json.dumps(INVOICE_TYPE_OF_RUN)},
+    )
+    # One invoice of each organization, type and month that its run did not draft (the app issued it
+    # before the run): the runs list shows it apart, as one of the period's other invoices.
+    conn.execute(
+        sa.text(
+            """UPDATE invoices
+           SET invoice_run_id = NULL, status = CASE WHEN status = 'draft' THEN 'issued' ELSE status END
+           WHERE lease_id IN (SELECT min(id) FROM leases GROUP BY organization_id)"""
+        )
     )
 
 
