@@ -65,7 +65,8 @@ def test_rent_dag_definition(airflow_home, monkeypatch):
     assert {"tentman", "billing", "rent"} <= set(dag.tags)
     assert "Monthly rent generation" in dag.doc_md
     assert set(dag.params.keys()) == {"billing_month", "organization_ids", "proration_method", "dry_run"}
-    assert dag.params["proration_method"] == "ActualDaysInMonth" and dag.params["dry_run"] is False
+    # Null: each organization's own method (its billing settings), else ActualDaysInMonth.
+    assert dag.params["proration_method"] is None and dag.params["dry_run"] is False
     assert [t.task_id for t in dag.topological_sort()] == [
         "resolve_billing_period",
         "list_organizations",
