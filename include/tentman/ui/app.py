@@ -2,8 +2,10 @@
 
 Every endpoint requires an authenticated Airflow user (bearer token or the UI's session cookie)
 with the right permission, checked by Airflow's own auth manager: reading runs needs read access
-to DAG runs; the preview needs the right to trigger the rent DAG. Read-only towards the TentMan
-DB: reads run in READ ONLY transactions with a statement timeout, the preview rolls back.
+to DAG runs; the preview needs the right to trigger the rent DAG; changing an organization's billing
+settings needs the right to edit both billing DAGs (tentman.ui.organization_settings). Reads run in
+READ ONLY transactions with a statement timeout, the preview rolls back; the billing settings are
+the one thing written.
 """
 
 from __future__ import annotations
@@ -323,7 +325,10 @@ def _page_html() -> str:
 
 @router.get("/ui/whoami", include_in_schema=False)
 def whoami(current=Depends(current_user)) -> dict:
-    return {"user": current.get_name()}
+    from tentman.ui.organization_settings import can_edit_billing_settings
+
+    # The page shows the billing settings form only to those who may use it.
+    return {"user": current.get_name(), "can_edit_billing_settings": can_edit_billing_settings(current)}
 
 
 def create_app() -> FastAPI:
@@ -337,6 +342,9 @@ def create_app() -> FastAPI:
         openapi_url=None,
     )
     app.include_router(router)
+    from tentman.ui.organization_settings import router as organization_settings_router
+
+    app.include_router(organization_settings_router)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[read_runs])
     def openapi() -> dict:
