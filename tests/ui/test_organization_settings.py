@@ -35,6 +35,7 @@ def ui(pg_admin_uri, tmp_path_factory):
         with engine.begin() as conn:
             api_org = add_organization(conn, "Api Estates")
             add_lease(conn, api_org, date(2025, 1, 1), None, "700.00")
+            api_lease = add_lease(conn, api_org, date(2027, 1, 16), None, "3100.00")  # 16 of January's 31 days
             harbor = add_organization(conn, "Harbor View")
             harbor_lease = add_lease(conn, harbor, date(2026, 12, 10), None, "3000.00")  # 22 of December's 31 days
             dune = add_organization(conn, "Dune Flats")
@@ -44,6 +45,7 @@ def ui(pg_admin_uri, tmp_path_factory):
             "engine": engine,
             "admin": admin,
             "api_org": api_org,
+            "api_lease": api_lease,
             "harbor": harbor,
             "harbor_lease": harbor_lease,
             "dune": dune,
@@ -172,6 +174,26 @@ def test_the_trigger_form_offers_each_organizations_own_method_by_default(ui):
     assert refused.status_code == 400 and "Invalid input for param proration_method" in refused.json()["detail"]
 
 
+def test_the_preview_without_a_method_uses_the_organizations_own(ui):
+    admin, org = plugin(ui["stack"], "admin"), ui["api_org"]
+    own = {"billing_hold": False, "proration_method": "ThirtyDayMonth"}
+    assert admin.put(f"/api/organizations/{org}/billing-settings", json=own).status_code == 200
+    try:
+
+        def preview(**method):
+            body = {"organization_ids": [org], "billing_month": "2027-01", **method}
+            response = admin.post("/api/preview", json=body)
+            assert response.status_code == 200, response.text
+            (organization,) = response.json()["organizations"]
+            return {lease["lease_id"]: lease["total"] for lease in organization["leases"]}[ui["api_lease"]]
+
+        assert preview() == "1653.33"  # 3100 * 16 / 30: the organization's ThirtyDayMonth
+        assert preview(proration_method=None) == "1653.33"
+        assert preview(proration_method="ActualDaysInMonth") == "1600.00"  # 3100 * 16 / 31: the request's wins
+    finally:
+        admin.put(f"/api/organizations/{org}/billing-settings", json={"billing_hold": False})
+
+
 def _log_in(browser, base: str, user: str):
     page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
     page.goto(f"{base}/tentman/ui/")
@@ -259,7 +281,8 @@ def test_browser_admin_edits_viewer_cannot_and_the_next_run_honours_it(ui):
         )
         audit = conn.execute(
             sa.text(
-                "SELECT changed_by, new_billing_hold FROM organization_billing_settings_audit WHERE organization_id = :o"
+                "SELECT changed_by, new_billing_hold FROM organization_billing_settings_audit "
+                "WHERE organization_id = :o"
             ),
             {"o": dune},
         ).all()

@@ -162,7 +162,9 @@ class Trends(BaseModel):
 class PreviewRequest(BaseModel):
     organization_ids: list[int] = Field(min_length=1, max_length=20)
     billing_month: str = Field(pattern=BILLING_MONTH_PATTERN, examples=["2027-01"])
-    proration_method: ProrationMethod = DEFAULT_PRORATION_METHOD
+    proration_method: ProrationMethod | None = Field(
+        None, description="null: each organization's own method (its billing settings), as a run without one"
+    )
     limit: int = Field(100, ge=1, le=500)
     offset: int = Field(0, ge=0)
 
@@ -282,17 +284,24 @@ def preview(body: PreviewRequest) -> dict:
     organizations = []
     for organization_id in body.organization_ids:
         with UnitOfWork(_engine(), statement_timeout="60s") as uow:  # never committed: nothing is written
+            method = body.proration_method or _own_proration_method(uow.connection, organization_id)
             organizations.append(
                 preview_rent(
                     uow.connection,
                     organization_id=organization_id,
                     period=period,
-                    proration_method=body.proration_method,
+                    proration_method=method,
                     limit=body.limit,
                     offset=body.offset,
                 )
             )
     return {"organizations": organizations}
+
+
+def _own_proration_method(conn, organization_id: int) -> ProrationMethod:
+    from tentman.engine.organization_settings import billing_settings
+
+    return billing_settings(conn, organization_id).effective_proration_method
 
 
 @router.get("/ui/", response_class=HTMLResponse, include_in_schema=False)
