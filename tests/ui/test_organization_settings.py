@@ -194,6 +194,48 @@ def test_the_preview_without_a_method_uses_the_organizations_own(ui):
         admin.put(f"/api/organizations/{org}/billing-settings", json={"billing_hold": False})
 
 
+def _readme_block(containing: str) -> str:
+    """The README's ```bash block that contains `containing`."""
+    text = (REPO_ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```bash\n")[1:]]
+    (block,) = [b for b in blocks if containing in b]
+    return block
+
+
+def test_the_readme_command_changes_the_settings(ui):
+    """The README's curl commands, run as shown against this Airflow, for one of its organizations."""
+    import json
+    import subprocess
+
+    org = ui["api_org"]
+    command = (
+        _readme_block("/billing-settings")
+        .replace("http://127.0.0.1:8080", ui["stack"].base_url)
+        .replace('"password": "…"', f'"password": "{PASSWORDS["admin"]}"')
+        .replace("/organizations/3/", f"/organizations/{org}/")
+    )
+    try:
+        out = subprocess.run(["bash", "-euo", "pipefail", "-c", command], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        saved = json.loads(out.stdout)
+        assert (saved["billing_hold"], saved["hold_reason"], saved["proration_method"], saved["updated_by"]) == (
+            True,
+            HOLD,
+            "ThirtyDayMonth",
+            "admin",
+        )
+        with ui["engine"].connect() as conn:
+            assert (
+                conn.execute(
+                    sa.text("SELECT hold_reason FROM organization_billing_settings WHERE organization_id = :o"),
+                    {"o": org},
+                ).scalar_one()
+                == HOLD
+            )
+    finally:
+        plugin(ui["stack"], "admin").put(f"/api/organizations/{org}/billing-settings", json={"billing_hold": False})
+
+
 def _log_in(browser, base: str, user: str):
     page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
     page.goto(f"{base}/tentman/ui/")
