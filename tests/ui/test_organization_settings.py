@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization
-from support.live import PASSWORDS, Api, live_stack
+from support.live import PASSWORDS, Api, live_stack, poll
 from tentman.dev.local import REPO_ROOT
 from tentman.names import RENT_DAG_ID, UTILITY_DAG_ID
 
@@ -254,6 +254,8 @@ def _save(page, organization_id: int, *, hold: bool, reason: str = "", method: s
     page.set_checked(f"{form} input[name=billing_hold]", hold)
     page.fill(f"{form} input[name=hold_reason]", reason)
     page.select_option(f"{form} select[name=proration_method]", method)
+    # The previous save's message goes first, so the one waited for is this save's.
+    page.eval_on_selector("#settings-result", "el => { el.className = ''; el.textContent = ''; }")
     page.click(f"{form} button[type=submit]")
     page.wait_for_selector("#settings-result.ok >> text=Saved by admin", timeout=30_000)
 
@@ -283,9 +285,9 @@ def test_browser_admin_edits_viewer_cannot_and_the_next_run_honours_it(ui):
 
             _save(page, dune, hold=True, reason=HOLD)
             _save(page, harbor, hold=False, method="ThirtyDayMonth")
+            page.wait_for_selector(f"#organizations-table tr[data-organization-id='{harbor}'] >> text=ThirtyDayMonth")
             row = page.inner_text(f"#organizations-table tr[data-organization-id='{dune}']")
             assert "on hold" in row and HOLD in row and "admin" in row
-            assert "ThirtyDayMonth" in page.inner_text(f"#organizations-table tr[data-organization-id='{harbor}']")
 
             viewer = _log_in(browser, base, "viewer")
             viewer.wait_for_selector("#settings-read-only")
@@ -301,10 +303,20 @@ def test_browser_admin_edits_viewer_cannot_and_the_next_run_honours_it(ui):
             assert status == 403
             viewer.screenshot(path=str(artifacts / "organizations-viewer.png"), full_page=True)
 
-            # A run for all organizations, as a schedule or backfill would start it.
-            run = ui["admin"].trigger(RENT_DAG_ID, {"billing_month": "2026-12"}).json()
-            assert ui["admin"].wait(RENT_DAG_ID, run["dag_run_id"])["state"] == "success"
-            page.reload()
+            # A run for all organizations, as a schedule or backfill would start it, from Airflow's own
+            # trigger form: its proration method is left at "each organization's own".
+            page.goto(f"{base}/dags/{RENT_DAG_ID}")
+            page.get_by_role("button", name="Trigger").first.click()
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_text("Each organization's own (else ActualDaysInMonth)").wait_for(timeout=30_000)
+            dialog.locator("#element_billing_month").fill("2026-12")
+            dialog.get_by_role("button", name="Trigger").click()
+            admin = ui["admin"]
+            poll(lambda: admin.client.get(f"/dags/{RENT_DAG_ID}/dagRuns").json()["total_entries"] == 1, 60, what="run")
+            (run,) = admin.client.get(f"/dags/{RENT_DAG_ID}/dagRuns").json()["dag_runs"]
+            assert run["conf"]["proration_method"] is None and run["conf"]["organization_ids"] is None
+            assert admin.wait(RENT_DAG_ID, run["dag_run_id"])["state"] == "success"
+            page.goto(f"{base}/tentman/ui/")
             page.wait_for_selector(f"#organizations-table tr[data-organization-id='{dune}'] >> text=on_hold")
             page.wait_for_selector(f"#runs-table >> text=billing hold: {HOLD}")
             page.screenshot(path=str(artifacts / "organizations-admin.png"), full_page=True)
