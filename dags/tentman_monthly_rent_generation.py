@@ -23,8 +23,13 @@ the following month (the Jan 26 run bills February). Runs at 02:00 UTC on the 26
 * `record_invoice_runs` writes one `invoice_runs` row per organization (counts, errors) and fails
   the run if any organization failed.
 
+* An organization on billing hold (its billing settings, on the "Billing runs" page) is not
+  billed by a run for all organizations: its `invoice_runs` row says `on_hold`. A run that names
+  it in `organization_ids` bills it.
+
 **Params**: `billing_month` (`YYYY-MM`, empty = from the run date), `organization_ids` (empty = all
-active), `proration_method`, `dry_run` (compute and report, write nothing).
+active), `proration_method` (empty = each organization's own, else `ActualDaysInMonth`), `dry_run`
+(compute and report, write nothing).
 """
 
 dag = build_billing_dag(

@@ -21,6 +21,9 @@ invoice of the **current month** (the month of the run's logical date). Runs Mon
 * One mapped task per organization; `record_invoice_runs` writes one `invoice_runs` row
   (`run_type = 'utility'`) per organization and fails the run if any organization failed.
 
+* An organization on billing hold is not billed by a run for all organizations (`on_hold`); its
+  statements stay pending until the hold is lifted. A run that names it bills it.
+
 **Params**: `billing_month` (`YYYY-MM`, empty = the run's month), `organization_ids` (empty = all
 active), `dry_run` (compute and report, write nothing).
 """

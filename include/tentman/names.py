@@ -22,8 +22,9 @@ UTILITY_INVOICE = "utility"
 INVOICE_TYPE_OF_RUN = {RENT_RUN: RENT_INVOICE, UTILITY_RUN: UTILITY_INVOICE}
 RUN_TYPE_OF_DAG = {RENT_DAG_ID: RENT_RUN, UTILITY_DAG_ID: UTILITY_RUN}
 
-# `invoice_runs.status` values.
-RUN_STATUSES = ("running", "completed", "completed_with_errors", "failed")
+# `invoice_runs.status` values. ON_HOLD: the organization is on billing hold and the run did not bill it.
+ON_HOLD = "on_hold"
+RUN_STATUSES = ("running", "completed", "completed_with_errors", "failed", ON_HOLD)
 
 
 def invoice_type_sql(run_type_column: str) -> str:

@@ -70,7 +70,8 @@ def test_rent_dag_definition(airflow_home, monkeypatch):
     assert {"tentman", "billing", "rent"} <= set(dag.tags)
     assert "Monthly rent generation" in dag.doc_md
     assert set(dag.params.keys()) == {"billing_month", "organization_ids", "proration_method", "dry_run"}
-    assert dag.params["proration_method"] == "ActualDaysInMonth" and dag.params["dry_run"] is False
+    # Null: each organization's own method (its billing settings), else ActualDaysInMonth.
+    assert dag.params["proration_method"] is None and dag.params["dry_run"] is False
     assert [t.task_id for t in dag.topological_sort()] == [
         "resolve_billing_period",
         "list_organizations",
@@ -362,3 +363,60 @@ def test_the_max_map_length_message_names_the_setting_its_value_and_the_count(ai
         "component (the api-server enforces it), restart them, then clear this run's list_organizations task. "
         "Nothing was billed."
     )
+
+
+def test_dag_test_run_honours_each_organizations_billing_settings(engine, tentman_conn):
+    from tentman.engine.organization_settings import change_billing_settings
+
+    with engine.begin() as conn:
+        held = add_organization(conn, "Held Homes")
+        own = add_organization(conn, "Own Method")
+        plain = add_organization(conn, "Plain Homes")
+        held_lease = add_lease(conn, held, date(2025, 1, 1), None, "1500.00")
+        own_lease = add_lease(conn, own, date(2026, 2, 10), None, "1500.00")  # 19 of February's 28 days
+        plain_lease = add_lease(conn, plain, date(2026, 2, 10), None, "1500.00")
+        change_billing_settings(
+            conn, held, billing_hold=True, hold_reason="migration", proration_method=None, updated_by="test"
+        )
+        change_billing_settings(
+            conn, own, billing_hold=False, hold_reason=None, proration_method="ThirtyDayMonth", updated_by="test"
+        )
+    dag = load_dag(RENT_DAG_ID)
+    dag_run = dag.test(logical_date=datetime(2026, 1, 26, 2, tzinfo=UTC))  # no params: all organizations
+
+    assert dag_run.state == "success"  # the hold does not fail the run
+    states = _states(dag_run)
+    assert {k[1]: v[0] for k, v in states.items() if k[0] == "bill_organization"} == {
+        0: "success",
+        1: "success",
+        2: "success",
+    }
+    assert states[("record_invoice_runs", -1)][0] == "success"
+    with engine.connect() as conn:
+        totals = dict(conn.execute(sa.text("SELECT lease_id, total FROM invoices")).all())
+        runs = {r.organization_id: r for r in conn.execute(sa.text("SELECT * FROM invoice_runs"))}
+    # 1500 * 19 / 30 = 950.00 (the organization's ThirtyDayMonth); 1500 * 19 / 28 = 1017.86 (the default).
+    assert totals == {own_lease: Decimal("950.00"), plain_lease: Decimal("1017.86")}
+    assert held_lease not in totals
+    assert (runs[held].status, runs[held].total_leases, runs[held].errors) == (
+        "on_hold",
+        0,
+        [{"lease_id": None, "error": "billing hold: migration"}],
+    )
+    assert {o: r.proration_method for o, r in runs.items()} == {
+        held: "ActualDaysInMonth",
+        own: "ThirtyDayMonth",
+        plain: "ActualDaysInMonth",
+    }
+
+    named = dag.test(logical_date=datetime(2026, 2, 26, 2, tzinfo=UTC), run_conf={"organization_ids": [held]})
+    assert named.state == "success"
+    with engine.connect() as conn:
+        assert invoice_for_month(conn, held_lease, date(2026, 3, 1)) == Decimal("1500.00")
+
+
+def invoice_for_month(conn, lease_id: int, period_start: date):
+    return conn.execute(
+        sa.text("SELECT total FROM invoices WHERE lease_id = :l AND billing_period_start = :p"),
+        {"l": lease_id, "p": period_start},
+    ).scalar_one_or_none()

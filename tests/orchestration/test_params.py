@@ -20,7 +20,16 @@ pytestmark = pytest.mark.unit
 
 MONTHS = ["2026-02", "2026-12", "1999-01", "2026-13", "2026-00", "26-01", "2026-1", "2026/02", " 2026-02", ""]
 ORGANIZATION_IDS = [(None, True), ([1, 2], True), ([], False), (["1"], False), (3, False), ([1.5], False)]
-PRORATION_METHODS = ["ActualDaysInMonth", "ThirtyDayMonth", "Annual365", "NoProration", "actualdaysinmonth", "Daily"]
+PRORATION_METHODS = [
+    "ActualDaysInMonth",
+    "ThirtyDayMonth",
+    "Annual365",
+    "NoProration",
+    "actualdaysinmonth",
+    "Daily",
+    "",
+    None,
+]
 DRY_RUNS = [(True, True), (False, True), ("yes", False), (None, False)]
 
 _VALIDATE = """
@@ -84,7 +93,8 @@ def test_defaults():
     assert _form()[1] == {
         "billing_month": None,
         "organization_ids": None,
-        "proration_method": DEFAULT_PRORATION_METHOD.value,
+        # Null: each organization's own method, else the platform default (ActualDaysInMonth).
+        "proration_method": None,
         "dry_run": False,
     }
     assert DEFAULT_PRORATION_METHOD.value == "ActualDaysInMonth"
@@ -92,7 +102,8 @@ def test_defaults():
 
 def test_proration_methods():
     accepted = [m for m in PRORATION_METHODS if _accepted("proration_method", m)]
-    assert accepted == [m.value for m in ProrationMethod]
+    # The four names, and null: "each organization's own method".
+    assert accepted == [m.value for m in ProrationMethod] + [None]
     with pytest.raises(
         ValueError, match="proration_method 'Daily' is not supported; expected one of ActualDaysInMonth"
     ):

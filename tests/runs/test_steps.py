@@ -71,7 +71,8 @@ def resolve(engine, params, logical_date=utc(2026, 2, 26, 2), run_type="monthly_
 def test_resolve_from_logical_date_and_from_run_after(engine):
     run = resolve(engine, {})
     assert (run.billing_period_start, run.billing_period_end) == ("2026-03-01", "2026-03-31")
-    assert run.proration_method == "ActualDaysInMonth" and run.dry_run is False and run.organization_ids is None
+    # No method of its own: each organization is billed with its own, else ActualDaysInMonth.
+    assert run.proration_method is None and run.dry_run is False and run.organization_ids is None
     # A manual run has no logical date: its run_after decides.
     manual = resolve_billing_run(
         engine, run_type="monthly_rent", params={}, logical_date=None, run_after=utc(2026, 5, 3)

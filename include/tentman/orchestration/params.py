@@ -29,12 +29,21 @@ def organization_ids_param() -> Param:
 
 
 def proration_method_param() -> Param:
+    # Null by default: each organization is billed with its own method (its billing settings),
+    # else the platform default. A method chosen here wins over every organization's own.
+    methods = [method.value for method in ProrationMethod]
+    default_label = f"Each organization's own (else {DEFAULT_PRORATION_METHOD.value})"
     return Param(
-        DEFAULT_PRORATION_METHOD.value,
-        type="string",
-        enum=[method.value for method in ProrationMethod],
+        None,
+        type=["null", "string"],
+        enum=[None, *methods],
+        values_display={"null": default_label, **{m: m for m in methods}},
         title="Proration method",
-        description="How partial months are prorated.",
+        description=(
+            "How partial months are prorated. Empty: each organization's own method (set on the "
+            f"Billing runs page), else {DEFAULT_PRORATION_METHOD.value}. A method chosen here applies to "
+            "every organization of the run."
+        ),
     )
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from tentman.engine.common import OrganizationBillingResult
 from tentman.engine.periods import BillingPeriod
+from tentman.names import ON_HOLD
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,52 @@ def open_invoice_run(
             "p0": period.start,
             "p1": period.end,
             "method": proration_method,
+            "dag_id": key.dag_id,
+            "dag_run_id": key.dag_run_id,
+        },
+    ).scalar_one()
+
+
+def record_on_hold(
+    conn: Connection,
+    key: RunKey,
+    *,
+    run_type: str,
+    period: BillingPeriod,
+    proration_method: str | None,
+    error: dict,
+) -> int:
+    """The organization's row says 'on_hold': zero counts, the hold as its one error, complete.
+
+    A re-run of the task (cleared after the hold was set) turns its earlier row into this one; the
+    invoices that earlier attempt wrote stay as they are, like every draft of an organization on hold.
+    """
+    return conn.execute(
+        sa.text(
+            """
+            INSERT INTO invoice_runs (organization_id, run_type, billing_period_start, billing_period_end,
+                                      proration_method, status, errors, dag_id, dag_run_id,
+                                      started_at, completed_at)
+            VALUES (:org, :run_type, :p0, :p1, :method, :status, CAST(:errors AS jsonb), :dag_id, :dag_run_id,
+                    now(), now())
+            ON CONFLICT (dag_id, dag_run_id, organization_id) DO UPDATE
+            SET run_type = excluded.run_type,
+                billing_period_start = excluded.billing_period_start,
+                billing_period_end = excluded.billing_period_end,
+                proration_method = excluded.proration_method,
+                status = excluded.status, total_leases = 0, success_count = 0, skipped_count = 0,
+                failure_count = 0, errors = excluded.errors, started_at = now(), completed_at = now()
+            RETURNING id
+            """
+        ),
+        {
+            "org": key.organization_id,
+            "run_type": run_type,
+            "p0": period.start,
+            "p1": period.end,
+            "method": proration_method,
+            "status": ON_HOLD,
+            "errors": json.dumps([error]),
             "dag_id": key.dag_id,
             "dag_run_id": key.dag_run_id,
         },
@@ -108,7 +155,8 @@ def fail_unfinished_invoice_runs(
     """Mark 'failed' every listed organization whose row is missing or still 'running'.
 
     Called by the aggregation task once all organization tasks are done: a row left 'running'
-    belongs to a task that failed after its retries.
+    belongs to a task that failed after its retries. Finished rows ('completed', …, 'on_hold')
+    are left as they are.
     """
     conn.execute(
         sa.text(

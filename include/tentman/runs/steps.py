@@ -17,11 +17,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from tentman.db import UnitOfWork
 from tentman.engine.common import OrganizationBillingResult
+from tentman.engine.organization_settings import BillingSettings, billing_settings
 from tentman.engine.periods import BillingPeriod, rent_period_for_run, utility_period_for_run
 from tentman.engine.rent import generate_rent_invoices
 from tentman.engine.utility import default_due_date, generate_utility_invoices
 from tentman.migrate import check_schema
-from tentman.names import RENT_RUN, RUN_TYPES, ProrationMethod, organization_label
+from tentman.names import DEFAULT_PRORATION_METHOD, ON_HOLD, RENT_RUN, RUN_TYPES, ProrationMethod, organization_label
 from tentman.runs import invoice_runs
 from tentman.runs.invoice_runs import RunKey
 from tentman.settings import utility_due_days
@@ -50,6 +51,7 @@ class BillingRun:
     run_type: str
     billing_period_start: str
     billing_period_end: str
+    # Set only when the run's params name one (it then wins); None: each organization's own method.
     proration_method: str | None
     dry_run: bool
     organization_ids: list[int] | None
@@ -110,7 +112,7 @@ def resolve_billing_run(
     # A schema behind the bundle would fail deep inside every organization task, retried ten times.
     check_schema(engine)
     period = _billing_period(run_type, params.get("billing_month"), logical_date or run_after)
-    method = ProrationMethod.parse(params.get("proration_method")).value if run_type == RENT_RUN else None
+    method = _parse_run_proration_method(run_type, params.get("proration_method"))
     organization_ids = _parse_organization_ids(params.get("organization_ids"))
     dry_run = _parse_dry_run(params.get("dry_run"))
     if organization_ids is not None:
@@ -133,11 +135,18 @@ def resolve_billing_run(
         period.label,
         run.billing_period_start,
         run.billing_period_end,
-        method or "-",
+        method or (f"each organization's own, else {DEFAULT_PRORATION_METHOD.value}" if run_type == RENT_RUN else "-"),
         dry_run,
         organization_ids or "all active",
     )
     return run
+
+
+def _parse_run_proration_method(run_type: str, value: object) -> str | None:
+    """The run's explicit method (validated), or None: each organization is billed with its own."""
+    if run_type != RENT_RUN or value is None:
+        return None
+    return ProrationMethod.parse(value).value
 
 
 def _billing_period(run_type: str, billing_month: object, moment: datetime) -> BillingPeriod:
@@ -238,17 +247,16 @@ def _warn_about_orphan_leases(conn) -> None:
         log.warning("%d active leases belong to no known organization and are never billed: %s", len(orphans), shown)
 
 
-def _generate(run: BillingRun):
+def _generate(run: BillingRun, method: str | None):
     """The engine call of this run's type: generate(conn, organization_id, invoice_run_id)."""
     if run.run_type == RENT_RUN:
-        method = ProrationMethod.parse(run.proration_method)
 
         def generate(conn, organization_id, invoice_run_id):
             return generate_rent_invoices(
                 conn,
                 organization_id=organization_id,
                 period=run.period,
-                proration_method=method,
+                proration_method=ProrationMethod.parse(method),
                 invoice_run_id=invoice_run_id,
             )
 
@@ -274,23 +282,52 @@ def bill_organization(
 
     `label` names the organization in the logs; read from the database when not given.
 
+    The organization's billing settings are read here, when its task starts (a hold set after the
+    organization was listed still counts): a run for all organizations records one on hold as
+    'on_hold' and bills nothing of it; a run naming it bills it with a warning. A rent run without
+    its own proration method bills with the organization's, else the platform default.
+
     An organization-level failure (connection lost, deadlock, …) rolls everything back, notes the
     error on the row and re-raises so Airflow retries the organization. A dry run computes the
     same result and rolls back: nothing is written, not even the run row.
     """
-    generate = _generate(run)
     if label is None:
         label = organization_labels(engine, [organization_id])[organization_id]
+    with UnitOfWork(engine, read_only=True) as uow:
+        settings = billing_settings(uow.connection, organization_id)
+    method = _proration_method_for(run, settings)
+    held = settings.billing_hold and run.organization_ids is None
+    if settings.billing_hold and not held:
+        log.warning(
+            "%s is on billing hold (%s); billing it because this run names it in organization_ids",
+            label,
+            settings.hold_reason,
+        )
+    generate = _generate(run, method)
     if run.dry_run:
+        if held:
+            return _on_hold(label, settings, method, dry_run=True)
         with UnitOfWork(engine) as uow:  # never committed
             result = generate(uow.connection, organization_id, None)
         _log_result(label, result, dry_run=True)
-        return result.to_dict()
+        return {**result.to_dict(), "proration_method": method}
 
     key = RunKey(dag_id, dag_run_id, organization_id)
+    if held:
+        with UnitOfWork(engine) as uow:
+            invoice_run_id = invoice_runs.record_on_hold(
+                uow.connection,
+                key,
+                run_type=run.run_type,
+                period=run.period,
+                proration_method=method,
+                error=_hold_error(settings),
+            )
+            uow.commit()
+        return {**_on_hold(label, settings, method, dry_run=False), "invoice_run_id": invoice_run_id}
     with UnitOfWork(engine) as uow:
         invoice_run_id = invoice_runs.open_invoice_run(
-            uow.connection, key, run_type=run.run_type, period=run.period, proration_method=run.proration_method
+            uow.connection, key, run_type=run.run_type, period=run.period, proration_method=method
         )
         uow.commit()
     try:
@@ -305,7 +342,39 @@ def bill_organization(
     _log_result(label, result, dry_run=False)
     # Peak memory of this task process: it must not grow with the organization's size.
     peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    return {**result.to_dict(), "invoice_run_id": invoice_run_id, "peak_rss_mb": peak_rss_mb}
+    return {
+        **result.to_dict(),
+        "proration_method": method,
+        "invoice_run_id": invoice_run_id,
+        "peak_rss_mb": peak_rss_mb,
+    }
+
+
+def _proration_method_for(run: BillingRun, settings: BillingSettings) -> str | None:
+    """Rent: the run's explicit method, else the organization's, else the platform default. Utility: none."""
+    if run.run_type != RENT_RUN:
+        return None
+    return run.proration_method or settings.effective_proration_method.value
+
+
+def _hold_error(settings: BillingSettings) -> dict:
+    return {"lease_id": None, "error": f"billing hold: {settings.hold_reason}"}
+
+
+def _on_hold(label: str, settings: BillingSettings, method: str | None, *, dry_run: bool) -> dict:
+    """The result of an organization the run does not bill because it is on hold: nothing done."""
+    log.warning(
+        "%s%s: status=%s, not billed: billing hold: %s",
+        "[dry run] " if dry_run else "",
+        label,
+        ON_HOLD,
+        settings.hold_reason,
+    )
+    return {
+        **OrganizationBillingResult(settings.organization_id, errors=[_hold_error(settings)]).to_dict(),
+        "status": ON_HOLD,
+        "proration_method": method,
+    }
 
 
 def _note_attempt_error(engine: Engine, invoice_run_id: int, exc: Exception) -> None:

@@ -2,8 +2,10 @@
 
 Every endpoint requires an authenticated Airflow user (bearer token or the UI's session cookie)
 with the right permission, checked by Airflow's own auth manager: reading runs needs read access
-to DAG runs; the preview needs the right to trigger the rent DAG. Read-only towards the TentMan
-DB: reads run in READ ONLY transactions with a statement timeout, the preview rolls back.
+to DAG runs; the preview needs the right to trigger the rent DAG; changing an organization's billing
+settings needs the right to change Airflow Variables (tentman.ui.organization_settings). Reads run in
+READ ONLY transactions with a statement timeout, the preview rolls back; the billing settings are
+the one thing written.
 """
 
 from __future__ import annotations
@@ -184,7 +186,9 @@ class Trends(BaseModel):
 class PreviewRequest(BaseModel):
     organization_ids: list[int] = Field(min_length=1, max_length=20)
     billing_month: str = Field(pattern=BILLING_MONTH_PATTERN, examples=["2027-01"])
-    proration_method: ProrationMethod = DEFAULT_PRORATION_METHOD
+    proration_method: ProrationMethod | None = Field(
+        None, description="null: each organization's own method (its billing settings), as a run without one"
+    )
     limit: int = Field(100, ge=1, le=500)
     offset: int = Field(0, ge=0)
 
@@ -306,17 +310,24 @@ def preview(body: PreviewRequest) -> dict:
     organizations = []
     for organization_id in body.organization_ids:
         with UnitOfWork(_engine(), statement_timeout="60s") as uow:  # never committed: nothing is written
+            method = body.proration_method or _own_proration_method(uow.connection, organization_id)
             organizations.append(
                 preview_rent(
                     uow.connection,
                     organization_id=organization_id,
                     period=period,
-                    proration_method=body.proration_method,
+                    proration_method=method,
                     limit=body.limit,
                     offset=body.offset,
                 )
             )
     return {"organizations": organizations}
+
+
+def _own_proration_method(conn, organization_id: int) -> ProrationMethod:
+    from tentman.engine.organization_settings import billing_settings
+
+    return billing_settings(conn, organization_id).effective_proration_method
 
 
 @router.get("/ui/", response_class=HTMLResponse, include_in_schema=False)
@@ -349,7 +360,10 @@ def _page_html() -> str:
 
 @router.get("/ui/whoami", include_in_schema=False)
 def whoami(current=Depends(current_user)) -> dict:
-    return {"user": current.get_name()}
+    from tentman.ui.organization_settings import can_edit_billing_settings
+
+    # The page shows the billing settings form only to those who may use it.
+    return {"user": current.get_name(), "can_edit_billing_settings": can_edit_billing_settings(current)}
 
 
 def create_app() -> FastAPI:
@@ -363,6 +377,9 @@ def create_app() -> FastAPI:
         openapi_url=None,
     )
     app.include_router(router)
+    from tentman.ui.organization_settings import router as organization_settings_router
+
+    app.include_router(organization_settings_router)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[read_runs])
     def openapi() -> dict:
