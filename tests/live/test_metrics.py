@@ -24,6 +24,7 @@ from support.monitoring import (
     emitted_prometheus_names,
     map_statsd_name,
     parse_statsd_line,
+    statsd_env,
     stored_names,
 )
 from tentman.names import RENT_DAG_ID
@@ -60,13 +61,8 @@ class StatsdListener:
 
 
 def metrics_env(port: int) -> dict[str, str]:
-    """The [metrics] settings of README "Metrics and dashboards" (and of the compose profile)."""
     return {
-        "AIRFLOW__METRICS__STATSD_ON": "True",
-        "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
-        "AIRFLOW__METRICS__STATSD_PORT": str(port),
-        "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
-        "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
+        **statsd_env("127.0.0.1", port),
         # Quick retries: the fault below fails one organization's first attempt.
         "TENTMAN_ORG_TASK_RETRIES": "2",
         "TENTMAN_ORG_TASK_RETRY_DELAY_SECONDS": "2",

@@ -41,6 +41,18 @@ KINDS = {"c": "counter", "g": "gauge", "ms": "observer", "h": "observer", "d": "
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
+def statsd_env(host: str, port: int) -> dict[str, str]:
+    """Airflow's [metrics] settings for StatsD with tags: README "Metrics and dashboards", the
+    compose profile (tests/test_deployment.py compares) and the live test (tests/live/test_metrics.py)."""
+    return {
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": host,
+        "AIRFLOW__METRICS__STATSD_PORT": str(port),
+        "AIRFLOW__METRICS__STATSD_PREFIX": STATSD_PREFIX,
+        "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
+    }
+
+
 @dataclass(frozen=True)
 class StatsdLine:
     name: str
