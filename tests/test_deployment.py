@@ -379,3 +379,22 @@ def test_the_mapping_names_every_metric_the_way_the_exporter_would():
     )
     assert map_statsd_name("airflow.dagrun.duration.success.tentman_utility_billing", "observer") is None
     assert map_statsd_name("airflow.scheduler_heartbeat", "counter") == ("airflow_scheduler_heartbeat", {})
+
+
+def test_readme_gives_the_metrics_settings_the_live_test_runs():
+    """README "Metrics and dashboards": its [metrics] block and variables are the live test's settings."""
+    import configparser
+    import re
+
+    from support.monitoring import statsd_env
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Metrics and dashboards", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```ini\n(.*?)```", section, re.S).group(1)
+    parser = configparser.ConfigParser()
+    parser.read_string(block)
+    live = statsd_env("<your StatsD exporter>", 9125)
+    assert {f"AIRFLOW__METRICS__{k.upper()}": v for k, v in parser["metrics"].items()} == live
+    for key, value in live.items():
+        assert f"`{key}`" in section or f"`{key}={value}`" in section, key
+    assert "AIRFLOW_STATSD_ON=True docker-compose --profile monitoring config -q" in section

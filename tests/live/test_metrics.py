@@ -27,7 +27,7 @@ from support.monitoring import (
     statsd_env,
     stored_names,
 )
-from tentman.names import RENT_DAG_ID
+from tentman.names import DAG_IDS, RENT_DAG_ID, RENT_RUN
 from tentman.orchestration import metrics
 
 pytestmark = pytest.mark.live
@@ -80,17 +80,19 @@ def test_one_rent_run_sends_its_billing_metrics_and_airflows_own(pg_admin_uri, t
 
 def _run_and_check(stack, engine, listener):
     admin = Api(stack.base_url, "admin")
-    admin.client.patch(f"/dags/{RENT_DAG_ID}", json={"is_paused": False}).raise_for_status()
-    # Unpausing starts the latest scheduled tick (catchup=False): let it end before the data exists,
-    # so that it bills none of the organizations below.
+    for dag_id in DAG_IDS:
+        admin.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+    # Each DAG's latest scheduled tick runs (catchup=False): let them end before the data exists,
+    # so that they bill none of the organizations below.
     poll(
         lambda: all(
             run["state"] in ("success", "failed")
-            for run in admin.client.get(f"/dags/{RENT_DAG_ID}/dagRuns").json()["dag_runs"]
+            for dag_id in DAG_IDS
+            for run in admin.client.get(f"/dags/{dag_id}/dagRuns").json()["dag_runs"]
         ),
         timeout=300,
         interval=2,
-        what="the scheduled tick ended",
+        what="the scheduled ticks ended",
     )
     with engine.begin() as conn:
         north, south = add_organization(conn, "Metrics North"), add_organization(conn, "Metrics South")
@@ -122,7 +124,7 @@ def _run_and_check(stack, engine, listener):
             ours[(line.name.removeprefix("airflow."), line.tags["organization_id"])].append(line)
     for (name, org), found in ours.items():
         for line in found:
-            expected = {"dag_id": RENT_DAG_ID, "run_type": "rent", "organization_id": org}
+            expected = {"dag_id": RENT_DAG_ID, "run_type": RENT_RUN, "organization_id": org}
             if name == metrics.ORGANIZATIONS_BILLED.name:
                 expected["status"] = line.tags["status"]
             assert line.tags == expected, line

@@ -8,12 +8,13 @@ One definition of the names: `METRICS` below. The StatsD exporter's mapping
 (deploy/monitoring/statsd-mapping.yml), the Grafana dashboard and the Prometheus alert rules are
 tested against it (tests/test_deployment.py), and the live test reads the lines a real task sent.
 
-Tags, on every metric: `dag_id` (Airflow's own tag name, so both join), `run_type` (TentMan's:
-rent or utility) and `organization_id`. The id, not the name: it never changes when an
-organization is renamed, needs no escaping in a StatsD line or a Prometheus label, and reveals
-nothing about a customer. At 10,000 organizations that is 10,000 series per metric and run type
-(about 200,000 in all): fine for Prometheus, which is why the dashboard aggregates by `run_type`
-and shows organizations only as a top-k.
+Tags, on every metric: `dag_id` (Airflow's own tag name, so both join), `run_type` (TentMan's, as
+in `invoice_runs.run_type`: monthly_rent or utility) and `organization_id`. The id, not the name:
+it never changes when an organization is renamed, needs no escaping in a StatsD line or a
+Prometheus label, and reveals nothing about a customer. At 10,000 organizations that is 10,000
+series per metric and run type (about 200,000 in all, histogram buckets aside): fine for
+Prometheus, which is why the dashboard aggregates by `run_type` and shows organizations only as a
+top-k.
 
 Imported only inside the task function: never at DAG-parse time.
 """
