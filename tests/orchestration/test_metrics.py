@@ -10,15 +10,13 @@ from __future__ import annotations
 import socket
 
 import pytest
-from airflow.sdk._shared.observability.metrics import otel_logger, statsd_logger
-from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
-from airflow.sdk.observability import stats
 from statsd import StatsClient
 
 from support.monitoring import parse_statsd_line
 from tentman.orchestration import metrics
 
-pytestmark = pytest.mark.unit
+# Airflow reads its configuration when first imported: after airflow_home has set it up.
+pytestmark = [pytest.mark.airflow, pytest.mark.usefixtures("airflow_home")]
 
 RESULT = {
     "status": "completed_with_errors",
@@ -36,9 +34,17 @@ RESULT = {
 TAGS = metrics.billing_tags("tentman_monthly_rent_generation", "monthly_rent", 7)
 
 
+def _stats():
+    from airflow.sdk.observability import stats
+
+    return stats
+
+
 def _no_metrics():
     """Airflow's default: no backend (what other tests in this process expect)."""
-    stats.initialize(factory=NoStatsLogger, export_legacy_names=True)
+    from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
+
+    _stats().initialize(factory=NoStatsLogger, export_legacy_names=True)
 
 
 @pytest.fixture
@@ -61,8 +67,10 @@ def _received(sock) -> list[str]:
 
 
 def _statsd(sock, influxdb_tags: bool = True):
+    from airflow.sdk._shared.observability.metrics import statsd_logger
+
     port = sock.getsockname()[1]
-    stats.initialize(
+    _stats().initialize(
         factory=lambda: statsd_logger.get_statsd_logger(
             stats_class=StatsClient,
             host="127.0.0.1",
@@ -123,7 +131,7 @@ def test_a_backend_that_fails_never_fails_billing(caplog):
         def __getattr__(self, name):
             raise OSError("the StatsD host is gone")
 
-    stats.initialize(factory=Broken, export_legacy_names=True)
+    _stats().initialize(factory=Broken, export_legacy_names=True)
     try:
         metrics.emit_organization_result(RESULT, tags=TAGS, engine_seconds=1, dry_run=False)
         metrics.emit_organization_failure(tags=TAGS, engine_seconds=1)
@@ -133,12 +141,13 @@ def test_a_backend_that_fails_never_fails_billing(caplog):
 
 
 def test_opentelemetry_records_the_same_metrics_with_the_tags_as_attributes():
+    from airflow.sdk._shared.observability.metrics import otel_logger
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    stats.initialize(factory=lambda: otel_logger.SafeOtelLogger(provider, "airflow"), export_legacy_names=True)
+    _stats().initialize(factory=lambda: otel_logger.SafeOtelLogger(provider, "airflow"), export_legacy_names=True)
     try:
         metrics.emit_organization_result(RESULT, tags=TAGS, engine_seconds=1.5, dry_run=False)
         metrics.emit_organization_failure(tags=TAGS, engine_seconds=0.5)
