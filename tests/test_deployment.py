@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -398,3 +399,96 @@ def test_readme_gives_the_metrics_settings_the_live_test_runs():
     for key, value in live.items():
         assert f"`{key}`" in section or f"`{key}={value}`" in section, key
     assert "AIRFLOW_STATSD_ON=True docker-compose --profile monitoring config -q" in section
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess:
+    binary = shutil.which("promtool")
+    assert binary, "promtool is required (make tools installs Debian's prometheus package)"
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_prometheus_config_alert_rules_and_dashboard_queries_pass_promtool(tmp_path):
+    """Prometheus's own checker, offline: the config (with its rule file), the rules, and every
+    dashboard query (as a recording rule, Grafana's interval variables set to 5m)."""
+    monitoring = REPO_ROOT / "deploy" / "monitoring"
+    rules = monitoring / "alert-rules.yml"
+    out = _promtool("check", "rules", str(rules))
+    assert out.returncode == 0, out.stdout + out.stderr
+    config = yaml.safe_load((monitoring / "prometheus.yml").read_text())
+    config["rule_files"] = [str(rules)]  # where the container mounts it, here
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    out = _promtool("check", "config", str(tmp_path / "prometheus.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    queries = [
+        {"record": f"dashboard:panel{panel['id']}:{target['refId']}", "expr": re.sub(r"\$__\w+", "5m", target["expr"])}
+        for panel in _dashboard()["panels"]
+        for target in panel["targets"]
+    ]
+    (tmp_path / "dashboard-queries.yml").write_text(yaml.safe_dump({"groups": [{"name": "d", "rules": queries}]}))
+    out = _promtool("check", "rules", str(tmp_path / "dashboard-queries.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_alert_rules_fire_when_they_should(tmp_path):
+    """promtool's rule unit tests: a failed run pages; a missing rent run pages on the 26th (the
+    tests' clock starts on 1970-01-01 00:00 UTC, so the 26th at 08:00 is 608 h)."""
+    rent_success = 'airflow_dagrun_duration_seconds_count{dag_id="tentman_monthly_rent_generation", state="success"}'
+    failed_utility = 'airflow_dagrun_duration_seconds_count{dag_id="tentman_utility_billing", state="failed"}'
+    no_rent = {
+        "alertname": "TentManNoRentRun",
+        "exp_alerts": [
+            {
+                "exp_labels": {"severity": "page"},
+                "exp_annotations": {
+                    "summary": "No successful rent run yet this month",
+                    "description": "tentman_monthly_rent_generation has not succeeded since its 02:00 UTC schedule "
+                    "on the 26th.",
+                },
+            }
+        ],
+    }
+    failed_run = {
+        "exp_labels": {"severity": "page", "dag_id": "tentman_utility_billing"},
+        "exp_annotations": {
+            "summary": "Billing run of tentman_utility_billing failed",
+            "description": "A tentman_utility_billing run failed in the last hour: see its record_invoice_runs task "
+            "and the alert e-mail/webhook.",
+        },
+    }
+    tests = {
+        "rule_files": [str(REPO_ROOT / "deploy" / "monitoring" / "alert-rules.yml")],
+        "evaluation_interval": "10m",
+        "tests": [
+            {  # The last rent run was the month before: nothing on the 26th by 08:00.
+                "interval": "1h",
+                "input_series": [{"series": rent_success, "values": "1x700"}],
+                "alert_rule_test": [
+                    {"eval_time": "607h", "alertname": "TentManNoRentRun", "exp_alerts": []},
+                    {"eval_time": "609h", **no_rent},
+                    {"eval_time": "633h", "alertname": "TentManNoRentRun", "exp_alerts": []},  # the 27th
+                ],
+            },
+            {  # No series at all (a new deployment): the same.
+                "interval": "1h",
+                "input_series": [],
+                "alert_rule_test": [{"eval_time": "609h", **no_rent}],
+            },
+            {  # The rent run succeeded at 04:00 on the 26th: quiet.
+                "interval": "1h",
+                "input_series": [{"series": rent_success, "values": "1x603 2x100"}],
+                "alert_rule_test": [{"eval_time": "609h", "alertname": "TentManNoRentRun", "exp_alerts": []}],
+            },
+            {  # A utility run failed at 02:15 (scraped every 15 min): the alert pages for the next hour.
+                "interval": "15m",
+                "input_series": [{"series": failed_utility, "values": "0x8 1x20"}],
+                "alert_rule_test": [
+                    {"eval_time": "1h", "alertname": "TentManBillingRunFailed", "exp_alerts": []},
+                    {"eval_time": "2h30m", "alertname": "TentManBillingRunFailed", "exp_alerts": [failed_run]},
+                    {"eval_time": "4h", "alertname": "TentManBillingRunFailed", "exp_alerts": []},
+                ],
+            },
+        ],
+    }
+    (tmp_path / "alert-rules.test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    out = _promtool("test", "rules", str(tmp_path / "alert-rules.test.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
