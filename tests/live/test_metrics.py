@@ -10,6 +10,8 @@ Prometheus names the dashboard and alert rules read (tests/test_deployment.py ch
 
 from __future__ import annotations
 
+import gzip
+import http.server
 import socket
 import threading
 from collections import defaultdict
@@ -78,7 +80,8 @@ def test_one_rent_run_sends_its_billing_metrics_and_airflows_own(pg_admin_uri, t
         listener.close()
 
 
-def _run_and_check(stack, engine, listener):
+def _bill_one_rent_run(stack, engine) -> tuple[int, int]:
+    """Two organizations of known leases, one rent run: (North, South)."""
     admin = Api(stack.base_url, "admin")
     for dag_id in DAG_IDS:
         admin.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
@@ -105,6 +108,11 @@ def _run_and_check(stack, engine, listener):
     assert response.status_code == 200, response.text
     run = admin.wait(RENT_DAG_ID, response.json()["dag_run_id"], timeout=300)
     assert run["state"] == "success"
+    return north, south
+
+
+def _run_and_check(stack, engine, listener):
+    north, south = _bill_one_rent_run(stack, engine)
 
     def received() -> list:
         return [parse_statsd_line(line) for line in list(listener.lines)]
@@ -125,7 +133,7 @@ def _run_and_check(stack, engine, listener):
     for (name, org), found in ours.items():
         for line in found:
             expected = {"dag_id": RENT_DAG_ID, "run_type": RENT_RUN, "organization_id": org}
-            if name == metrics.ORGANIZATIONS_BILLED.name:
+            if name == metrics.INVOICE_RUNS.name:
                 expected["status"] = line.tags["status"]
             assert line.tags == expected, line
     counts = {key: [line.value for line in found] for key, found in ours.items()}
@@ -139,7 +147,7 @@ def _run_and_check(stack, engine, listener):
         (metrics.INVOICES_REMOVED.name, str(north)): [0],
         (metrics.STATEMENTS_BILLED.name, str(north)): [0],
         (metrics.AMOUNT_DRAFTED.name, str(north)): [2234.56],
-        (metrics.ORGANIZATIONS_BILLED.name, str(north)): [1],
+        (metrics.INVOICE_RUNS.name, str(north)): [1],
         # South: the first attempt failed (counted), the retry billed its one lease.
         (metrics.LEASES_BILLED.name, str(south)): [1],
         (metrics.LEASES_SKIPPED.name, str(south)): [0],
@@ -149,7 +157,7 @@ def _run_and_check(stack, engine, listener):
         (metrics.INVOICES_REMOVED.name, str(south)): [0],
         (metrics.STATEMENTS_BILLED.name, str(south)): [0],
         (metrics.AMOUNT_DRAFTED.name, str(south)): [800.10],
-        (metrics.ORGANIZATIONS_BILLED.name, str(south)): [1],
+        (metrics.INVOICE_RUNS.name, str(south)): [1],
         (metrics.ORGANIZATION_FAILURES.name, str(south)): [1],
     }
     assert {k: v for k, v in counts.items() if k[0] != metrics.ENGINE_DURATION.name} == expected_counts
@@ -158,7 +166,7 @@ def _run_and_check(stack, engine, listener):
     assert {line.rsplit(":", 1)[1] for line in amounts if f"organization_id={north}" in line} == {"2234.56|c"}
     assert {line.rsplit(":", 1)[1] for line in amounts if f"organization_id={south}" in line} == {"800.1|c"}
     statuses = {line.tags["organization_id"]: line.tags["status"] for (n, _), f in ours.items() for line in f
-                if n == metrics.ORGANIZATIONS_BILLED.name}  # fmt: skip
+                if n == metrics.INVOICE_RUNS.name}  # fmt: skip
     assert statuses == {str(north): "completed_with_errors", str(south): "completed"}
     # Engine seconds: one timing per attempt (South: the failed one and the retry), in ms on the wire.
     durations = {org: found for (name, org), found in ours.items() if name == metrics.ENGINE_DURATION.name}
@@ -194,3 +202,111 @@ def _run_and_check(stack, engine, listener):
     # And ours map to `tentman_*` with the three tags as labels.
     assert "tentman_leases_billed_total" in received_names
     assert "tentman_engine_duration_seconds_bucket" in received_names
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP metrics endpoint (protobuf), as an OpenTelemetry collector exposes it."""
+
+    def __init__(self):
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+            ExportMetricsServiceRequest,
+            ExportMetricsServiceResponse,
+        )
+
+        self.requests: list = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver.requests.append((self.path, ExportMetricsServiceRequest.FromString(body)))
+                reply = ExportMetricsServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def points(self) -> dict:
+        """(metric, attributes, stream start) → the stream's last value (a sum; a histogram's count and sum).
+
+        Each task process exports its own cumulative streams, told apart by their start time."""
+        found = {}
+        for _, request in list(self.requests):
+            for resource in request.resource_metrics:
+                for scope in resource.scope_metrics:
+                    for metric in scope.metrics:
+                        kind = metric.WhichOneof("data")
+                        for point in getattr(metric, kind).data_points:
+                            attributes = tuple(sorted((a.key, a.value.string_value) for a in point.attributes))
+                            if kind == "sum":
+                                value = point.as_double if point.WhichOneof("value") == "as_double" else point.as_int
+                            elif kind in ("histogram", "exponential_histogram"):
+                                value = (point.count, point.sum)
+                            else:
+                                value = point.as_double if point.WhichOneof("value") == "as_double" else point.as_int
+                            found[(metric.name, attributes, point.start_time_unix_nano)] = value
+        return found
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join()
+
+
+def test_with_opentelemetry_the_same_metrics_reach_an_otlp_endpoint(pg_admin_uri, tmp_path):
+    """[metrics] otel_on instead of StatsD: each task process exports its metrics over OTLP/HTTP,
+    flushed when the process ends; the tags arrive as attributes."""
+    receiver = OtlpReceiver()
+    env = {
+        "AIRFLOW__METRICS__OTEL_ON": "True",
+        "AIRFLOW__METRICS__OTEL_PREFIX": "airflow",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"http://127.0.0.1:{receiver.port}/v1/metrics",
+        "OTEL_METRIC_EXPORT_INTERVAL": "2000",
+        "TENTMAN_ORG_TASK_RETRIES": "2",
+        "TENTMAN_ORG_TASK_RETRY_DELAY_SECONDS": "2",
+    }
+    try:
+        with live_stack(pg_admin_uri, tmp_path, extra_env=env) as (stack, engine, _):
+            north, south = _bill_one_rent_run(stack, engine)
+
+            def ours() -> dict:
+                totals = defaultdict(float)
+                for (name, attributes, _), value in receiver.points().items():
+                    tags = dict(attributes)
+                    if name.startswith("airflow.tentman.") and tags.get("organization_id") in (str(north), str(south)):
+                        assert (tags["dag_id"], tags["run_type"]) == (RENT_DAG_ID, RENT_RUN), tags
+                        key = (name.removeprefix("airflow."), tags["organization_id"])
+                        totals[key] += value[0] if isinstance(value, tuple) else value
+                return dict(totals)
+
+            expected = {
+                (metrics.LEASES_BILLED.name, str(north)): 2,
+                (metrics.LEASES_FAILED.name, str(north)): 1,
+                (metrics.INVOICES_CREATED.name, str(north)): 2,
+                (metrics.AMOUNT_DRAFTED.name, str(north)): 2234.56,
+                (metrics.LEASES_BILLED.name, str(south)): 1,
+                (metrics.AMOUNT_DRAFTED.name, str(south)): 800.10,
+                (metrics.ORGANIZATION_FAILURES.name, str(south)): 1,
+                # Engine time: one observation per attempt.
+                (metrics.ENGINE_DURATION.name, str(north)): 1,
+                (metrics.ENGINE_DURATION.name, str(south)): 2,
+            }
+            try:
+                poll(lambda: all(ours().get(k) == v for k, v in expected.items()), timeout=60, what="OTLP metrics")
+            except TimeoutError:
+                assert ours() == expected  # shows what did arrive
+            names = {name for name, _, _ in receiver.points()}
+            assert {"airflow.ti.finish", "airflow.task.duration"} <= names
+    finally:
+        receiver.close()

@@ -97,11 +97,11 @@ def test_a_billed_organization_sends_every_metric_with_its_tags(udp):
         ("airflow.tentman.invoices_removed", "counter", 3),
         ("airflow.tentman.statements_billed", "counter", 0),
         ("airflow.tentman.amount_drafted", "counter", 29703.23),
-        ("airflow.tentman.organizations_billed", "counter", 1),
+        ("airflow.tentman.invoice_runs", "counter", 1),
         ("airflow.tentman.engine_duration", "observer", 1500),
     }
     for line in lines:
-        extra = {"status": "completed_with_errors"} if line.name.endswith("organizations_billed") else {}
+        extra = {"status": "completed_with_errors"} if line.name.endswith("invoice_runs") else {}
         assert line.tags == {**tags, **extra}, line
 
 
@@ -166,7 +166,7 @@ def test_opentelemetry_records_the_same_metrics_with_the_tags_as_attributes():
     assert recorded[("airflow.tentman.leases_billed", None)] == (attributes, 2)
     assert recorded[("airflow.tentman.amount_drafted", None)] == (attributes, 29703.23)
     assert recorded[("airflow.tentman.organization_failures", None)] == (attributes, 1)
-    assert recorded[("airflow.tentman.organizations_billed", "completed_with_errors")][1] == 1
+    assert recorded[("airflow.tentman.invoice_runs", "completed_with_errors")][1] == 1
     # Engine time: a histogram of both attempts, in ms (OTel's unit for Airflow's timers).
     assert recorded[("airflow.tentman.engine_duration", None)] == (attributes, (2, 2000.0))
     assert {name for name, _ in recorded} == {f"airflow.{m.name}" for m in metrics.METRICS}

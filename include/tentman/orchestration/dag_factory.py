@@ -107,12 +107,13 @@ def bill_organization_task(organization_id: int, run: dict) -> dict:
     # Shown as the mapped instance's label in the UI and in alerts: "Acme Homes (#3)"; the bare
     # "organization (#3)" until the name is read (the database may be what fails).
     context["organization_label"] = organization_label(None, organization_id)
-    engine = _tentman_engine()
-    label = context["organization_label"] = organization_labels(engine, [organization_id])[organization_id]
     billing_run = BillingRun.from_dict(run)
     tags = metrics.billing_tags(context["dag"].dag_id, billing_run.run_type, organization_id)
     started = time.monotonic()
-    try:
+    try:  # a failed attempt is counted, the database being down included
+        engine = _tentman_engine()
+        label = context["organization_label"] = organization_labels(engine, [organization_id])[organization_id]
+        started = time.monotonic()
         result = bill_organization(
             engine,
             billing_run,

@@ -56,9 +56,8 @@ STATEMENTS_BILLED = Metric(f"{PREFIX}.statements_billed", "counter", "Utility st
 # another replaces before the next scrape. Sent in currency units with the cents (StatsD carries
 # decimals; Prometheus adds them as float64, exact to the cent far beyond any monthly total).
 AMOUNT_DRAFTED = Metric(f"{PREFIX}.amount_drafted", "counter", "Amount drafted, in currency units", "amount_billed")
-ORGANIZATIONS_BILLED = Metric(
-    f"{PREFIX}.organizations_billed", "counter", "Organizations billed, tagged with the result's status"
-)
+# One per organization and run, like its `invoice_runs` row, tagged with that row's status.
+INVOICE_RUNS = Metric(f"{PREFIX}.invoice_runs", "counter", "Organizations billed, extra tag: the run row's status")
 ORGANIZATION_FAILURES = Metric(
     f"{PREFIX}.organization_failures",
     "counter",
@@ -77,14 +76,14 @@ METRICS: tuple[Metric, ...] = (
     INVOICES_REMOVED,
     STATEMENTS_BILLED,
     AMOUNT_DRAFTED,
-    ORGANIZATIONS_BILLED,
+    INVOICE_RUNS,
     ORGANIZATION_FAILURES,
     ENGINE_DURATION,
 )
 
 
 def billing_tags(dag_id: str, run_type: str, organization_id: int) -> dict[str, str]:
-    return {"dag_id": dag_id, "run_type": run_type, "organization_id": str(int(organization_id))}
+    return dict(zip(TAGS, (dag_id, run_type, str(int(organization_id))), strict=True))
 
 
 def emit_organization_result(result: dict, *, tags: dict[str, str], engine_seconds: float, dry_run: bool) -> None:
@@ -103,11 +102,12 @@ def emit_organization_result(result: dict, *, tags: dict[str, str], engine_secon
                 continue
             value = result[metric.result_key]
             if metric is AMOUNT_DRAFTED:
-                # Cents kept: 29703.23, not 29703.230000000003 (StatsD sends the number's repr).
+                # The double nearest the amount in cents prints as those cents ("29703.23"), and
+                # StatsD sends str(value).
                 stats.incr(metric.name, float(Decimal(str(value)).quantize(Decimal("0.01"))), tags=tags)
             else:
                 stats.incr(metric.name, int(value), tags=tags)
-        stats.incr(ORGANIZATIONS_BILLED.name, 1, tags={**tags, "status": str(result.get("status"))})
+        stats.incr(INVOICE_RUNS.name, 1, tags={**tags, "status": str(result.get("status"))})
         stats.timing(ENGINE_DURATION.name, engine_seconds * 1000.0, tags=tags)
     except Exception:
         log.warning("Could not send the billing metrics of %s", tags, exc_info=True)
