@@ -321,19 +321,12 @@ def _alert_rules() -> list[dict]:
 def test_dashboard_and_alert_rules_read_only_metrics_that_are_emitted():
     """Every query names metrics that the StatsD exporter's mapping makes of what the billing tasks
     (tentman.orchestration.metrics) and Airflow (its task and DAG-run metrics) send."""
-    from support.monitoring import emitted_prometheus_names, metric_names_in
+    from support.monitoring import emitted_prometheus_names, metric_names_in, queries
 
     emitted = emitted_prometheus_names()
-    dashboard = _dashboard()
-    assert dashboard["title"] == "TentMan billing"
-    queries = {
-        f"panel {panel['title']!r} {target['refId']}": target["expr"]
-        for panel in dashboard["panels"]
-        for target in panel["targets"]
-    }
-    queries |= {f"alert {rule['alert']}": rule["expr"] for rule in _alert_rules()}
+    assert _dashboard()["title"] == "TentMan billing"
     read = set()
-    for where, expr in queries.items():
+    for where, expr in queries().items():
         names = metric_names_in(expr)
         assert names, f"{where} reads no metric: {expr}"
         assert names <= set(emitted), f"{where} reads {sorted(names - set(emitted))}, which nothing emits"

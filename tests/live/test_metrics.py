@@ -24,8 +24,11 @@ from support.live import Api, live_stack, poll
 from support.monitoring import (
     AIRFLOW_METRICS,
     emitted_prometheus_names,
+    labels_in,
     map_statsd_name,
+    metric_names_in,
     parse_statsd_line,
+    queries,
     statsd_env,
     stored_names,
 )
@@ -186,22 +189,30 @@ def _run_and_check(stack, engine, listener):
     assert any(line.tags.get("pool_name") for line in airflow_lines["pool.open_slots"])
 
     # --- What the StatsD exporter makes of these lines: the Prometheus names the dashboard reads.
-    dashboard_names = emitted_prometheus_names()
-    received_names = set()
+    relied_on_names = emitted_prometheus_names()
+    received_labels = defaultdict(set)  # Prometheus name → the labels its received lines carry
     for line in lines:
         mapped = map_statsd_name(line.name, line.kind)
         if mapped is not None:
-            received_names |= stored_names(mapped[0], line.kind)
+            for name in stored_names(mapped[0], line.kind):
+                received_labels[name] |= (
+                    set(line.tags) | set(mapped[1]) | ({"le"} if name.endswith("_bucket") else set())
+                )
     relied_on = {f"airflow.{m.name}" for m in metrics.METRICS} | {f"airflow.{n}" for n in AIRFLOW_METRICS}
     # Every name the dashboard may read, from a line that a successful run sends, arrived mapped.
     not_sent_by_a_successful_run = {"airflow.ti_failures", "airflow.dagrun.duration.failed"}
-    for prometheus_name, statsd_name in dashboard_names.items():
+    for prometheus_name, statsd_name in relied_on_names.items():
         assert statsd_name in relied_on
         if statsd_name not in not_sent_by_a_successful_run:
-            assert prometheus_name in received_names, (prometheus_name, statsd_name)
-    # And ours map to `tentman_*` with the three tags as labels.
-    assert "tentman_leases_billed_total" in received_names
-    assert "tentman_engine_duration_seconds_bucket" in received_names
+            assert prometheus_name in received_labels, (prometheus_name, statsd_name)
+    assert "tentman_leases_billed_total" in received_labels
+    assert "tentman_engine_duration_seconds_bucket" in received_labels
+    # Every label a query groups or filters by is one that the lines of its metrics carry.
+    for where, expr in queries().items():
+        names = metric_names_in(expr)
+        if names <= set(received_labels):
+            available = set().union(*(received_labels[name] for name in names))
+            assert labels_in(expr) <= available, (where, sorted(labels_in(expr) - available))
 
 
 class OtlpReceiver:

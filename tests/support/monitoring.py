@@ -129,3 +129,34 @@ def metric_names_in(expr: str) -> set[str]:
     """The metric names a PromQL expression reads (ours and Airflow's all start with their prefix)."""
     without_strings = re.sub(r'"[^"]*"', '""', expr)
     return set(_PROMQL_WORDS.findall(without_strings))
+
+
+_LABEL_USES = (
+    re.compile(r"\b(?:by|without)\s*\(([^)]*)\)"),  # sum by (run_type, organization_id)
+    re.compile(r"[{,]\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)"),  # {dag_id=~"tentman_.*"}
+)
+
+
+def labels_in(expr: str) -> set[str]:
+    """The label names a PromQL expression groups or filters by."""
+    without_strings = re.sub(r'"[^"]*"', '""', expr)
+    found = set()
+    for pattern in _LABEL_USES:
+        for match in pattern.findall(without_strings):
+            found |= {label.strip() for label in match.split(",") if label.strip()}
+    return found
+
+
+def queries() -> dict[str, str]:
+    """Every PromQL expression of the dashboard and the alert rules, by where it is."""
+    import json
+
+    dashboard = json.loads((MONITORING / "grafana" / "dashboards" / "tentman-billing.json").read_text())
+    rules = yaml.safe_load((MONITORING / "alert-rules.yml").read_text())
+    found = {
+        f"panel {panel['title']!r} {target['refId']}": target["expr"]
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    }
+    found |= {f"alert {rule['alert']}": rule["expr"] for group in rules["groups"] for rule in group["rules"]}
+    return found
