@@ -30,8 +30,9 @@ down: $(STAMP)
 	$(BIN)/tentman dev down
 
 ## Debian packages the tests use: docker-compose validates docker-compose.yaml offline (no Docker
-## engine needed); Chromium is the browser of the UI test (driven by Playwright).
-DEBIAN_TOOLS := docker-compose chromium
+## engine needed); Chromium is the browser of the UI test (driven by Playwright); prometheus brings
+## promtool, which checks the monitoring profile's config, alert rules and dashboard queries.
+DEBIAN_TOOLS := docker-compose chromium prometheus
 tools:
 	@missing=""; for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -58,7 +59,15 @@ def resolved(env: dict[str, str], *profiles: str) -> dict:
     flags = [arg for p in profiles for arg in ("--profile", p)]
     out = compose(*flags, "config", env=env)
     assert out.returncode == 0, out.stderr
-    return yaml.safe_load(out.stdout)
+    config = yaml.safe_load(out.stdout)
+    # Debian's docker-compose (1.29) prints every service whatever the profiles; `up` starts those
+    # without a profile and those of the profiles given: keep these.
+    config["services"] = {
+        name: svc
+        for name, svc in config["services"].items()
+        if not svc.get("profiles") or set(svc["profiles"]) & set(profiles)
+    }
+    return config
 
 
 def test_compose_file_is_valid():
@@ -230,3 +239,249 @@ def test_airflow_components_preload_the_billing_tasks_imports():
     assert out.stdout.strip().splitlines()[-1] == str(
         ["psycopg", "sqlalchemy.dialects.postgresql.psycopg", "tentman.orchestration.dag_factory", "tentman.runs.steps"]
     )
+
+
+MONITORING_SERVICES = {"statsd-exporter", "prometheus", "grafana"}
+AIRFLOW_SERVICES = {"airflow-init", "api-server", "scheduler", "dag-processor", "triggerer"}
+
+
+def test_monitoring_profile_adds_exporter_prometheus_and_grafana():
+    env = secrets_env(AIRFLOW_STATSD_ON="True")
+    out = compose("--profile", "monitoring", "config", "-q", env=env)
+    assert out.returncode == 0, out.stderr
+    config = resolved(env, "monitoring")
+    services = config["services"]
+    assert set(services) == SERVICES | MONITORING_SERVICES
+    assert all(services[name]["profiles"] == ["monitoring"] for name in MONITORING_SERVICES)
+    assert services["statsd-exporter"]["image"].startswith("prom/statsd-exporter:")
+    assert services["prometheus"]["image"].startswith("prom/prometheus:")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
+    # Each component reads its configuration from deploy/monitoring/, where the tests read it.
+    mounts = {
+        (name, volume.split(":")[0], volume.split(":")[1])
+        for name in MONITORING_SERVICES
+        for volume in services[name].get("volumes", [])
+    }
+    monitoring = str(REPO_ROOT / "deploy" / "monitoring")
+    assert (
+        "statsd-exporter",
+        f"{monitoring}/statsd-mapping.yml",
+        "/etc/statsd-exporter/mapping.yml",
+    ) in mounts
+    assert "--statsd.mapping-config=/etc/statsd-exporter/mapping.yml" in services["statsd-exporter"]["command"]
+    assert ("prometheus", f"{monitoring}/prometheus.yml", "/etc/prometheus/prometheus.yml") in mounts
+    assert ("prometheus", f"{monitoring}/alert-rules.yml", "/etc/prometheus/alert-rules.yml") in mounts
+    assert ("grafana", f"{monitoring}/grafana/provisioning", "/etc/grafana/provisioning") in mounts
+    assert ("grafana", f"{monitoring}/grafana/dashboards", "/var/lib/grafana/dashboards") in mounts
+    # Grafana asks for a login: the Airflow admin's password, from the environment.
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == env["AIRFLOW_ADMIN_PASSWORD"]
+    assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    # Prometheus scrapes the exporter's web port and loads the alert rules it mounts.
+    prometheus = yaml.safe_load((REPO_ROOT / "deploy" / "monitoring" / "prometheus.yml").read_text())
+    assert prometheus["rule_files"] == ["/etc/prometheus/alert-rules.yml"]
+    targets = [t for job in prometheus["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert targets == ["statsd-exporter:9102"]
+    assert "--web.listen-address=:9102" in services["statsd-exporter"]["command"]
+    # Grafana's provisioned datasource is that Prometheus, with the uid the dashboard uses.
+    grafana = REPO_ROOT / "deploy" / "monitoring" / "grafana"
+    datasource = yaml.safe_load((grafana / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert [(d["uid"], d["url"]) for d in datasource["datasources"]] == [
+        ("tentman-prometheus", "http://prometheus:9090")
+    ]
+    provider = yaml.safe_load((grafana / "provisioning" / "dashboards" / "tentman.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_airflow_sends_its_metrics_to_the_exporter_when_turned_on():
+    """The [metrics] settings of the live metrics test (tests/live/test_metrics.py), on every Airflow service."""
+    from support.monitoring import statsd_env
+
+    expected = statsd_env("statsd-exporter", 9125)
+    on = resolved(secrets_env(AIRFLOW_STATSD_ON="True"), "monitoring")
+    off = resolved(secrets_env())
+    for name in AIRFLOW_SERVICES:
+        env = on["services"][name]["environment"]
+        assert {k: str(env[k]) for k in expected} == expected, name
+        # Off by default: no StatsD host to resolve without the profile. Nothing filters Airflow's own.
+        assert off["services"][name]["environment"]["AIRFLOW__METRICS__STATSD_ON"] == "False"
+        assert not any("ALLOW_LIST" in k or "BLOCK_LIST" in k for k in env), name
+
+
+def _dashboard() -> dict:
+    return json.loads(
+        (REPO_ROOT / "deploy" / "monitoring" / "grafana" / "dashboards" / "tentman-billing.json").read_text()
+    )
+
+
+def _alert_rules() -> list[dict]:
+    rules = yaml.safe_load((REPO_ROOT / "deploy" / "monitoring" / "alert-rules.yml").read_text())
+    return [rule for group in rules["groups"] for rule in group["rules"]]
+
+
+def test_dashboard_and_alert_rules_read_only_metrics_that_are_emitted():
+    """Every query names metrics that the StatsD exporter's mapping makes of what the billing tasks
+    (tentman.orchestration.metrics) and Airflow (its task and DAG-run metrics) send."""
+    from support.monitoring import emitted_prometheus_names, metric_names_in, queries
+
+    emitted = emitted_prometheus_names()
+    assert _dashboard()["title"] == "TentMan billing"
+    read = set()
+    for where, expr in queries().items():
+        names = metric_names_in(expr)
+        assert names, f"{where} reads no metric: {expr}"
+        assert names <= set(emitted), f"{where} reads {sorted(names - set(emitted))}, which nothing emits"
+        read |= names
+    # Every billing metric is on the dashboard or in an alert rule.
+    from tentman.orchestration.metrics import METRICS
+
+    for metric in METRICS:
+        assert any(emitted[name] == f"airflow.{metric.name}" for name in read), metric.name
+
+
+def test_dashboard_has_the_panels_the_on_call_engineer_needs():
+    titles = [panel["title"] for panel in _dashboard()["panels"]]
+    for wanted in ("Leases billed per run", "Amount drafted per run", "Failures per organization", "Run durations"):
+        assert wanted in titles
+    assert any("Task durations" in t for t in titles) and any("Queue waits" in t for t in titles)
+    datasources = {panel["datasource"]["uid"] for panel in _dashboard()["panels"]}
+    assert datasources == {"tentman-prometheus"}
+    assert {rule["alert"] for rule in _alert_rules()} == {
+        "TentManBillingRunFailed",
+        "TentManOrganizationsFailed",
+        "TentManOrganizationAttemptsFailing",
+        "TentManLeasesFailing",
+        "TentManNoRentRun",
+        "TentManQueueWaitHigh",
+    }
+
+
+def test_the_mapping_names_every_metric_the_way_the_exporter_would():
+    """The mapping rules, applied like statsd_exporter does (first match wins, `*` = one part)."""
+    from support.monitoring import map_statsd_name
+
+    assert map_statsd_name("airflow.tentman.leases_billed", "counter") == ("tentman_leases_billed_total", {})
+    assert map_statsd_name("airflow.tentman.engine_duration", "observer") == ("tentman_engine_duration_seconds", {})
+    assert map_statsd_name("airflow.dagrun.duration.failed", "observer") == (
+        "airflow_dagrun_duration_seconds",
+        {"state": "failed"},
+    )
+    assert map_statsd_name("airflow.pool.queued_slots", "gauge") == ("airflow_pool_queued_slots", {})
+    # Airflow's pre-3.0 copies, with ids in the name, are dropped; other metrics keep default names.
+    assert (
+        map_statsd_name("airflow.ti.finish.tentman_monthly_rent_generation.bill_organization.success", "counter")
+        is None
+    )
+    assert map_statsd_name("airflow.dagrun.duration.success.tentman_utility_billing", "observer") is None
+    assert map_statsd_name("airflow.scheduler_heartbeat", "counter") == ("airflow_scheduler_heartbeat", {})
+
+
+def test_readme_gives_the_metrics_settings_the_live_test_runs():
+    """README "Metrics and dashboards": its [metrics] block and variables are the live test's settings."""
+    import configparser
+    import re
+
+    from support.monitoring import statsd_env
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Metrics and dashboards", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```ini\n(.*?)```", section, re.S).group(1)
+    parser = configparser.ConfigParser()
+    parser.read_string(block)
+    live = statsd_env("<your StatsD exporter>", 9125)
+    assert {f"AIRFLOW__METRICS__{k.upper()}": v for k, v in parser["metrics"].items()} == live
+    for key, value in live.items():
+        assert f"`{key}`" in section or f"`{key}={value}`" in section, key
+    assert "AIRFLOW_STATSD_ON=True docker-compose --profile monitoring config -q" in section
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess:
+    binary = shutil.which("promtool")
+    assert binary, "promtool is required (make tools installs Debian's prometheus package)"
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_prometheus_config_alert_rules_and_dashboard_queries_pass_promtool(tmp_path):
+    """Prometheus's own checker, offline: the config (with its rule file), the rules, and every
+    dashboard query (as a recording rule, Grafana's interval variables set to 5m)."""
+    monitoring = REPO_ROOT / "deploy" / "monitoring"
+    rules = monitoring / "alert-rules.yml"
+    out = _promtool("check", "rules", str(rules))
+    assert out.returncode == 0, out.stdout + out.stderr
+    config = yaml.safe_load((monitoring / "prometheus.yml").read_text())
+    config["rule_files"] = [str(rules)]  # where the container mounts it, here
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    out = _promtool("check", "config", str(tmp_path / "prometheus.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    queries = [
+        {"record": f"dashboard:panel{panel['id']}:{target['refId']}", "expr": re.sub(r"\$__\w+", "5m", target["expr"])}
+        for panel in _dashboard()["panels"]
+        for target in panel["targets"]
+    ]
+    (tmp_path / "dashboard-queries.yml").write_text(yaml.safe_dump({"groups": [{"name": "d", "rules": queries}]}))
+    out = _promtool("check", "rules", str(tmp_path / "dashboard-queries.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_alert_rules_fire_when_they_should(tmp_path):
+    """promtool's rule unit tests: a failed run pages; a missing rent run pages on the 26th (the
+    tests' clock starts on 1970-01-01 00:00 UTC, so the 26th at 08:00 is 608 h)."""
+    rent_success = 'airflow_dagrun_duration_seconds_count{dag_id="tentman_monthly_rent_generation", state="success"}'
+    failed_utility = 'airflow_dagrun_duration_seconds_count{dag_id="tentman_utility_billing", state="failed"}'
+    no_rent = {
+        "alertname": "TentManNoRentRun",
+        "exp_alerts": [
+            {
+                "exp_labels": {"severity": "page"},
+                "exp_annotations": {
+                    "summary": "No successful rent run yet this month",
+                    "description": "tentman_monthly_rent_generation has not succeeded since its 02:00 UTC schedule "
+                    "on the 26th.",
+                },
+            }
+        ],
+    }
+    failed_run = {
+        "exp_labels": {"severity": "page", "dag_id": "tentman_utility_billing"},
+        "exp_annotations": {
+            "summary": "Billing run of tentman_utility_billing failed",
+            "description": "A tentman_utility_billing run failed in the last hour: see its record_invoice_runs task "
+            "and the alert e-mail/webhook.",
+        },
+    }
+    tests = {
+        "rule_files": [str(REPO_ROOT / "deploy" / "monitoring" / "alert-rules.yml")],
+        "evaluation_interval": "10m",
+        "tests": [
+            {  # The last rent run was the month before: nothing on the 26th by 08:00.
+                "interval": "1h",
+                "input_series": [{"series": rent_success, "values": "1x700"}],
+                "alert_rule_test": [
+                    {"eval_time": "607h", "alertname": "TentManNoRentRun", "exp_alerts": []},
+                    {"eval_time": "609h", **no_rent},
+                    {"eval_time": "633h", "alertname": "TentManNoRentRun", "exp_alerts": []},  # the 27th
+                ],
+            },
+            {  # No series at all (a new deployment): the same.
+                "interval": "1h",
+                "input_series": [],
+                "alert_rule_test": [{"eval_time": "609h", **no_rent}],
+            },
+            {  # The rent run succeeded at 04:00 on the 26th: quiet.
+                "interval": "1h",
+                "input_series": [{"series": rent_success, "values": "1x603 2x100"}],
+                "alert_rule_test": [{"eval_time": "609h", "alertname": "TentManNoRentRun", "exp_alerts": []}],
+            },
+            {  # A utility run failed at 02:15 (scraped every 15 min): the alert pages for the next hour.
+                "interval": "15m",
+                "input_series": [{"series": failed_utility, "values": "0x8 1x20"}],
+                "alert_rule_test": [
+                    {"eval_time": "1h", "alertname": "TentManBillingRunFailed", "exp_alerts": []},
+                    {"eval_time": "2h30m", "alertname": "TentManBillingRunFailed", "exp_alerts": [failed_run]},
+                    {"eval_time": "4h", "alertname": "TentManBillingRunFailed", "exp_alerts": []},
+                ],
+            },
+        ],
+    }
+    (tmp_path / "alert-rules.test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    out = _promtool("test", "rules", str(tmp_path / "alert-rules.test.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -97,23 +97,37 @@ def too_many_organizations_message(organizations: int, max_map_length: int) -> s
     on_failure_callback=[BillingFailureNotifier()],
 )
 def bill_organization_task(organization_id: int, run: dict) -> dict:
+    import time
+
     from tentman.names import organization_label
+    from tentman.orchestration import metrics
     from tentman.runs.steps import BillingRun, bill_organization, organization_labels
 
     context = get_current_context()
     # Shown as the mapped instance's label in the UI and in alerts: "Acme Homes (#3)"; the bare
     # "organization (#3)" until the name is read (the database may be what fails).
     context["organization_label"] = organization_label(None, organization_id)
-    engine = _tentman_engine()
-    label = context["organization_label"] = organization_labels(engine, [organization_id])[organization_id]
-    return bill_organization(
-        engine,
-        BillingRun.from_dict(run),
-        organization_id,
-        label=label,
-        dag_id=context["dag"].dag_id,
-        dag_run_id=context["run_id"],
-    )
+    billing_run = BillingRun.from_dict(run)
+    tags = metrics.billing_tags(context["dag"].dag_id, billing_run.run_type, organization_id)
+    started = time.monotonic()
+    try:  # a failed attempt is counted, the database being down included
+        engine = _tentman_engine()
+        label = context["organization_label"] = organization_labels(engine, [organization_id])[organization_id]
+        started = time.monotonic()
+        result = bill_organization(
+            engine,
+            billing_run,
+            organization_id,
+            label=label,
+            dag_id=context["dag"].dag_id,
+            dag_run_id=context["run_id"],
+        )
+    except Exception:
+        metrics.emit_organization_failure(tags=tags, engine_seconds=time.monotonic() - started)
+        raise
+    seconds = time.monotonic() - started
+    metrics.emit_organization_result(result, tags=tags, engine_seconds=seconds, dry_run=billing_run.dry_run)
+    return result
 
 
 def _organization_task_settings(policy: OrganizationTaskPolicy) -> dict:
