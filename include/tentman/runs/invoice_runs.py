@@ -31,32 +31,9 @@ def open_invoice_run(
     proration_method: str | None,
 ) -> int:
     """Create the organization's row in status 'running', or reset it when the task re-runs."""
-    return conn.execute(
-        sa.text(
-            """
-            INSERT INTO invoice_runs (organization_id, run_type, billing_period_start, billing_period_end,
-                                      proration_method, status, dag_id, dag_run_id, started_at)
-            VALUES (:org, :run_type, :p0, :p1, :method, 'running', :dag_id, :dag_run_id, now())
-            ON CONFLICT (dag_id, dag_run_id, organization_id) DO UPDATE
-            SET run_type = excluded.run_type,
-                billing_period_start = excluded.billing_period_start,
-                billing_period_end = excluded.billing_period_end,
-                proration_method = excluded.proration_method,
-                status = 'running', total_leases = 0, success_count = 0, skipped_count = 0,
-                failure_count = 0, errors = '[]'::jsonb, started_at = now(), completed_at = NULL
-            RETURNING id
-            """
-        ),
-        {
-            "org": key.organization_id,
-            "run_type": run_type,
-            "p0": period.start,
-            "p1": period.end,
-            "method": proration_method,
-            "dag_id": key.dag_id,
-            "dag_run_id": key.dag_run_id,
-        },
-    ).scalar_one()
+    return _write_invoice_run(
+        conn, key, run_type=run_type, period=period, proration_method=proration_method, status="running", errors=[]
+    )
 
 
 def record_on_hold(
@@ -73,6 +50,22 @@ def record_on_hold(
     A re-run of the task (cleared after the hold was set) turns its earlier row into this one; the
     invoices that earlier attempt wrote stay as they are, like every draft of an organization on hold.
     """
+    return _write_invoice_run(
+        conn, key, run_type=run_type, period=period, proration_method=proration_method, status=ON_HOLD, errors=[error]
+    )
+
+
+def _write_invoice_run(
+    conn: Connection,
+    key: RunKey,
+    *,
+    run_type: str,
+    period: BillingPeriod,
+    proration_method: str | None,
+    status: str,
+    errors: list[dict],
+) -> int:
+    """Insert or reset the organization's row of the run, with zero counts; complete unless 'running'."""
     return conn.execute(
         sa.text(
             """
@@ -80,14 +73,15 @@ def record_on_hold(
                                       proration_method, status, errors, dag_id, dag_run_id,
                                       started_at, completed_at)
             VALUES (:org, :run_type, :p0, :p1, :method, :status, CAST(:errors AS jsonb), :dag_id, :dag_run_id,
-                    now(), now())
+                    now(), CASE WHEN :status <> 'running' THEN now() END)
             ON CONFLICT (dag_id, dag_run_id, organization_id) DO UPDATE
             SET run_type = excluded.run_type,
                 billing_period_start = excluded.billing_period_start,
                 billing_period_end = excluded.billing_period_end,
                 proration_method = excluded.proration_method,
                 status = excluded.status, total_leases = 0, success_count = 0, skipped_count = 0,
-                failure_count = 0, errors = excluded.errors, started_at = now(), completed_at = now()
+                failure_count = 0, errors = excluded.errors, started_at = now(),
+                completed_at = excluded.completed_at
             RETURNING id
             """
         ),
@@ -97,8 +91,8 @@ def record_on_hold(
             "p0": period.start,
             "p1": period.end,
             "method": proration_method,
-            "status": ON_HOLD,
-            "errors": json.dumps([error]),
+            "status": status,
+            "errors": json.dumps(errors),
             "dag_id": key.dag_id,
             "dag_run_id": key.dag_run_id,
         },
