@@ -23,6 +23,8 @@ from sqlalchemy.engine import Connection
 from tentman.engine.common import (
     MAX_AMOUNT,
     OrganizationBillingResult,
+    StageTimings,
+    stage_clock,
     start_organization_billing,
     write_isolating_bad_leases,
 )
@@ -37,13 +39,17 @@ def generate_rent_invoices(
     period: BillingPeriod,
     proration_method: ProrationMethod,
     invoice_run_id: int | None,
+    timings: StageTimings | None = None,
 ) -> OrganizationBillingResult:
     """Create or update the draft rent invoices of one organization for `period`.
 
     Runs on the caller's transaction and takes the organization's rent lock. Raises on
     organization-level failures (lost connection, missing organization) so the caller can retry.
+    `timings`, when given, receives the seconds of each stage (RENT_STAGES).
     """
-    result, currency = start_organization_billing(conn, RENT_INVOICE, organization_id)
+    clock = stage_clock(timings)
+    with clock.stage("lock"):
+        result, currency = start_organization_billing(conn, RENT_INVOICE, organization_id)
     if currency is None:
         return result
 
@@ -58,17 +64,29 @@ def generate_rent_invoices(
         "run_id": invoice_run_id,
         "max_amount": MAX_AMOUNT,
     }
-    for statement in _STAGE_STATEMENTS:
-        conn.execute(sa.text(statement), params)
+    for name, statements in _STAGES:
+        with clock.stage(name):
+            for statement in statements:
+                conn.execute(sa.text(statement), params)
+
+    def write_batch(lo: int, hi: int) -> None:
+        batch = {**params, "lo": lo, "hi": hi}
+        for name, statement in _WRITE_STAGES:
+            with clock.stage(name):
+                conn.execute(sa.text(statement), batch)
 
     write_isolating_bad_leases(
         conn,
-        lambda lo, hi: _write_invoices(conn, {**params, "lo": lo, "hi": hi}),
+        write_batch,
         lambda: list(conn.execute(sa.text(_PENDING_LEASE_IDS)).scalars()),
         lambda lease_id, reason: conn.execute(sa.text(_RECORD_WRITE_FAILURE), {"lease": lease_id, "reason": reason}),
     )
 
-    counts = conn.execute(sa.text(_COUNTS), params).one()
+    with clock.stage("counts"):
+        counts = conn.execute(sa.text(_COUNTS), params).one()
+        errors = conn.execute(
+            sa.text("SELECT lease_id, error FROM tm_rent_lease WHERE error IS NOT NULL ORDER BY lease_id")
+        ).all()
     result.total_leases = counts.total
     result.failure_count = counts.failed
     result.skipped_count = counts.skipped
@@ -77,13 +95,9 @@ def generate_rent_invoices(
     result.invoices_updated = counts.updated
     result.invoices_unchanged = counts.unchanged
     result.amount_billed = counts.amount_billed or Decimal("0.00")
-    result.errors = [
-        {"lease_id": row.lease_id, "error": row.error}
-        for row in conn.execute(
-            sa.text("SELECT lease_id, error FROM tm_rent_lease WHERE error IS NOT NULL ORDER BY lease_id")
-        )
-    ]
-    result.stale_drafts_removed = conn.execute(sa.text(_DELETE_STALE_DRAFTS), params).rowcount
+    result.errors = [{"lease_id": row.lease_id, "error": row.error} for row in errors]
+    with clock.stage("delete_stale_drafts"):
+        result.stale_drafts_removed = conn.execute(sa.text(_DELETE_STALE_DRAFTS), params).rowcount
     return result
 
 
@@ -243,20 +257,15 @@ WHERE o.id IS NULL OR n.invoice_id IS NULL
       IS DISTINCT FROM (n.description, n.service_period_start, n.service_period_end, n.amount)
 """
 
-_STAGE_STATEMENTS = (
-    _STAGE_LEASES,
-    "ANALYZE tm_rent_lease",
-    _FLAG_BAD_CHARGES,
-    _STAGE_LINES,
-    "ANALYZE tm_rent_line",
-    _STAGE_TARGETS,
-    _FLAG_BAD_TOTALS,
-    _FLAG_FOREIGN_INVOICES,
-    _DROP_FLAGGED_TARGETS,
-    _MARK_SKIPPED,
-    "ANALYZE tm_rent_target",
-    _STAGE_LINE_DIFF,
-    "ANALYZE tm_rent_line_diff",
+# The staging stages, by the name their time is reported under (StageTimings).
+_STAGES = (
+    ("stage_leases", (_STAGE_LEASES, "ANALYZE tm_rent_lease")),
+    ("flag_bad_charges", (_FLAG_BAD_CHARGES,)),
+    ("stage_lines", (_STAGE_LINES, "ANALYZE tm_rent_line")),
+    ("stage_targets", (_STAGE_TARGETS,)),
+    ("flag_targets", (_FLAG_BAD_TOTALS, _FLAG_FOREIGN_INVOICES, _DROP_FLAGGED_TARGETS, _MARK_SKIPPED)),
+    ("analyze_targets", ("ANALYZE tm_rent_target",)),
+    ("stage_line_diff", (_STAGE_LINE_DIFF, "ANALYZE tm_rent_line_diff")),
 )
 
 # New invoices and their lines in one statement. ON CONFLICT DO NOTHING covers an invoice that
@@ -354,17 +363,25 @@ WHERE t.outcome = 'unchanged' AND t.lease_id BETWEEN :lo AND :hi
 """
 
 
-def _write_invoices(conn: Connection, params: dict) -> None:
-    for statement in (
-        _INSERT_NEW,
-        _MARK_CONCURRENTLY_CREATED,
-        _UPDATE_CHANGED,
-        _DELETE_OLD_LINES,
-        _UPSERT_CHANGED_LINES,
-        _MARK_UNCHANGED,
-        _LINK_UNCHANGED,
-    ):
-        conn.execute(sa.text(statement), params)
+# The write stages, run once per batch of leases (all of them, unless bad leases are bisected).
+_WRITE_STAGES = (
+    ("insert_new", _INSERT_NEW),
+    ("mark_concurrently_created", _MARK_CONCURRENTLY_CREATED),
+    ("update_changed", _UPDATE_CHANGED),
+    ("delete_old_lines", _DELETE_OLD_LINES),
+    ("upsert_changed_lines", _UPSERT_CHANGED_LINES),
+    ("mark_unchanged", _MARK_UNCHANGED),
+    ("link_unchanged", _LINK_UNCHANGED),
+)
+
+# Every stage a call that bills (a usable currency) reports, in order.
+RENT_STAGES = (
+    "lock",
+    *(name for name, _ in _STAGES),
+    *(name for name, _ in _WRITE_STAGES),
+    "counts",
+    "delete_stale_drafts",
+)
 
 
 _PENDING_LEASE_IDS = """

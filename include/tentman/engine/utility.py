@@ -24,6 +24,8 @@ from sqlalchemy.engine import Connection
 from tentman.engine.common import (
     MAX_AMOUNT,
     OrganizationBillingResult,
+    StageTimings,
+    stage_clock,
     start_organization_billing,
     write_isolating_bad_leases,
 )
@@ -42,13 +44,17 @@ def generate_utility_invoices(
     period: BillingPeriod,
     invoice_run_id: int | None,
     due_date: date | None = None,
+    timings: StageTimings | None = None,
 ) -> OrganizationBillingResult:
     """Bill the organization's pending utility statements onto draft utility invoices for `period`.
 
     Runs on the caller's transaction and takes the organization's utility lock (never the rent
-    one: rent and utility runs do not wait for each other).
+    one: rent and utility runs do not wait for each other). `timings`, when given, receives the
+    seconds of each stage (UTILITY_STAGES).
     """
-    result, currency = start_organization_billing(conn, UTILITY_INVOICE, organization_id)
+    clock = stage_clock(timings)
+    with clock.stage("lock"):
+        result, currency = start_organization_billing(conn, UTILITY_INVOICE, organization_id)
     if currency is None:
         return result
     params = {
@@ -60,21 +66,26 @@ def generate_utility_invoices(
         "run_id": invoice_run_id,
         "max_amount": MAX_AMOUNT,
     }
-    for statement in _STAGE_STATEMENTS:
-        conn.execute(sa.text(statement), params)
+    for name, statements in _STAGES:
+        with clock.stage(name):
+            for statement in statements:
+                conn.execute(sa.text(statement), params)
     statements_billed = 0
 
     def write_batch(lo: int, hi: int) -> None:
         nonlocal statements_billed
         batch = {**params, "lo": lo, "hi": hi}
-        billed = conn.execute(sa.text(_BILL_STATEMENTS), batch).one()
+        with clock.stage("bill_statements"):
+            billed = conn.execute(sa.text(_BILL_STATEMENTS), batch).one()
         if billed.lines != billed.linked:
             raise ConcurrentStatementChange(
                 f"{billed.lines - billed.linked} utility statements of organization {organization_id} changed "
                 "while they were being billed; nothing was written, the organization will be retried"
             )
-        conn.execute(sa.text(_MARK_CONCURRENTLY_ISSUED), batch)
-        conn.execute(sa.text(_RECOMPUTE_TOTALS), batch)
+        with clock.stage("mark_concurrently_issued"):
+            conn.execute(sa.text(_MARK_CONCURRENTLY_ISSUED), batch)
+        with clock.stage("recompute_totals"):
+            conn.execute(sa.text(_RECOMPUTE_TOTALS), batch)
         statements_billed += billed.lines
 
     write_isolating_bad_leases(
@@ -84,7 +95,9 @@ def generate_utility_invoices(
         lambda lease_id, reason: conn.execute(sa.text(_RECORD_WRITE_FAILURE), {"lease": lease_id, "reason": reason}),
     )
 
-    counts = conn.execute(sa.text(_COUNTS)).one()
+    with clock.stage("counts"):
+        counts = conn.execute(sa.text(_COUNTS)).one()
+        errors = conn.execute(sa.text(_ERRORS)).all()
     result.total_leases = counts.total
     result.success_count = counts.success
     result.skipped_count = counts.skipped
@@ -93,7 +106,7 @@ def generate_utility_invoices(
     result.invoices_created = counts.created
     result.invoices_updated = counts.success - counts.created
     result.amount_billed = counts.amount_billed or Decimal("0.00")
-    result.errors = [{"lease_id": row.lease_id, "error": row.error} for row in conn.execute(sa.text(_ERRORS))]
+    result.errors = [{"lease_id": row.lease_id, "error": row.error} for row in errors]
     return result
 
 
@@ -170,13 +183,12 @@ SET error = CASE
 WHERE l.outcome = 'skipped' OR abs(l.new_total) > :max_amount
 """
 
-_STAGE_STATEMENTS = (
-    _STAGE_PENDING,
-    _RELINK_BILLED,
-    "ANALYZE tm_util_stmt",
-    _STAGE_LEASES,
-    _FLAG_LEASE_PROBLEMS,
-    "ANALYZE tm_util_lease",
+# The staging stages, by the name their time is reported under (StageTimings).
+_STAGES = (
+    ("stage_pending", (_STAGE_PENDING,)),
+    ("relink_billed", (_RELINK_BILLED, "ANALYZE tm_util_stmt")),
+    ("stage_leases", (_STAGE_LEASES,)),
+    ("flag_lease_problems", (_FLAG_LEASE_PROBLEMS, "ANALYZE tm_util_lease")),
 )
 
 # One statement of chained data-modifying CTEs, so invoices, lines and links are written together:
@@ -292,6 +304,17 @@ SELECT lease_id, error FROM (
 ) e
 ORDER BY lease_id NULLS FIRST, sort_key
 """
+
+
+# Every stage a call that bills (a usable currency) reports, in order.
+UTILITY_STAGES = (
+    "lock",
+    *(name for name, _ in _STAGES),
+    "bill_statements",
+    "mark_concurrently_issued",
+    "recompute_totals",
+    "counts",
+)
 
 
 def default_due_date(period: BillingPeriod, due_days: int) -> date:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tentman.db import create_engine_from_uri
 from tentman.dev.local import ensure_database, server_uri, start_embedded_postgres, with_database
+from tentman.engine.common import StageTimings, stage_clock
 from tentman.engine.periods import BillingPeriod
 from tentman.engine.rent import generate_rent_invoices
 from tentman.migrate import upgrade
@@ -58,17 +59,45 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bill_rent(engine, organization_id: int, period: BillingPeriod = PERIOD) -> tuple[float, object]:
+def bill_rent(
+    engine, organization_id: int, period: BillingPeriod = PERIOD, timings: StageTimings | None = None
+) -> tuple[float, object]:
+    """(seconds, result) of one rent run and its commit; `timings` gets the stages and the commit."""
     started = time.perf_counter()
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         result = generate_rent_invoices(
             conn,
             organization_id=organization_id,
             period=period,
             proration_method=ProrationMethod.ACTUAL_DAYS_IN_MONTH,
             invoice_run_id=None,
+            timings=timings,
         )
+        with stage_clock(timings).stage("commit"):
+            conn.commit()
     return time.perf_counter() - started, result
+
+
+def stage_table(total_s: dict[str, float], stages: dict[str, StageTimings]) -> str:
+    """A text table of seconds per stage, one column per run, with each run's total beneath.
+
+    `other` is what no stage covers (Python, the connection, savepoints): the total less the stages.
+    """
+    names = list(dict.fromkeys(name for timings in stages.values() for name in timings.seconds))
+    width = max(len(name) for name in [*names, "other", "total"])
+    lines = [" ".join([f"{'stage':<{width}}", *(f"{run:>14}" for run in stages)])]
+    for name in names:
+        cells = (timings.seconds.get(name) for timings in stages.values())
+        lines.append(" ".join([f"{name:<{width}}", *(f"{'':>14}" if c is None else f"{c:>13.3f}s" for c in cells)]))
+    other = (total_s[run] - timings.total for run, timings in stages.items())
+    lines.append(" ".join([f"{'other':<{width}}", *(f"{c:>13.3f}s" for c in other)]))
+    lines.append(" ".join([f"{'total':<{width}}", *(f"{total_s[run]:>13.3f}s" for run in stages)]))
+    return "\n".join(lines)
+
+
+def rounded_stages(timings: StageTimings) -> dict[str, float]:
+    """Seconds per stage as the benchmark's JSON line carries them (milliseconds precision)."""
+    return {name: round(seconds, 3) for name, seconds in timings.seconds.items()}
 
 
 def copy_floor(engine, tables: list[str], where: dict[str, str]) -> float:

@@ -3,7 +3,9 @@
 Generates N leases (a third with a recurring charge, one in ten starting or ending mid-month) in
 one organization, bills them (first run, then an idempotent re-run), then COPYs the very rows the
 engine wrote back into the same tables of the same server: that is the floor no engine can beat.
-The last output line is one JSON object with the figures.
+Beside each run's total it prints the seconds of every SQL stage of the engine (the engine's own
+stage names, `other` for what no stage covers); the last output line is one JSON object with the
+figures, the stages included.
 
 Database: TENTMAN_BENCH_DATABASE_URL (an admin URI; a scratch database is created there and
 dropped), else an embedded PostgreSQL in a temporary folder.
@@ -18,7 +20,17 @@ import time
 
 import sqlalchemy as sa
 
-from tentman.dev.bench.common import PERIOD, bench_server, bill_rent, copy_floor, peak_rss_mb, scratch_database
+from tentman.dev.bench.common import (
+    PERIOD,
+    bench_server,
+    bill_rent,
+    copy_floor,
+    peak_rss_mb,
+    rounded_stages,
+    scratch_database,
+    stage_table,
+)
+from tentman.engine.common import StageTimings
 from tentman.engine.utility import generate_utility_invoices
 
 
@@ -68,15 +80,21 @@ def benchmark_utility(engine, organization_id: int, n_statements: int) -> dict:
             {"org": organization_id, "n": n_statements},
         )
         conn.execute(sa.text("ANALYZE utility_statements"))
+    timings = StageTimings()
     started = time.perf_counter()
-    with engine.begin() as conn:
-        result = generate_utility_invoices(conn, organization_id=organization_id, period=PERIOD, invoice_run_id=None)
+    with engine.connect() as conn:
+        result = generate_utility_invoices(
+            conn, organization_id=organization_id, period=PERIOD, invoice_run_id=None, timings=timings
+        )
+        with timings.stage("commit"):
+            conn.commit()
     billing_s = time.perf_counter() - started
     print(
         f"utility: {result.statements_billed} statements billed in {billing_s:.2f}s "
         f"({result.statements_billed / billing_s:,.0f} statements/s)",
         flush=True,
     )
+    print(stage_table({"utility": billing_s}, {"utility": timings}), flush=True)
     org = int(organization_id)
     # Unlink first so the floor re-inserts exactly the invoices and lines the engine wrote.
     with engine.begin() as conn:
@@ -99,6 +117,8 @@ def benchmark_utility(engine, organization_id: int, n_statements: int) -> dict:
         "utility_statements": result.statements_billed,
         "utility_statements_per_s": round(result.statements_billed / billing_s),
         "utility_copy_floor_per_s": round(n_statements / floor_s),
+        "utility_vs_copy_floor": round(floor_s / billing_s, 2),
+        "utility_stages_s": rounded_stages(timings),
     }
 
 
@@ -110,13 +130,14 @@ def run(n: int, admin_uri: str) -> dict:
             generate_leases(conn, org, n)
         print(f"generated {n} leases in {time.perf_counter() - t0:.1f}s", flush=True)
 
-        first_s, first = bill_rent(engine, org)
+        stages = {run: StageTimings() for run in ("first run", "re-run", "changed")}
+        first_s, first = bill_rent(engine, org, timings=stages["first run"])
         print(
             f"rent first run: {first.success_count} leases billed in {first_s:.2f}s "
             f"({n / first_s:,.0f} leases/s), {first.invoices_created} invoices",
             flush=True,
         )
-        rerun_s, rerun = bill_rent(engine, org)
+        rerun_s, rerun = bill_rent(engine, org, timings=stages["re-run"])
         print(
             f"rent re-run:    {rerun.invoices_unchanged} unchanged, {rerun.invoices_updated} updated in "
             f"{rerun_s:.2f}s ({n / rerun_s:,.0f} leases/s)",
@@ -126,12 +147,13 @@ def run(n: int, admin_uri: str) -> dict:
             conn.execute(
                 sa.text("UPDATE leases SET monthly_rent = monthly_rent + 1 WHERE organization_id = :o"), {"o": org}
             )
-        changed_s, changed = bill_rent(engine, org)
+        changed_s, changed = bill_rent(engine, org, timings=stages["changed"])
         print(
             f"rent re-run after a rent change on every lease: {changed.invoices_updated} updated in "
             f"{changed_s:.2f}s ({n / changed_s:,.0f} leases/s)",
             flush=True,
         )
+        print(stage_table({"first run": first_s, "re-run": rerun_s, "changed": changed_s}, stages), flush=True)
 
         # The engine's memory, before the benchmark's own COPY buffers are allocated.
         engine_rss_mb = peak_rss_mb()
@@ -155,6 +177,9 @@ def run(n: int, admin_uri: str) -> dict:
             "copy_floor_leases_per_s": round(n / floor_s),
             "engine_vs_copy_floor": round(floor_s / first_s, 2),
             "peak_rss_mb": round(engine_rss_mb, 1),
+            "rent_stages_s": rounded_stages(stages["first run"]),
+            "rent_rerun_stages_s": rounded_stages(stages["re-run"]),
+            "rent_changed_rerun_stages_s": rounded_stages(stages["changed"]),
         }
         figures.update(benchmark_utility(engine, org, n))
         return figures
