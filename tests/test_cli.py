@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from tentman.db import create_engine_from_uri
 from tentman.dev.bench import engines as bench
 from tentman.dev.demo import load_demo_data
+from tentman.engine.rent import RENT_STAGES
+from tentman.engine.utility import UTILITY_STAGES
 from tentman.names import RENT_DAG_ID, RENT_RUN
 from tentman.runs.steps import (
     bill_organization,
@@ -108,6 +110,13 @@ def test_benchmark_reports_its_figures(pg_admin_uri, capsys):
     figures = bench.run(300, pg_admin_uri)
     for key in ("engine_leases_per_s", "rerun_leases_per_s", "copy_floor_leases_per_s", "peak_rss_mb"):
         assert figures[key] > 0
+    assert figures["utility_vs_copy_floor"] > 0
+    # Every stage of each engine, then the commit, as the stage table printed them.
+    for key in ("rent_stages_s", "rent_rerun_stages_s", "rent_changed_rerun_stages_s"):
+        assert tuple(figures[key]) == (*RENT_STAGES, "commit")
+    assert tuple(figures["utility_stages_s"]) == (*UTILITY_STAGES, "commit")
+    out = capsys.readouterr().out
+    assert all(name in out for name in (*RENT_STAGES, *UTILITY_STAGES, "other", "commit"))
     json.dumps(figures)
 
 
