@@ -186,11 +186,12 @@ SET error = CASE
 WHERE l.outcome = 'skipped' OR l.new_total > :max_amount OR l.new_total < -CAST(:max_amount AS numeric)
 """
 
-# The staging stages, by the name their time is reported under (StageTimings).
+# The staging stages, by the name their time is reported under (StageTimings). Staging tables are
+# analyzed on the columns later joined or filtered on only (see the rent engine's stages).
 _STAGES = (
     ("stage_pending", (_STAGE_PENDING,)),
-    ("relink_billed", (_RELINK_BILLED, "ANALYZE tm_util_stmt")),
-    ("stage_leases", (_STAGE_LEASES, "ANALYZE tm_util_lease")),
+    ("relink_billed", (_RELINK_BILLED, "ANALYZE tm_util_stmt (statement_id, lease_id, lease_key, error)")),
+    ("stage_leases", (_STAGE_LEASES, "ANALYZE tm_util_lease (lease_id, invoice_id, outcome, new_total)")),
     ("flag_lease_problems", (_FLAG_LEASE_PROBLEMS,)),
 )
 
