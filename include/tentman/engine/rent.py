@@ -310,9 +310,8 @@ _UPDATE_CHANGED = """
 WITH changed AS (
     SELECT t.invoice_id, t.total
     FROM tm_rent_target t
-    LEFT JOIN (SELECT DISTINCT invoice_id FROM tm_rent_line_diff) d ON d.invoice_id = t.invoice_id
     WHERE t.invoice_status = 'draft' AND t.outcome IS NULL AND t.lease_id BETWEEN :lo AND :hi
-      AND (t.header_changed OR d.invoice_id IS NOT NULL)
+      AND (t.header_changed OR EXISTS (SELECT 1 FROM tm_rent_line_diff d WHERE d.invoice_id = t.invoice_id))
 ), updated AS (
     UPDATE invoices i
     SET billing_period_end = :p1, currency = :currency, subtotal = c.total, total = c.total,
