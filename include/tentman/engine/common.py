@@ -105,8 +105,9 @@ class OrganizationBillingResult:
         }
 
 
-def lock_organization(conn: Connection, invoice_type: str, organization_id: int) -> None:
-    """Serialise billing of one organization and invoice type until the transaction ends.
+def lock_organization(conn: Connection, scope: str, organization_id: int) -> None:
+    """Serialise work of one organization on one `scope` (an invoice type, its billing settings)
+    until the transaction ends.
 
     Overlapping runs (a manual trigger beside the scheduled run, backfills, a cleared task) then
     take turns per organization instead of racing or deadlocking on the same invoices, while rent
@@ -114,7 +115,7 @@ def lock_organization(conn: Connection, invoice_type: str, organization_id: int)
     """
     conn.execute(
         sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-        {"key": f"tentman:{invoice_type}:{organization_id}"},
+        {"key": f"tentman:{scope}:{organization_id}"},
     )
 
 

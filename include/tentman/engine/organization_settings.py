@@ -20,6 +20,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tentman.engine.common import lock_organization
 from tentman.names import DEFAULT_PRORATION_METHOD, ProrationMethod
 
 # What the page shows and a reason may hold; longer is a paste gone wrong, not a reason.
@@ -44,7 +45,7 @@ class BillingSettings:
     @property
     def effective_proration_method(self) -> ProrationMethod:
         """The method this organization is billed with when a run does not set one."""
-        return ProrationMethod.parse(self.proration_method) if self.proration_method else DEFAULT_PRORATION_METHOD
+        return ProrationMethod.parse(self.proration_method)  # None: the platform default
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,13 +72,10 @@ def parse_proration_method(value: object) -> str | None:
     """An organization's method: one of the four names, or None (the platform default)."""
     if value is None:
         return None
-    accepted = ", ".join(m.value for m in ProrationMethod)
-    if not isinstance(value, str) or value not in {m.value for m in ProrationMethod}:
-        raise ValueError(
-            f"proration_method {value!r} is not supported; expected one of {accepted}, "
-            f"or null for the platform default ({DEFAULT_PRORATION_METHOD.value})"
-        )
-    return value
+    try:
+        return ProrationMethod.parse(value).value
+    except ValueError as exc:  # an organization may also have no method of its own: say so
+        raise ValueError(f"{exc}, or null for the platform default ({DEFAULT_PRORATION_METHOD.value})") from None
 
 
 def _parse_hold(billing_hold: object, hold_reason: object) -> tuple[bool, str | None]:
@@ -117,10 +115,7 @@ def change_billing_settings(
     if not updated_by or not updated_by.strip():
         raise ValueError(f"updated_by {updated_by!r} is empty; expected the name of the user making the change")
     # Two changes of the same organization take turns: each audit row's "old" is the previous "new".
-    conn.execute(
-        sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-        {"key": f"tentman:billing_settings:{organization_id}"},
-    )
+    lock_organization(conn, "billing_settings", organization_id)
     old = billing_settings(conn, organization_id)
     if (old.billing_hold, old.hold_reason, old.proration_method) == (hold, reason, method):
         return old, False

@@ -29,7 +29,7 @@ from tentman.engine.organization_settings import (
     settings_audit,
 )
 from tentman.names import DEFAULT_PRORATION_METHOD, RENT_RUN, UTILITY_RUN, ProrationMethod
-from tentman.ui.app import _engine, current_user, read_only, requires_dag_run_access
+from tentman.ui.app import _engine, current_user, read_only, read_runs
 
 METHODS = ", ".join(m.value for m in ProrationMethod)
 
@@ -140,7 +140,6 @@ def organizations_with_settings(conn, limit: int = 5000) -> list[sa.Row]:
     ).all()
 
 
-read_runs = requires_dag_run_access("GET")
 router = APIRouter()
 
 
@@ -154,8 +153,7 @@ def list_billing_settings(conn=Depends(read_only)) -> list[OrganizationBillingSe
     items = []
     for row in organizations_with_settings(conn):
         data = dict(row._mapping)
-        method = data["proration_method"]
-        data["effective_proration_method"] = method or DEFAULT_PRORATION_METHOD.value
+        data["effective_proration_method"] = ProrationMethod.parse(data["proration_method"]).value
         items.append(OrganizationBillingSettings(**data))
     return items
 
