@@ -7,10 +7,11 @@ import json
 from datetime import UTC, date, datetime
 
 import pytest
-from test_dags import RENT_DAG_ID, load_dag
 
+from support.dags import load_dag
 from support.factories import add_lease, add_organization, inject_invoice_fault
 from support.sinks import HttpSink, SmtpSink
+from tentman.names import RENT_DAG_ID
 
 pytestmark = pytest.mark.airflow
 

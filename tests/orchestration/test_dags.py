@@ -11,22 +11,13 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from support.dags import DAGS, load_dag
 from support.databases import create_database, drop_database
 from support.factories import add_charge, add_lease, add_organization, add_statement, inject_invoice_fault
-from tentman.dev.local import REPO_ROOT, with_database
+from tentman.dev.local import with_database
 from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
 
 pytestmark = pytest.mark.airflow
-
-DAGS = REPO_ROOT / "dags"
-
-
-def load_dag(dag_id: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    assert bag.import_errors == {}
-    return bag.dags[dag_id]
 
 
 # What parsing a DAG file may import of the package: names, settings and the Airflow glue that

@@ -304,7 +304,8 @@ def test_bad_parameters_are_refused_and_nothing_is_written(
 )
 def test_bad_parameters_are_refused_by_the_trigger_form_schema(airflow_home, params, message, refused_at_trigger):
     from airflow.sdk.exceptions import ParamValidationError
-    from test_dags import RENT_DAG_ID, load_dag
+
+    from support.dags import load_dag
 
     dag_params = copy.deepcopy(load_dag(RENT_DAG_ID).params)
     with pytest.raises(ParamValidationError, match=f"Invalid input for param {next(iter(params))}"):
