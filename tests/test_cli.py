@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from tentman.db import create_engine_from_uri
 from tentman.dev.bench import engines as bench
+from tentman.dev.bench import scale as bench_scale
 from tentman.dev.demo import load_demo_data
 from tentman.engine.rent import RENT_STAGES
 from tentman.engine.utility import UTILITY_STAGES
@@ -110,7 +111,7 @@ def test_benchmark_reports_its_figures(pg_admin_uri, capsys):
     figures = bench.run(300, pg_admin_uri)
     for key in ("engine_leases_per_s", "rerun_leases_per_s", "copy_floor_leases_per_s", "peak_rss_mb"):
         assert figures[key] > 0
-    assert figures["utility_vs_copy_floor"] > 0
+    assert figures["utility_vs_copy_floor"] > 0 and figures["utility_vs_invoices_lines_copy"] > 0
     # Every stage of each engine, then the commit, as the stage table printed them.
     for key in ("rent_stages_s", "rent_rerun_stages_s", "rent_changed_rerun_stages_s"):
         assert tuple(figures[key]) == (*RENT_STAGES, "commit")
@@ -118,6 +119,19 @@ def test_benchmark_reports_its_figures(pg_admin_uri, capsys):
     out = capsys.readouterr().out
     assert all(name in out for name in (*RENT_STAGES, *UTILITY_STAGES, "other", "commit"))
     json.dumps(figures)
+
+
+def test_bench_scale_engine_only_times_the_largest_organization_in_the_population(capsys):
+    """`make bench-scale BENCH_ARGS="--engine-only"` at a small scale: the whole population billed by
+    the engines, then the largest organization alone beside its COPY floor (embedded PostgreSQL)."""
+    assert bench_scale.main(["--scale", "0.002", "--engine-only"]) == 0
+    out = capsys.readouterr().out
+    figures = json.loads(out.strip().splitlines()[-1])
+    largest = max(bench_scale.organization_sizes(4, 2000))
+    assert (figures["organizations"], figures["leases"], figures["largest_organization_leases"]) == (4, 2000, largest)
+    assert "billed 2026-03 for 4 organizations" in out
+    assert figures["largest_org_engine_alone_leases_per_s"] > 0 and figures["largest_org_vs_copy_floor"] > 0
+    assert tuple(figures["largest_org_stages_s"]) == (*RENT_STAGES, "commit")
 
 
 def test_demo_utility_statements_bill_as_documented(engine):

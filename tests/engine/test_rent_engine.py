@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from support.factories import add_charge, add_lease, add_organization, invoice_for, invoices, lines
+from support.meanwhile import Meanwhile
 from tentman.engine.periods import BillingPeriod
 from tentman.engine.rent import generate_rent_invoices
 from tentman.names import ProrationMethod
@@ -289,6 +290,49 @@ def test_non_draft_invoice_is_left_untouched_and_lease_skipped(engine, status):
         assert after == before
         assert [(line.description, line.amount) for line in lines(conn, invoice_id)] == [("old", Decimal("950.00"))]
         assert invoice_for(conn, other, MAR_2026.start).total == Decimal("700.00")
+
+
+def test_an_invoice_the_application_creates_meanwhile_is_left_alone_and_its_lease_skipped(engine):
+    """Between staging and writing, the application (which does not take our lock) drafts one lease's
+    invoice: the engine's plain INSERT fails on the unique key, is rolled back, and runs again with
+    ON CONFLICT DO NOTHING. The others are billed, that invoice is untouched, nothing is duplicated."""
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        first, taken, last = (
+            add_lease(conn, org, date(2025, 1, 1), None, rent) for rent in ("900.00", "1000.00", "1100.00")
+        )
+        add_charge(conn, last, "45.50")
+
+    def application_drafts_one():
+        with engine.begin() as app:
+            app.execute(
+                sa.text(
+                    """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
+                                             billing_period_end, currency, subtotal, total, due_date)
+                       VALUES (:o, :l, 'rent', '2026-03-01', '2026-03-31', 'USD', 12.34, 12.34, '2026-03-01')"""
+                ),
+                {"o": org, "l": taken},
+            )
+
+    meanwhile = Meanwhile("insert_new", application_drafts_one)
+    with engine.begin() as conn:
+        result = generate_rent_invoices(
+            conn, organization_id=org, period=MAR_2026, proration_method=ACTUAL, invoice_run_id=None, timings=meanwhile
+        )
+    assert meanwhile.happened
+    assert (result.total_leases, result.success_count, result.skipped_count, result.failure_count) == (3, 2, 1, 0)
+    assert (result.invoices_created, result.errors, result.amount_billed) == (2, [], Decimal("2045.50"))
+    with engine.connect() as conn:
+        assert [(i.lease_id, i.total) for i in invoices(conn)] == [
+            (first, Decimal("900.00")),
+            (taken, Decimal("12.34")),
+            (last, Decimal("1145.50")),
+        ]
+        assert lines(conn, invoice_for(conn, taken, MAR_2026.start).id) == []
+        assert [line.amount for line in lines(conn, invoice_for(conn, last, MAR_2026.start).id)] == [
+            Decimal("1100.00"),
+            Decimal("45.50"),
+        ]
 
 
 @pytest.mark.parametrize(

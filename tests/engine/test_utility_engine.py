@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization, add_statement, invoice_for, lines
+from support.meanwhile import Meanwhile
 from tentman.engine.common import lock_organization
 from tentman.engine.periods import BillingPeriod
 from tentman.engine.rent import generate_rent_invoices
@@ -190,6 +191,116 @@ def test_the_database_refuses_a_second_line_for_a_statement(engine):
                 ),
                 {"i": other_invoice, "s": statement},
             )
+
+
+def _application_invoice(conn, org, lease, total="0.00", status="draft"):
+    return conn.execute(
+        sa.text(
+            """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
+                                     billing_period_end, status, currency, subtotal, total, due_date)
+               VALUES (:o, :l, 'utility', '2026-12-01', '2026-12-31', :s, 'USD', :t, :t, '2026-12-31') RETURNING id"""
+        ),
+        {"o": org, "l": lease, "s": status, "t": Decimal(total)},
+    ).scalar_one()
+
+
+def bill_meanwhile(engine, org, action):
+    meanwhile = Meanwhile("bill_statements", action)
+    with engine.begin() as conn:
+        result = generate_utility_invoices(
+            conn, organization_id=org, period=DEC, invoice_run_id=None, timings=meanwhile
+        )
+    assert meanwhile.happened
+    return result
+
+
+def test_a_draft_the_application_creates_meanwhile_receives_the_statements(engine):
+    """Between staging and writing, the application drafts the utility invoice of one lease: the
+    plain INSERT fails on its unique key, and the statement runs again with ON CONFLICT, which adds
+    the lease's statements to that draft, exactly as if it had existed when the run began."""
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        lease, other = add_lease(conn, org, date(2025, 1, 1)), add_lease(conn, org, date(2025, 1, 1))
+        water, power = (
+            add_statement(conn, org, lease, "42.17"),
+            add_statement(conn, org, lease, "8.40", utility_type="electricity"),
+        )
+        add_statement(conn, org, other, "19.95")
+    drafted = []
+
+    def application_drafts_one():
+        with engine.begin() as app:
+            drafted.append(_application_invoice(app, org, lease, "5.00"))
+
+    result = bill_meanwhile(engine, org, application_drafts_one)
+    assert (result.success_count, result.statements_billed, result.invoices_created, result.invoices_updated) == (
+        2,
+        3,
+        1,
+        1,
+    )
+    with engine.connect() as conn:
+        invoice = invoice_for(conn, lease, DEC.start, "utility")
+        assert invoice.id == drafted[0] and invoice.total == Decimal("50.57")
+        assert {line.source_id: line.amount for line in lines(conn, invoice.id)} == {
+            water: Decimal("42.17"),
+            power: Decimal("8.40"),
+        }
+        assert invoice_for(conn, other, DEC.start, "utility").total == Decimal("19.95")
+
+
+def test_a_statement_the_application_bills_meanwhile_is_not_billed_again(engine):
+    """Between staging and writing, the application bills one statement itself (its line, its link):
+    the plain INSERT of lines fails on the once-per-statement index and the statement runs again with
+    ON CONFLICT DO NOTHING. The statement stays on the application's line only, and the run's new
+    invoice totals the lines it holds, not what was staged."""
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        lease = add_lease(conn, org, date(2025, 1, 1))
+        taken, kept = (
+            add_statement(conn, org, lease, "42.17"),
+            add_statement(conn, org, lease, "8.40", utility_type="gas"),
+        )
+    app_lines = []
+
+    def application_bills_one():
+        with engine.begin() as app:
+            invoice = app.execute(
+                sa.text(
+                    """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
+                                             billing_period_end, status, currency, subtotal, total, due_date)
+                       VALUES (:o, :l, 'utility', '2026-11-01', '2026-11-30', 'issued', 'USD', 42.17, 42.17,
+                               '2026-11-30') RETURNING id"""
+                ),
+                {"o": org, "l": lease},
+            ).scalar_one()
+            app_lines.append(
+                app.execute(
+                    sa.text(
+                        "INSERT INTO invoice_lines (invoice_id, line_type, source_id, description, amount) "
+                        "VALUES (:i, 'utility', :s, 'billed by the application', 42.17) RETURNING id"
+                    ),
+                    {"i": invoice, "s": taken},
+                ).scalar_one()
+            )
+            app.execute(
+                sa.text("UPDATE utility_statements SET invoice_line_id = :line WHERE id = :s"),
+                {"line": app_lines[0], "s": taken},
+            )
+
+    result = bill_meanwhile(engine, org, application_bills_one)
+    assert (result.success_count, result.statements_billed, result.invoices_created) == (1, 1, 1)
+    with engine.connect() as conn:
+        invoice = invoice_for(conn, lease, DEC.start, "utility")
+        assert [(line.source_id, line.amount) for line in lines(conn, invoice.id)] == [(kept, Decimal("8.40"))]
+        assert invoice.subtotal == invoice.total == Decimal("8.40")
+        assert (statement_line(conn, taken), statement_line(conn, kept)) == (
+            app_lines[0],
+            lines(conn, invoice.id)[0].id,
+        )
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM invoice_lines WHERE source_id = :s"), {"s": taken}).scalar() == 1
+        )
 
 
 def test_statement_whose_link_was_lost_is_relinked_not_billed_again(engine):

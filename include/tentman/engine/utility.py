@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from tentman.engine.common import (
     MAX_AMOUNT,
+    InsertFast,
     OrganizationBillingResult,
     StageTimings,
     stage_clock,
@@ -76,7 +77,7 @@ def generate_utility_invoices(
         nonlocal statements_billed
         batch = {**params, "lo": lo, "hi": hi}
         with clock.stage("bill_statements"):
-            billed = conn.execute(sa.text(_BILL_STATEMENTS), batch).one()
+            (billed,), another_writer_billed = _BILL.execute(conn, batch)
         if billed.lines != billed.linked:
             raise ConcurrentStatementChange(
                 f"{billed.lines - billed.linked} utility statements of organization {organization_id} changed "
@@ -84,8 +85,11 @@ def generate_utility_invoices(
             )
         with clock.stage("mark_concurrently_issued"):
             conn.execute(sa.text(_MARK_CONCURRENTLY_ISSUED), batch)
+        # A new invoice's total is its staged statements' sum, unless another writer billed one of
+        # them meanwhile (its line was skipped): then the new invoices are recomputed from their lines too.
+        recompute = ["created", "updated"] if another_writer_billed else ["updated"]
         with clock.stage("recompute_totals"):
-            conn.execute(sa.text(_RECOMPUTE_TOTALS), batch)
+            conn.execute(sa.text(_RECOMPUTE_TOTALS), {**batch, "outcomes": recompute})
         statements_billed += billed.lines
 
     write_isolating_bad_leases(
@@ -196,13 +200,14 @@ _STAGES = (
 )
 
 # One statement of chained data-modifying CTEs, so invoices, lines and links are written together:
-# 1. `invoice` — each lease's draft utility invoice for the period: inserted with the new
-#    statements' amount as its total, or, when it exists and is still a draft, locked and touched
-#    by ON CONFLICT DO UPDATE (its total is recomputed by _RECOMPUTE_TOTALS afterwards). A non-draft
-#    invoice fails the DO UPDATE's WHERE and is not returned: its lease is handled as issued.
-#    `xmax = 0` tells the two apart: a freshly inserted row version has no locking transaction,
-#    while the version an ON CONFLICT DO UPDATE writes keeps the row lock ON CONFLICT took, so its
-#    xmax is our transaction (a PostgreSQL detail; the engine tests count created vs updated).
+# 1. `invoice` — each lease's draft utility invoice for the period. A lease without one when staged
+#    gets it inserted (`new_invoice`) with the new statements' amount as its total. A lease whose
+#    invoice exists (`existing_invoice`) has it locked and touched by ON CONFLICT DO UPDATE (its
+#    total is recomputed by _RECOMPUTE_TOTALS afterwards); a non-draft invoice fails the DO UPDATE's
+#    WHERE and is not returned: its lease is handled as issued. `xmax = 0` tells the two apart: a
+#    freshly inserted row version has no locking transaction, while the version an ON CONFLICT DO
+#    UPDATE writes keeps the row lock ON CONFLICT took, so its xmax is our transaction (a PostgreSQL
+#    detail; the engine tests count created vs updated).
 # 2. `marked` — records each lease's outcome (created or updated) in the staging table.
 # 3. `line` — one invoice line per statement. ON CONFLICT on the once-per-statement unique index
 #    skips a statement another writer billed meanwhile: it is never billed twice.
@@ -210,18 +215,30 @@ _STAGES = (
 # The CTEs pass rows on only through RETURNING: each reads the tables as they were before the
 # statement. Hence the two counts at the end: lines written and statements linked must be equal,
 # or a statement changed under the run (the caller then retries the organization).
+# The statement is first run as plain INSERTs where it may (`{new_invoice_on_conflict}` and
+# `{line_on_conflict}` empty, see InsertFast): only a writer that does not take our lock can make
+# those conflict, and the statement then runs again with both ON CONFLICT clauses.
 _BILL_STATEMENTS = """
-WITH invoice AS (
+WITH new_invoice AS (
     INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, billing_period_end,
                           status, currency, subtotal, total, due_date, invoice_run_id)
     SELECT :org, l.lease_id, 'utility', :p0, :p1, 'draft', :currency, l.new_amount, l.new_amount, :due, :run_id
     FROM tm_util_lease l
-    WHERE l.outcome IS NULL AND l.lease_id BETWEEN :lo AND :hi
+    WHERE l.outcome IS NULL AND l.invoice_id IS NULL AND l.lease_id BETWEEN :lo AND :hi
     ORDER BY l.lease_id
-    ON CONFLICT (lease_id, invoice_type, billing_period_start) DO UPDATE
-    SET updated_at = now()
-    WHERE invoices.status = 'draft'
+    {new_invoice_on_conflict}
     RETURNING id, lease_id, (xmax = 0) AS created
+), existing_invoice AS (
+    INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, billing_period_end,
+                          status, currency, subtotal, total, due_date, invoice_run_id)
+    SELECT :org, l.lease_id, 'utility', :p0, :p1, 'draft', :currency, l.new_amount, l.new_amount, :due, :run_id
+    FROM tm_util_lease l
+    WHERE l.outcome IS NULL AND l.invoice_id IS NOT NULL AND l.lease_id BETWEEN :lo AND :hi
+    ORDER BY l.lease_id
+    {existing_invoice_on_conflict}
+    RETURNING id, lease_id, (xmax = 0) AS created
+), invoice AS (
+    SELECT * FROM new_invoice UNION ALL SELECT * FROM existing_invoice
 ), marked AS (
     UPDATE tm_util_lease l
     SET invoice_id = i.id, outcome = CASE WHEN i.created THEN 'created' ELSE 'updated' END
@@ -237,7 +254,7 @@ WITH invoice AS (
     FROM invoice i
     JOIN tm_util_stmt t ON t.lease_id = i.lease_id AND t.error IS NULL
     ORDER BY t.statement_id
-    ON CONFLICT (source_id) WHERE line_type = 'utility' DO NOTHING
+    {line_on_conflict}
     RETURNING id, source_id
 ), linked AS (
     UPDATE utility_statements s
@@ -248,6 +265,21 @@ WITH invoice AS (
 )
 SELECT (SELECT count(*) FROM line) AS lines, (SELECT count(*) FROM linked) AS linked
 """
+_TOUCH_DRAFT = (
+    "ON CONFLICT (lease_id, invoice_type, billing_period_start) DO UPDATE SET updated_at = now() "
+    "WHERE invoices.status = 'draft'"
+)
+_SKIP_BILLED_STATEMENT = "ON CONFLICT (source_id) WHERE line_type = 'utility' DO NOTHING"
+_BILL = InsertFast(
+    fast=_BILL_STATEMENTS.format(
+        new_invoice_on_conflict="", existing_invoice_on_conflict=_TOUCH_DRAFT, line_on_conflict=""
+    ),
+    careful=_BILL_STATEMENTS.format(
+        new_invoice_on_conflict=_TOUCH_DRAFT,
+        existing_invoice_on_conflict=_TOUCH_DRAFT,
+        line_on_conflict=_SKIP_BILLED_STATEMENT,
+    ),
+)
 
 # An invoice issued by the application between staging and writing was not returned above.
 _MARK_CONCURRENTLY_ISSUED = """
@@ -266,7 +298,7 @@ FROM (
     SELECT il.invoice_id, sum(il.amount) AS total
     FROM invoice_lines il
     WHERE il.invoice_id IN (SELECT invoice_id FROM tm_util_lease
-                            WHERE outcome = 'updated' AND lease_id BETWEEN :lo AND :hi)
+                            WHERE outcome = ANY(:outcomes) AND lease_id BETWEEN :lo AND :hi)
     GROUP BY il.invoice_id
 ) s
 WHERE i.id = s.invoice_id

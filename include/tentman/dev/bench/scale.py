@@ -39,7 +39,7 @@ from tentman.dev.airflow_stack import (
     isolated_environment,
     write_passwords,
 )
-from tentman.dev.bench.common import bill_rent, copy_floor
+from tentman.dev.bench.common import bill_rent, copy_floor, rounded_stages, stage_table
 from tentman.dev.broker import EmbeddedBroker
 from tentman.dev.local import (
     REPO_ROOT,
@@ -49,12 +49,15 @@ from tentman.dev.local import (
     start_embedded_postgres,
     with_database,
 )
+from tentman.engine.common import StageTimings
 from tentman.engine.periods import BillingPeriod
+from tentman.engine.utility import generate_utility_invoices
 from tentman.migrate import upgrade
 from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
 
-MONTH = "2026-03"
-NEXT_PERIOD = BillingPeriod.for_month(2026, 4)
+MONTH_PERIOD = BillingPeriod.for_month(2026, 3)
+MONTH = MONTH_PERIOD.label
+NEXT_PERIOD = MONTH_PERIOD.next()
 
 
 def organization_sizes(organizations: int, leases: int, seed: int = 7) -> list[int]:
@@ -328,6 +331,53 @@ def summarize(
     }
 
 
+def largest_organization_alone(engine, sizes: list[int]) -> dict:
+    """The rent engine alone (no Airflow, nothing else running) on the largest organization, for the
+    next month, in the full-size database, against the COPY floor of the same rows, in one run."""
+    largest = sizes.index(max(sizes)) + 1  # organizations have ids 1..n, in the order of `sizes`
+    timings = StageTimings()
+    alone_s, _ = bill_rent(engine, largest, NEXT_PERIOD, timings=timings)
+    rows = (
+        f"invoice_type = 'rent' AND organization_id = {largest} AND billing_period_start = DATE '{NEXT_PERIOD.start}'"
+    )
+    floor_s = copy_floor(
+        engine,
+        ["invoices", "invoice_lines"],
+        {"invoices": rows, "invoice_lines": f"invoice_id IN (SELECT id FROM invoices WHERE {rows})"},
+    )
+    print(stage_table({"largest alone": alone_s}, {"largest alone": timings}), flush=True)
+    print(
+        f"largest organization alone: {max(sizes):,} leases in {alone_s:.2f}s; COPY floor {floor_s:.2f}s "
+        f"({floor_s / alone_s:.2f}x)",
+        flush=True,
+    )
+    return {
+        "largest_org_engine_alone_leases_per_s": round(max(sizes) / alone_s),
+        "largest_org_copy_floor_leases_per_s": round(max(sizes) / floor_s),
+        "largest_org_vs_copy_floor": round(floor_s / alone_s, 2),
+        "largest_org_stages_s": rounded_stages(timings),
+    }
+
+
+def engines_only(engine, sizes: list[int]) -> dict:
+    """`--engine-only`: the month billed for every organization by the engines directly (the state
+    the live runs leave), then the largest organization alone against its floor."""
+    started = time.perf_counter()
+    for organization_id in range(1, len(sizes) + 1):
+        bill_rent(engine, organization_id, MONTH_PERIOD)
+        with engine.begin() as conn:
+            generate_utility_invoices(conn, organization_id=organization_id, period=MONTH_PERIOD, invoice_run_id=None)
+    print(f"billed {MONTH} for {len(sizes):,} organizations in {time.perf_counter() - started:.0f}s", flush=True)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM ANALYZE")
+    return {
+        "organizations": len(sizes),
+        "leases": sum(sizes),
+        "largest_organization_leases": max(sizes),
+        **largest_organization_alone(engine, sizes),
+    }
+
+
 def sweep_plan(sizes: list[int], executors: str) -> list[tuple[int, str]]:
     """(organizations, executor) pairs in the order they run: size by size, each size on every
     executor that runs at it ("local,celery:2000" = local at every size, celery at 2,000 only), so
@@ -346,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the default population")
     parser.add_argument("--concurrency", type=int, default=16, help="organizations billed at once (and parallelism)")
+    parser.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="no Airflow: bill the month with the engines directly, then time the largest organization alone",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -407,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
+            if args.engine_only:
+                figures = engines_only(engine, sizes)
+                engine.dispose()
+                print(json.dumps(figures))
+                return 0
             with measured_stack(Path(tmp), admin, tentman_uri, concurrency=args.concurrency, n=organizations) as (
                 stack,
                 api,
@@ -454,21 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures["database_size_mb"] = round(
                         conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar() / 2**20
                     )
-                # The engine alone (no Airflow, nothing else running) on the largest organization, for
-                # the next month, in this full-size database — against the COPY floor of the same rows.
-                largest = sizes.index(max(sizes)) + 1
-                alone_s, _ = bill_rent(engine, largest, NEXT_PERIOD)
-                figures["largest_org_engine_alone_leases_per_s"] = round(max(sizes) / alone_s)
-                rows = (
-                    f"invoice_type = 'rent' AND organization_id = {largest} "
-                    f"AND billing_period_start = DATE '{NEXT_PERIOD.start}'"
-                )
-                floor_s = copy_floor(
-                    engine,
-                    ["invoices", "invoice_lines"],
-                    {"invoices": rows, "invoice_lines": f"invoice_id IN (SELECT id FROM invoices WHERE {rows})"},
-                )
-                figures["largest_org_copy_floor_leases_per_s"] = round(max(sizes) / floor_s)
+                figures.update(largest_organization_alone(engine, sizes))
                 engine.dispose()
         finally:
             server.cleanup()
