@@ -157,19 +157,27 @@ WITH relinked AS (
 DELETE FROM tm_util_stmt t USING relinked r WHERE t.statement_id = r.id
 """
 
-# Per lease with good statements: its invoice for the period, and the total it would reach.
+# Per lease with pending statements (a statement without a lease is one on its own, as in lease_key): what its good
+# statements add up to, its invoice for the period and the total it would reach. A lease whose
+# statements are all bad is staged as failed, so the counts read this table alone. The invoice is
+# looked up for good statements only (those name a lease of this organization); there is at most
+# one per lease, type and period, so max() picks it.
 _STAGE_LEASES = """
 CREATE TEMP TABLE tm_util_lease ON COMMIT DROP AS
-SELECT t.lease_id, sum(t.amount) AS new_amount, i.id AS invoice_id, i.status AS invoice_status,
-       coalesce(i.total, 0) + sum(t.amount) AS new_total,
+SELECT t.lease_id,
+       sum(t.amount) FILTER (WHERE t.error IS NULL) AS new_amount,
+       max(i.id) AS invoice_id,
+       max(i.status) AS invoice_status,
+       coalesce(max(i.total), 0) + sum(t.amount) FILTER (WHERE t.error IS NULL) AS new_total,
        CASE
-           WHEN i.status IS NOT NULL AND i.status <> 'draft' THEN 'skipped'
+           WHEN bool_and(t.error IS NOT NULL) THEN 'failed'
+           WHEN max(i.status) <> 'draft' THEN 'skipped'
        END AS outcome,
        NULL::text AS error
 FROM tm_util_stmt t
-LEFT JOIN invoices i ON i.lease_id = t.lease_id AND i.invoice_type = 'utility' AND i.billing_period_start = :p0
-WHERE t.error IS NULL
-GROUP BY t.lease_id, i.id, i.status, i.total
+LEFT JOIN invoices i
+       ON t.error IS NULL AND i.lease_id = t.lease_id AND i.invoice_type = 'utility' AND i.billing_period_start = :p0
+GROUP BY t.lease_id, CASE WHEN t.lease_id IS NULL THEN t.statement_id END
 """
 
 # `abs(new_total) > :max_amount` written as two comparisons: the planner estimates those from
@@ -314,22 +322,13 @@ UPDATE tm_util_lease SET outcome = 'failed', error = :reason WHERE lease_id = :l
 # success (its bad statements are still listed in errors); one whose invoice is no longer a draft
 # is skipped; one with nothing billable is a failure.
 _COUNTS = """
-WITH per_lease AS (
-    SELECT t.lease_key,
-           bool_or(l.outcome IN ('created', 'updated')) AS billed,
-           bool_or(l.outcome = 'skipped') AS skipped,
-           bool_or(l.outcome = 'created') AS created
-    FROM tm_util_stmt t
-    LEFT JOIN tm_util_lease l ON l.lease_id = t.lease_id AND t.error IS NULL
-    GROUP BY t.lease_key
-)
 SELECT count(*) AS total,
-       count(*) FILTER (WHERE billed) AS success,
-       count(*) FILTER (WHERE NOT coalesce(billed, false) AND coalesce(skipped, false)) AS skipped,
-       count(*) FILTER (WHERE NOT coalesce(billed, false) AND NOT coalesce(skipped, false)) AS failed,
-       count(*) FILTER (WHERE created) AS created,
-       (SELECT sum(new_amount) FROM tm_util_lease WHERE outcome IN ('created', 'updated')) AS amount_billed
-FROM per_lease
+       count(*) FILTER (WHERE outcome IN ('created', 'updated')) AS success,
+       count(*) FILTER (WHERE outcome = 'skipped') AS skipped,
+       count(*) FILTER (WHERE outcome = 'failed' OR outcome IS NULL) AS failed,
+       count(*) FILTER (WHERE outcome = 'created') AS created,
+       sum(new_amount) FILTER (WHERE outcome IN ('created', 'updated')) AS amount_billed
+FROM tm_util_lease
 """
 
 _ERRORS = """
