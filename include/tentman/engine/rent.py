@@ -275,12 +275,15 @@ _STAGES = (
     ("stage_line_diff", (_STAGE_LINE_DIFF, "ANALYZE tm_rent_line_diff (invoice_id, old_line_id, line_type)")),
 )
 
-# New invoices and their lines in one statement. `{on_conflict}` is empty on the fast path: a
-# plain INSERT, which skips what ON CONFLICT costs per row (a probe of the unique index before
-# each insertion, and a WAL record confirming it). Another writer not holding our lock (the
-# TentMan app) may have created one of these invoices meanwhile: the plain INSERT then fails on
-# the unique key, nothing of it stays (its savepoint is rolled back), and the statement runs
-# again with ON CONFLICT DO NOTHING, which leaves that invoice alone and reports the lease skipped.
+# New invoices and their lines in one statement, first as plain INSERTs (InsertFast): under our
+# lock the staging knows these invoices are new, and ON CONFLICT would cost a probe of the unique
+# index before each insertion and a WAL record confirming it. The fast statement then marks every
+# lease it wrote in one pass over the staging table, in its own order: it either writes them all
+# or fails. Another writer not holding our lock (the TentMan app) may have created one of these
+# invoices meanwhile: the plain INSERT then fails on the unique key, nothing of it stays (its
+# savepoint is rolled back), and the careful statement runs, with ON CONFLICT DO NOTHING, which
+# leaves that invoice alone; it marks the leases it wrote from what the insert returned (the one
+# left out is then reported skipped by _MARK_CONCURRENTLY_CREATED).
 _INSERT_NEW = """
 WITH new_invoice AS (
     INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
@@ -288,7 +291,7 @@ WITH new_invoice AS (
                           invoice_run_id)
     SELECT :org, t.lease_id, 'rent', :p0, :p1, 'draft', :currency, t.total, t.total, :due, :run_id
     FROM tm_rent_target t
-    WHERE t.invoice_id IS NULL AND t.lease_id BETWEEN :lo AND :hi
+    WHERE t.invoice_id IS NULL AND t.outcome IS NULL AND t.lease_id BETWEEN :lo AND :hi
     ORDER BY t.lease_id
     {on_conflict}
     RETURNING id, lease_id
@@ -300,14 +303,20 @@ WITH new_invoice AS (
     FROM new_invoice n
     JOIN tm_rent_line l ON l.lease_id = n.lease_id
 )
-UPDATE tm_rent_target t
+{mark_created}
+"""
+_INSERT_NEW_FAST = _INSERT_NEW.format(
+    on_conflict="",
+    mark_created="""UPDATE tm_rent_target t
+SET invoice_status = 'draft', outcome = 'created'
+WHERE t.invoice_id IS NULL AND t.outcome IS NULL AND t.lease_id BETWEEN :lo AND :hi""",
+)
+_INSERT_NEW_SKIPPING_CONCURRENT = _INSERT_NEW.format(
+    on_conflict="ON CONFLICT (lease_id, invoice_type, billing_period_start) DO NOTHING",
+    mark_created="""UPDATE tm_rent_target t
 SET invoice_id = n.id, invoice_status = 'draft', outcome = 'created'
 FROM new_invoice n
-WHERE t.lease_id = n.lease_id
-"""
-_INSERT_NEW_FAST = _INSERT_NEW.format(on_conflict="")
-_INSERT_NEW_SKIPPING_CONCURRENT = _INSERT_NEW.format(
-    on_conflict="ON CONFLICT (lease_id, invoice_type, billing_period_start) DO NOTHING"
+WHERE t.lease_id = n.lease_id""",
 )
 
 _MARK_CONCURRENTLY_CREATED = """

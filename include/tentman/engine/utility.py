@@ -216,7 +216,8 @@ _STAGES = (
 #    freshly inserted row version has no locking transaction, while the version an ON CONFLICT DO
 #    UPDATE writes keeps the row lock ON CONFLICT took, so its xmax is our transaction (a PostgreSQL
 #    detail; the engine tests count created vs updated).
-# 2. `marked` — records each lease's outcome (created or updated) in the staging table.
+# 2. `marked_new`, `marked_existing` — record each lease's outcome (created or updated) in the
+#    staging table (see _MARK_ALL_NEW_CREATED).
 # 3. `line` — one invoice line per statement. ON CONFLICT on the once-per-statement unique index
 #    skips a statement another writer billed meanwhile: it is never billed twice.
 # 4. `linked` — points each statement at its new line, if it is still finalized and unlinked.
@@ -247,10 +248,12 @@ WITH new_invoice AS (
     RETURNING id, lease_id, (xmax = 0) AS created
 ), invoice AS (
     SELECT * FROM new_invoice UNION ALL SELECT * FROM existing_invoice
-), marked AS (
+), marked_new AS (
+    {mark_new}
+), marked_existing AS (
     UPDATE tm_util_lease l
     SET invoice_id = i.id, outcome = CASE WHEN i.created THEN 'created' ELSE 'updated' END
-    FROM invoice i
+    FROM existing_invoice i
     WHERE l.lease_id = i.lease_id
 ), line AS (
     INSERT INTO invoice_lines (invoice_id, line_type, source_id, description,
@@ -278,14 +281,29 @@ _TOUCH_DRAFT = (
     "WHERE invoices.status = 'draft'"
 )
 _SKIP_BILLED_STATEMENT = "ON CONFLICT (source_id) WHERE line_type = 'utility' DO NOTHING"
+# The leases given a new invoice (`marked_new`). The fast statement either inserts every one of them
+# or fails, so it marks them created in one pass over the staging table, in the table's order; the
+# careful one, which may skip some, marks those it was returned, matched by lease (at 1,000,000
+# leases, the matching visits the staging table out of order: seconds of temporary-table I/O).
+_MARK_ALL_NEW_CREATED = """UPDATE tm_util_lease l
+    SET outcome = 'created'
+    WHERE l.outcome IS NULL AND l.invoice_id IS NULL AND l.lease_id BETWEEN :lo AND :hi"""
+_MARK_RETURNED_NEW = """UPDATE tm_util_lease l
+    SET invoice_id = i.id, outcome = CASE WHEN i.created THEN 'created' ELSE 'updated' END
+    FROM new_invoice i
+    WHERE l.lease_id = i.lease_id"""
 _BILL = InsertFast(
     fast=_BILL_STATEMENTS.format(
-        new_invoice_on_conflict="", existing_invoice_on_conflict=_TOUCH_DRAFT, line_on_conflict=""
+        new_invoice_on_conflict="",
+        existing_invoice_on_conflict=_TOUCH_DRAFT,
+        line_on_conflict="",
+        mark_new=_MARK_ALL_NEW_CREATED,
     ),
     careful=_BILL_STATEMENTS.format(
         new_invoice_on_conflict=_TOUCH_DRAFT,
         existing_invoice_on_conflict=_TOUCH_DRAFT,
         line_on_conflict=_SKIP_BILLED_STATEMENT,
+        mark_new=_MARK_RETURNED_NEW,
     ),
 )
 
