@@ -121,7 +121,6 @@ _STAGE_PENDING = """
 CREATE TEMP TABLE tm_util_stmt ON COMMIT DROP AS
 SELECT s.id AS statement_id,
        s.lease_id,
-       coalesce(s.lease_id::text, 'statement ' || s.id) AS lease_key,
        s.utility_type, s.period_start, s.period_end, s.amount,
        existing.id AS existing_line_id,
        CASE
@@ -157,7 +156,7 @@ WITH relinked AS (
 DELETE FROM tm_util_stmt t USING relinked r WHERE t.statement_id = r.id
 """
 
-# Per lease with pending statements (a statement without a lease is one on its own, as in lease_key): what its good
+# Per lease with pending statements (a statement without a lease counts as one on its own): what its good
 # statements add up to, its invoice for the period and the total it would reach. A lease whose
 # statements are all bad is staged as failed, so the counts read this table alone. The invoice is
 # looked up for good statements only (those name a lease of this organization); there is at most
@@ -201,8 +200,9 @@ WHERE l.outcome = 'skipped' OR l.new_total > :max_amount OR l.new_total < -CAST(
 # The staging stages, by the name their time is reported under (StageTimings). Staging tables are
 # analyzed on the columns later joined or filtered on only (see the rent engine's stages).
 _STAGES = (
-    ("stage_pending", (_STAGE_PENDING,)),
-    ("relink_billed", (_RELINK_BILLED, "ANALYZE tm_util_stmt (statement_id, lease_id, lease_key, error)")),
+    # Analyzed before the relink, which the planner otherwise prices for millions of rows (JIT).
+    ("stage_pending", (_STAGE_PENDING, "ANALYZE tm_util_stmt (statement_id, lease_id, existing_line_id, error)")),
+    ("relink_billed", (_RELINK_BILLED,)),
     ("stage_leases", (_STAGE_LEASES, "ANALYZE tm_util_lease (lease_id, invoice_id, outcome, new_total)")),
     ("flag_lease_problems", (_FLAG_LEASE_PROBLEMS,)),
 )
