@@ -7,7 +7,9 @@ scheduler, dag-processor, triggerer; LocalExecutor; metadata on PostgreSQL), run
 the utility DAG and the rent DAG again (idempotent re-run) for one month, and reports wall time,
 engine time against Airflow overhead per mapped task, leases/s and statements/s, the raw COPY
 rate of the same output rows, peak memory of the scheduler and of the largest organization's
-task, and the database size. `--scale 0.1` runs a tenth of it.
+task, and the database size. `--scale 0.1` runs a tenth of it. `--engine-only` skips Airflow: the
+engines bill the month for every organization, then the largest one is timed alone against the
+COPY floor of its rows.
 """
 
 from __future__ import annotations
