@@ -193,14 +193,14 @@ def test_the_database_refuses_a_second_line_for_a_statement(engine):
             )
 
 
-def _application_invoice(conn, org, lease, total="0.00", status="draft"):
+def _application_draft(conn, org, lease, total):
     return conn.execute(
         sa.text(
             """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
-                                     billing_period_end, status, currency, subtotal, total, due_date)
-               VALUES (:o, :l, 'utility', '2026-12-01', '2026-12-31', :s, 'USD', :t, :t, '2026-12-31') RETURNING id"""
+                                     billing_period_end, currency, subtotal, total, due_date)
+               VALUES (:o, :l, 'utility', '2026-12-01', '2026-12-31', 'USD', :t, :t, '2026-12-31') RETURNING id"""
         ),
-        {"o": org, "l": lease, "s": status, "t": Decimal(total)},
+        {"o": org, "l": lease, "t": Decimal(total)},
     ).scalar_one()
 
 
@@ -230,7 +230,7 @@ def test_a_draft_the_application_creates_meanwhile_receives_the_statements(engin
 
     def application_drafts_one():
         with engine.begin() as app:
-            drafted.append(_application_invoice(app, org, lease, "5.00"))
+            drafted.append(_application_draft(app, org, lease, "5.00"))
 
     result = bill_meanwhile(engine, org, application_drafts_one)
     assert (result.success_count, result.statements_billed, result.invoices_created, result.invoices_updated) == (
