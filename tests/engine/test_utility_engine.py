@@ -34,6 +34,18 @@ def statement_line(conn, statement_id):
     ).scalar()
 
 
+def _application_invoice(conn, org, lease, total, period=DEC, status="draft"):
+    """A utility invoice the application wrote itself (no run id), its id."""
+    return conn.execute(
+        sa.text(
+            """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
+                                     billing_period_end, status, currency, subtotal, total, due_date)
+               VALUES (:o, :l, 'utility', :p0, :p1, :s, 'USD', :t, :t, :p1) RETURNING id"""
+        ),
+        {"o": org, "l": lease, "p0": period.start, "p1": period.end, "s": status, "t": Decimal(total)},
+    ).scalar_one()
+
+
 def test_pending_statements_are_billed_onto_one_draft_per_lease(engine):
     with engine.begin() as conn:
         org = add_organization(conn, currency="EUR")
@@ -174,14 +186,7 @@ def test_the_database_refuses_a_second_line_for_a_statement(engine):
         statement = add_statement(conn, org, lease)
     bill(engine, org)
     with engine.begin() as conn:
-        other_invoice = conn.execute(
-            sa.text(
-                """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
-                                     billing_period_end, currency, subtotal, total, due_date)
-               VALUES (:o, :l, 'utility', '2027-01-01', '2027-01-31', 'USD', 0, 0, '2027-01-31') RETURNING id"""
-            ),
-            {"o": org, "l": lease},
-        ).scalar_one()
+        other_invoice = _application_invoice(conn, org, lease, "0", JAN)
     with pytest.raises(sa.exc.IntegrityError, match="invoice_lines_utility_statement_once"):
         with engine.begin() as conn:
             conn.execute(
@@ -191,17 +196,6 @@ def test_the_database_refuses_a_second_line_for_a_statement(engine):
                 ),
                 {"i": other_invoice, "s": statement},
             )
-
-
-def _application_draft(conn, org, lease, total):
-    return conn.execute(
-        sa.text(
-            """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
-                                     billing_period_end, currency, subtotal, total, due_date)
-               VALUES (:o, :l, 'utility', '2026-12-01', '2026-12-31', 'USD', :t, :t, '2026-12-31') RETURNING id"""
-        ),
-        {"o": org, "l": lease, "t": Decimal(total)},
-    ).scalar_one()
 
 
 def bill_meanwhile(engine, org, action):
@@ -230,7 +224,7 @@ def test_a_draft_the_application_creates_meanwhile_receives_the_statements(engin
 
     def application_drafts_one():
         with engine.begin() as app:
-            drafted.append(_application_draft(app, org, lease, "5.00"))
+            drafted.append(_application_invoice(app, org, lease, "5.00"))
 
     result = bill_meanwhile(engine, org, application_drafts_one)
     assert (result.success_count, result.statements_billed, result.invoices_created, result.invoices_updated) == (
@@ -265,15 +259,7 @@ def test_a_statement_the_application_bills_meanwhile_is_not_billed_again(engine)
 
     def application_bills_one():
         with engine.begin() as app:
-            invoice = app.execute(
-                sa.text(
-                    """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
-                                             billing_period_end, status, currency, subtotal, total, due_date)
-                       VALUES (:o, :l, 'utility', '2026-11-01', '2026-11-30', 'issued', 'USD', 42.17, 42.17,
-                               '2026-11-30') RETURNING id"""
-                ),
-                {"o": org, "l": lease},
-            ).scalar_one()
+            invoice = _application_invoice(app, org, lease, "42.17", BillingPeriod.for_month(2026, 11), "issued")
             app_lines.append(
                 app.execute(
                     sa.text(
