@@ -224,28 +224,14 @@ _STAGES = (
 # The CTEs pass rows on only through RETURNING: each reads the tables as they were before the
 # statement. Hence the two counts at the end: lines written and statements linked must be equal,
 # or a statement changed under the run (the caller then retries the organization).
-# The statement is first run as plain INSERTs where it may (`{new_invoice_on_conflict}` and
-# `{line_on_conflict}` empty, see InsertFast): only a writer that does not take our lock can make
-# those conflict, and the statement then runs again with both ON CONFLICT clauses.
+# The statement is first run as plain INSERTs where it may (new invoices and lines without ON
+# CONFLICT, see InsertFast): only a writer that does not take our lock can make those conflict, and
+# the statement then runs again with both ON CONFLICT clauses.
 _BILL_STATEMENTS = """
 WITH new_invoice AS (
-    INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, billing_period_end,
-                          status, currency, subtotal, total, due_date, invoice_run_id)
-    SELECT :org, l.lease_id, 'utility', :p0, :p1, 'draft', :currency, l.new_amount, l.new_amount, :due, :run_id
-    FROM tm_util_lease l
-    WHERE l.outcome IS NULL AND l.invoice_id IS NULL AND l.lease_id BETWEEN :lo AND :hi
-    ORDER BY l.lease_id
-    {new_invoice_on_conflict}
-    RETURNING id, lease_id, (xmax = 0) AS created
+    {new_invoice}
 ), existing_invoice AS (
-    INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, billing_period_end,
-                          status, currency, subtotal, total, due_date, invoice_run_id)
-    SELECT :org, l.lease_id, 'utility', :p0, :p1, 'draft', :currency, l.new_amount, l.new_amount, :due, :run_id
-    FROM tm_util_lease l
-    WHERE l.outcome IS NULL AND l.invoice_id IS NOT NULL AND l.lease_id BETWEEN :lo AND :hi
-    ORDER BY l.lease_id
-    {existing_invoice_on_conflict}
-    RETURNING id, lease_id, (xmax = 0) AS created
+    {existing_invoice}
 ), invoice AS (
     SELECT * FROM new_invoice UNION ALL SELECT * FROM existing_invoice
 ), marked_new AS (
@@ -276,6 +262,15 @@ WITH new_invoice AS (
 )
 SELECT (SELECT count(*) FROM line) AS lines, (SELECT count(*) FROM linked) AS linked
 """
+# The leases' invoices, for the leases staged without one (`IS NULL`) or with one (`IS NOT NULL`).
+_UPSERT_INVOICES = """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
+                          billing_period_end, status, currency, subtotal, total, due_date, invoice_run_id)
+    SELECT :org, l.lease_id, 'utility', :p0, :p1, 'draft', :currency, l.new_amount, l.new_amount, :due, :run_id
+    FROM tm_util_lease l
+    WHERE l.outcome IS NULL AND l.invoice_id IS {staged} AND l.lease_id BETWEEN :lo AND :hi
+    ORDER BY l.lease_id
+    {on_conflict}
+    RETURNING id, lease_id, (xmax = 0) AS created"""
 _TOUCH_DRAFT = (
     "ON CONFLICT (lease_id, invoice_type, billing_period_start) DO UPDATE SET updated_at = now() "
     "WHERE invoices.status = 'draft'"
@@ -292,16 +287,17 @@ _MARK_RETURNED_NEW = """UPDATE tm_util_lease l
     SET invoice_id = i.id, outcome = CASE WHEN i.created THEN 'created' ELSE 'updated' END
     FROM new_invoice i
     WHERE l.lease_id = i.lease_id"""
+_EXISTING_INVOICES = _UPSERT_INVOICES.format(staged="NOT NULL", on_conflict=_TOUCH_DRAFT)
 _BILL = InsertFast(
     fast=_BILL_STATEMENTS.format(
-        new_invoice_on_conflict="",
-        existing_invoice_on_conflict=_TOUCH_DRAFT,
+        new_invoice=_UPSERT_INVOICES.format(staged="NULL", on_conflict=""),
+        existing_invoice=_EXISTING_INVOICES,
         line_on_conflict="",
         mark_new=_MARK_ALL_NEW_CREATED,
     ),
     careful=_BILL_STATEMENTS.format(
-        new_invoice_on_conflict=_TOUCH_DRAFT,
-        existing_invoice_on_conflict=_TOUCH_DRAFT,
+        new_invoice=_UPSERT_INVOICES.format(staged="NULL", on_conflict=_TOUCH_DRAFT),
+        existing_invoice=_EXISTING_INVOICES,
         line_on_conflict=_SKIP_BILLED_STATEMENT,
         mark_new=_MARK_RETURNED_NEW,
     ),
