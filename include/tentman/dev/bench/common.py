@@ -55,6 +55,12 @@ def scratch_database(admin_uri: str, prefix: str):
         admin.dispose()
 
 
+def vacuum_analyze(engine, *tables: str) -> None:
+    """VACUUM ANALYZE `tables` (every table when none are named): settled tables, fresh statistics."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"VACUUM ANALYZE {', '.join(tables)}")
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -29,14 +29,10 @@ from tentman.dev.bench.common import (
     rounded_stages,
     scratch_database,
     stage_table,
+    vacuum_analyze,
 )
 from tentman.engine.common import StageTimings
 from tentman.engine.utility import generate_utility_invoices
-
-
-def vacuum_analyze(engine, *tables: str) -> None:
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql(f"VACUUM ANALYZE {', '.join(tables)}")
 
 
 def generate_leases(conn, organization_id: int, n: int) -> None:

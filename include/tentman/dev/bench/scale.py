@@ -41,7 +41,7 @@ from tentman.dev.airflow_stack import (
     isolated_environment,
     write_passwords,
 )
-from tentman.dev.bench.common import bill_rent, copy_floor, rounded_stages, stage_table
+from tentman.dev.bench.common import bill_rent, copy_floor, rounded_stages, stage_table, vacuum_analyze
 from tentman.dev.broker import EmbeddedBroker
 from tentman.dev.local import (
     REPO_ROOT,
@@ -370,8 +370,7 @@ def engines_only(engine, sizes: list[int]) -> dict:
         with engine.begin() as conn:
             generate_utility_invoices(conn, organization_id=organization_id, period=MONTH_PERIOD, invoice_run_id=None)
     print(f"billed {MONTH} for {len(sizes):,} organizations in {time.perf_counter() - started:.0f}s", flush=True)
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("VACUUM ANALYZE")
+    vacuum_analyze(engine)
     return {
         "organizations": len(sizes),
         "leases": sum(sizes),
@@ -456,8 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             with engine.begin() as conn:
                 generate(conn, sizes, statements)
-            with create_engine_from_uri(tentman_uri, isolation_level="AUTOCOMMIT").connect() as conn:
-                conn.exec_driver_sql("VACUUM ANALYZE")
+            vacuum_analyze(engine)
             print(
                 f"generated {len(sizes)} organizations (largest {max(sizes):,}, median {int(statistics.median(sizes))} "
                 f"leases), {sum(sizes):,} leases, ~{statements:,} statements in {time.perf_counter() - started:.0f}s",

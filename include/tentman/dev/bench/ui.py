@@ -15,7 +15,7 @@ from datetime import date
 
 import sqlalchemy as sa
 
-from tentman.dev.bench.common import bench_server, scratch_database
+from tentman.dev.bench.common import bench_server, scratch_database, vacuum_analyze
 from tentman.names import INVOICE_TYPE_OF_RUN, RUN_TYPE_OF_DAG, RUN_TYPES
 from tentman.ui import queries
 
@@ -100,8 +100,7 @@ def run(admin_uri: str, invoices: int) -> dict:
         started = time.perf_counter()
         with engine.begin() as conn:
             generate(conn, invoices, organizations=2000, months=24)
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("VACUUM ANALYZE")
+        vacuum_analyze(engine)
         with engine.connect() as conn:
             count = conn.execute(sa.text("SELECT count(*) FROM invoices")).scalar()
             runs = conn.execute(sa.text("SELECT count(*) FROM invoice_runs")).scalar()
