@@ -25,8 +25,8 @@ DEC_2026 = BillingPeriod.for_month(2026, 12)
 RENT_STAGE_NAMES = (
     "lock",
     "stage_leases",
-    "flag_bad_charges",
     "stage_lines",
+    "flag_bad_charges",
     "stage_targets",
     "flag_targets",
     "analyze_targets",

@@ -152,6 +152,22 @@ def organization_currency(conn: Connection, organization_id: int) -> tuple[str |
     return currency, None
 
 
+# Per column, ANALYZE samples 300 rows per unit of this target. The staging tables' plans need their
+# row counts, null fractions and distinct counts, which 3,000 rows give; the server's default
+# target (100: 30,000 rows) made each ANALYZE take 30 ms at 200,000 staged rows instead of 10 ms.
+STAGING_STATISTICS_TARGET = 10
+
+
+def analyze_staging(table: str, *columns: str) -> tuple[str, str]:
+    """The statements that give a staging table statistics on `columns`, from a small sample.
+
+    Only the columns later joined or filtered on: no plan reads the statistics of the text
+    columns (descriptions, errors are filtered on for nullness only), which cost the most.
+    """
+    sampled = ", ".join(f"ALTER COLUMN {column} SET STATISTICS {STAGING_STATISTICS_TARGET}" for column in columns)
+    return f"ALTER TABLE {table} {sampled}", f"ANALYZE {table} ({', '.join(columns)})"
+
+
 # SQLSTATE of a unique key violation.
 _UNIQUE_VIOLATION = "23505"
 

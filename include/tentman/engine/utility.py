@@ -26,6 +26,7 @@ from tentman.engine.common import (
     InsertFast,
     OrganizationBillingResult,
     StageTimings,
+    analyze_staging,
     stage_clock,
     start_organization_billing,
     write_isolating_bad_leases,
@@ -198,12 +199,18 @@ WHERE l.outcome = 'skipped' OR l.new_total > :max_amount OR l.new_total < -CAST(
 """
 
 # The staging stages, by the name their time is reported under (StageTimings). Staging tables are
-# analyzed on the columns later joined or filtered on only (see the rent engine's stages).
+# analyzed (analyze_staging) so the next statements are planned for their real size.
 _STAGES = (
     # Analyzed before the relink, which the planner otherwise prices for millions of rows (JIT).
-    ("stage_pending", (_STAGE_PENDING, "ANALYZE tm_util_stmt (statement_id, lease_id, existing_line_id, error)")),
+    (
+        "stage_pending",
+        (_STAGE_PENDING, *analyze_staging("tm_util_stmt", "statement_id", "lease_id", "existing_line_id", "error")),
+    ),
     ("relink_billed", (_RELINK_BILLED,)),
-    ("stage_leases", (_STAGE_LEASES, "ANALYZE tm_util_lease (lease_id, invoice_id, outcome, new_total)")),
+    (
+        "stage_leases",
+        (_STAGE_LEASES, *analyze_staging("tm_util_lease", "lease_id", "invoice_id", "outcome", "new_total")),
+    ),
     ("flag_lease_problems", (_FLAG_LEASE_PROBLEMS,)),
 )
 
