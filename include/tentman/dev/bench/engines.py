@@ -24,6 +24,7 @@ from tentman.dev.bench.common import (
     PERIOD,
     bench_server,
     bill_rent,
+    checkpoint,
     copy_floor,
     peak_rss_mb,
     rounded_stages,
@@ -83,6 +84,7 @@ def benchmark_utility(engine, organization_id: int, n_statements: int) -> dict:
     # From vacuumed tables, as its floor starts: the rent runs before it left a dead version of
     # every invoice and line they rewrote, which the floor's own VACUUM would otherwise spare it only.
     vacuum_analyze(engine, "invoices", "invoice_lines", "utility_statements")
+    checkpoint(engine)
     timings = StageTimings()
     started = time.perf_counter()
     with engine.connect() as conn:
@@ -152,12 +154,14 @@ def run(n: int, admin_uri: str) -> dict:
         vacuum_analyze(engine, "leases", "lease_recurring_charges")
 
         stages = {run: StageTimings() for run in ("first run", "re-run", "changed")}
+        checkpoint(engine)
         first_s, first = bill_rent(engine, org, timings=stages["first run"])
         print(
             f"rent first run: {first.success_count} leases billed in {first_s:.2f}s "
             f"({n / first_s:,.0f} leases/s), {first.invoices_created} invoices",
             flush=True,
         )
+        checkpoint(engine)
         rerun_s, rerun = bill_rent(engine, org, timings=stages["re-run"])
         print(
             f"rent re-run:    {rerun.invoices_unchanged} unchanged, {rerun.invoices_updated} updated in "
@@ -168,6 +172,7 @@ def run(n: int, admin_uri: str) -> dict:
             conn.execute(
                 sa.text("UPDATE leases SET monthly_rent = monthly_rent + 1 WHERE organization_id = :o"), {"o": org}
             )
+        checkpoint(engine)
         changed_s, changed = bill_rent(engine, org, timings=stages["changed"])
         print(
             f"rent re-run after a rent change on every lease: {changed.invoices_updated} updated in "

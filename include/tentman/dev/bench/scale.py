@@ -41,7 +41,7 @@ from tentman.dev.airflow_stack import (
     isolated_environment,
     write_passwords,
 )
-from tentman.dev.bench.common import bill_rent, copy_floor, rounded_stages, stage_table, vacuum_analyze
+from tentman.dev.bench.common import bill_rent, checkpoint, copy_floor, rounded_stages, stage_table, vacuum_analyze
 from tentman.dev.broker import EmbeddedBroker
 from tentman.dev.local import (
     REPO_ROOT,
@@ -338,6 +338,7 @@ def largest_organization_alone(engine, sizes: list[int]) -> dict:
     next month, in the full-size database, against the COPY floor of the same rows, in one run."""
     largest = sizes.index(max(sizes)) + 1  # organizations have ids 1..n, in the order of `sizes`
     timings = StageTimings()
+    checkpoint(engine)
     alone_s, _ = bill_rent(engine, largest, NEXT_PERIOD, timings=timings)
     rows = (
         f"invoice_type = 'rent' AND organization_id = {largest} AND billing_period_start = DATE '{NEXT_PERIOD.start}'"
