@@ -62,12 +62,12 @@ def vacuum_analyze(engine, *tables: str) -> None:
 
 
 def checkpoint(engine) -> None:
-    """Start a timed phase right after a checkpoint, as every other phase starts.
+    """CHECKPOINT, so that the timed phase that follows starts as every other one does.
 
-    The phases before it wrote hundreds of megabytes of WAL: left alone, the server starts a
-    checkpoint whenever that volume crosses its threshold, and whichever phase it falls in pays for
-    its writes and for a full-page image of every page it then touches first. Engine and floor
-    then differ by where a checkpoint happened to fall (seen: rent 0.90x to 1.15x the same floor).
+    Each phase writes hundreds of megabytes of WAL; left alone, the server starts a checkpoint
+    whenever that volume crosses its threshold, and the phase it falls in pays for its writes and
+    for a full-page image of every page it then modifies first, so the ratio depended on where
+    the previous phase left off (docs/scaling.md, "The billing engine").
     """
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("CHECKPOINT")
