@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -13,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from tentman.db import create_engine_from_uri
+from tentman.dev.bench import common as bench_common
 from tentman.dev.bench import engines as bench
 from tentman.dev.bench import scale as bench_scale
 from tentman.dev.demo import load_demo_data
@@ -119,6 +121,21 @@ def test_benchmark_reports_its_figures(pg_admin_uri, capsys):
     out = capsys.readouterr().out
     assert all(name in out for name in (*RENT_STAGES, *UTILITY_STAGES, "other", "commit"))
     json.dumps(figures)
+
+
+def test_benchmark_refuses_a_role_that_may_not_checkpoint(engine, db_uri):
+    """Every timed phase starts after a CHECKPOINT, which needs a superuser (or pg_checkpoint)."""
+    role = f"tentman_bench_{uuid.uuid4().hex[:8]}"  # roles are server-wide: unique, and dropped after
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role}")
+    as_role = create_engine_from_uri(db_uri, connect_args={"options": f"-c role={role}"})
+    try:
+        with pytest.raises(SystemExit, match=r"may not run CHECKPOINT: give TENTMAN_BENCH_DATABASE_URL a superuser"):
+            bench_common.checkpoint(as_role)
+    finally:
+        as_role.dispose()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP ROLE {role}")
 
 
 def test_bench_scale_engine_only_times_the_largest_organization_in_the_population():

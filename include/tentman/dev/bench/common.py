@@ -11,6 +11,8 @@ import time
 import uuid
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from tentman.db import create_engine_from_uri
 from tentman.dev.local import ensure_database, server_uri, start_embedded_postgres, with_database
 from tentman.engine.common import StageTimings, stage_clock
@@ -61,6 +63,9 @@ def vacuum_analyze(engine, *tables: str) -> None:
         conn.exec_driver_sql(f"VACUUM ANALYZE {', '.join(tables)}")
 
 
+_INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE
+
+
 def checkpoint(engine) -> None:
     """CHECKPOINT, so that the timed phase that follows starts as every other one does.
 
@@ -69,8 +74,16 @@ def checkpoint(engine) -> None:
     for a full-page image of every page it then modifies first, so the ratio depended on where
     the previous phase left off (docs/scaling.md, "The billing engine").
     """
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("CHECKPOINT")
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("CHECKPOINT")
+    except sa.exc.DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
+            raise
+        raise SystemExit(
+            f"the benchmark's database role {engine.url.username!r} may not run CHECKPOINT: give "
+            "TENTMAN_BENCH_DATABASE_URL a superuser (or, on PostgreSQL 15 and later, a member of pg_checkpoint)"
+        ) from exc
 
 
 def peak_rss_mb() -> float:
@@ -141,8 +154,8 @@ def copy_floor(engine, tables: list[str], where: dict[str, str]) -> float:
         raw.driver_connection.autocommit = True
         for table in tables:
             cur.execute(f"VACUUM ANALYZE {table}")
-        cur.execute("CHECKPOINT")  # see checkpoint()
         raw.driver_connection.autocommit = False
+        checkpoint(engine)
         started = time.perf_counter()
         for table in tables:
             with cur.copy(f"COPY {table} FROM STDIN") as copy:

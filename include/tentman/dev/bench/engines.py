@@ -7,8 +7,9 @@ Beside each run's total it prints the seconds of every SQL stage of the engine (
 stage names, `other` for what no stage covers); the last output line is one JSON object with the
 figures, the stages included.
 
-Database: TENTMAN_BENCH_DATABASE_URL (an admin URI; a scratch database is created there and
-dropped), else an embedded PostgreSQL in a temporary folder.
+Database: TENTMAN_BENCH_DATABASE_URL (an admin URI, a superuser's: a scratch database is created
+there and dropped, and each timed phase starts after a CHECKPOINT), else an embedded PostgreSQL in a
+temporary folder.
 """
 
 from __future__ import annotations
