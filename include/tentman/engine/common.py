@@ -119,6 +119,31 @@ def lock_organization(conn: Connection, scope: str, organization_id: int) -> Non
     )
 
 
+# The session's temporary buffers, where the staging tables live: 8 MB by default, past which they
+# are written to temporary files and read back. At 1,000,000 leases in one organization rent's staging
+# tables are about 250 MB, and its write, which reads them, took 26.6 s with 256 MB against 34.3 s
+# with the default. PostgreSQL allocates local buffers as they are first used, so billing a small
+# organization takes no more memory than before.
+STAGING_TEMP_BUFFERS = "256MB"
+# SQLSTATE of a setting PostgreSQL refuses (here: temporary buffers, once a session used them).
+_INVALID_PARAMETER_VALUE = "22023"
+
+
+def use_staging_buffers(conn: Connection) -> None:
+    """Give this transaction STAGING_TEMP_BUFFERS of temporary buffers, where the session allows it.
+
+    PostgreSQL fixes a session's temporary buffers when it first uses a temporary table, so this must
+    come before the staging. A session that used one already, at another size, keeps its own (tried in
+    a savepoint); one that ran an engine before has this size already and accepts the setting again.
+    """
+    try:
+        with conn.begin_nested():
+            conn.execute(sa.text("SELECT set_config('temp_buffers', :size, true)"), {"size": STAGING_TEMP_BUFFERS})
+    except sa.exc.DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != _INVALID_PARAMETER_VALUE:
+            raise
+
+
 def start_organization_billing(
     conn: Connection, invoice_type: str, organization_id: int
 ) -> tuple[OrganizationBillingResult, str | None]:
@@ -127,6 +152,7 @@ def start_organization_billing(
     Returns the result to fill in and the invoice currency; the currency is None when the
     organization cannot be billed, and the result then carries the organization-level error.
     """
+    use_staging_buffers(conn)
     lock_organization(conn, invoice_type, organization_id)
     result = OrganizationBillingResult(organization_id)
     currency, org_error = organization_currency(conn, organization_id)

@@ -1,0 +1,77 @@
+"""The engines stage in temporary tables: they raise the session's temporary buffers first, where
+PostgreSQL still allows it, and bill the same either way."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from tentman.engine.common import STAGING_TEMP_BUFFERS
+from tentman.engine.periods import BillingPeriod
+from tentman.engine.rent import generate_rent_invoices
+from tentman.engine.utility import generate_utility_invoices
+from tentman.names import ProrationMethod
+
+MARCH = BillingPeriod.for_month(2026, 3)
+
+
+def _organization_with_a_lease(conn) -> int:
+    org = conn.execute(sa.text("INSERT INTO organizations (name) VALUES ('Buffers') RETURNING id")).scalar_one()
+    lease = conn.execute(
+        sa.text(
+            """INSERT INTO leases (organization_id, unit_label, tenant_name, start_date, monthly_rent, status)
+               VALUES (:o, '1A', 'Tenant', '2025-01-01', 1200.00, 'active') RETURNING id"""
+        ),
+        {"o": org},
+    ).scalar_one()
+    conn.execute(
+        sa.text(
+            """INSERT INTO utility_statements (organization_id, lease_id, utility_type, period_start, period_end,
+                                              amount, status)
+               VALUES (:o, :l, 'water', '2026-02-01', '2026-02-28', 31.40, 'finalized')"""
+        ),
+        {"o": org, "l": lease},
+    )
+    return org
+
+
+def _bill(conn, org):
+    rent = generate_rent_invoices(
+        conn,
+        organization_id=org,
+        period=MARCH,
+        proration_method=ProrationMethod.ACTUAL_DAYS_IN_MONTH,
+        invoice_run_id=None,
+    )
+    utility = generate_utility_invoices(conn, organization_id=org, period=MARCH, invoice_run_id=None)
+    return rent, utility
+
+
+def test_a_fresh_session_stages_with_the_larger_temporary_buffers(engine):
+    with engine.begin() as conn:
+        org = _organization_with_a_lease(conn)
+    engine.dispose()  # a session that has not used a temporary table yet
+    with engine.begin() as conn:
+        rent, utility = _bill(conn, org)
+        assert conn.execute(sa.text("SHOW temp_buffers")).scalar_one() == STAGING_TEMP_BUFFERS
+    assert (rent.invoices_created, rent.amount_billed) == (1, Decimal("1200.00"))
+    assert (utility.statements_billed, utility.amount_billed) == (1, Decimal("31.40"))
+    with engine.begin() as conn:  # the next call on the same session sets it again
+        _bill(conn, org)
+        assert conn.execute(sa.text("SHOW temp_buffers")).scalar_one() == STAGING_TEMP_BUFFERS
+
+
+def test_a_session_that_used_temporary_tables_keeps_its_buffers_and_bills_the_same(engine):
+    with engine.begin() as conn:
+        org = _organization_with_a_lease(conn)
+    engine.dispose()
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TEMP TABLE callers_own (x int) ON COMMIT DROP"))
+        conn.execute(sa.text("INSERT INTO callers_own VALUES (1)"))
+        its_own = conn.execute(sa.text("SHOW temp_buffers")).scalar_one()
+        rent, utility = _bill(conn, org)
+        assert conn.execute(sa.text("SHOW temp_buffers")).scalar_one() == its_own != STAGING_TEMP_BUFFERS
+        assert conn.execute(sa.text("SELECT x FROM callers_own")).scalar_one() == 1  # its transaction goes on
+    assert (rent.invoices_created, rent.amount_billed) == (1, Decimal("1200.00"))
+    assert (utility.statements_billed, utility.amount_billed) == (1, Decimal("31.40"))
