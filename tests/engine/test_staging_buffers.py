@@ -3,10 +3,12 @@ PostgreSQL still allows it, and bill the same either way."""
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
 import sqlalchemy as sa
 
+from support.factories import add_lease, add_organization, add_statement
 from tentman.engine.common import STAGING_TEMP_BUFFERS
 from tentman.engine.periods import BillingPeriod
 from tentman.engine.rent import generate_rent_invoices
@@ -17,22 +19,9 @@ MARCH = BillingPeriod.for_month(2026, 3)
 
 
 def _organization_with_a_lease(conn) -> int:
-    org = conn.execute(sa.text("INSERT INTO organizations (name) VALUES ('Buffers') RETURNING id")).scalar_one()
-    lease = conn.execute(
-        sa.text(
-            """INSERT INTO leases (organization_id, unit_label, tenant_name, start_date, monthly_rent, status)
-               VALUES (:o, '1A', 'Tenant', '2025-01-01', 1200.00, 'active') RETURNING id"""
-        ),
-        {"o": org},
-    ).scalar_one()
-    conn.execute(
-        sa.text(
-            """INSERT INTO utility_statements (organization_id, lease_id, utility_type, period_start, period_end,
-                                              amount, status)
-               VALUES (:o, :l, 'water', '2026-02-01', '2026-02-28', 31.40, 'finalized')"""
-        ),
-        {"o": org, "l": lease},
-    )
+    org = add_organization(conn, "Buffers")
+    lease = add_lease(conn, org, date(2025, 1, 1), rent="1200.00")
+    add_statement(conn, org, lease, "31.40", date(2026, 2, 1), date(2026, 2, 28))
     return org
 
 
