@@ -121,7 +121,7 @@ def lock_organization(conn: Connection, scope: str, organization_id: int) -> Non
 
 # The session's temporary buffers, where the staging tables live: 8 MB by default, past which they
 # are written to temporary files and read back. At 1,000,000 leases in one organization rent's staging
-# tables are about 250 MB, and its write, which reads them, took 26.6 s with 256 MB against 34.3 s
+# tables hold roughly 250 MB of rows, and its write, which reads them, took 26.6 s with 256 MB against 34.3 s
 # with the default. PostgreSQL allocates local buffers as they are first used, so billing a small
 # organization takes no more memory than before.
 STAGING_TEMP_BUFFERS = "256MB"
