@@ -187,8 +187,8 @@ STAGING_STATISTICS_TARGET = 10
 def analyze_staging(table: str, *columns: str) -> tuple[str, str]:
     """The statements that give a staging table statistics on `columns`, from a small sample.
 
-    Only the columns later joined or filtered on: no plan reads the statistics of the text
-    columns (descriptions, errors are filtered on for nullness only), which cost the most.
+    Only the columns later joined or filtered on (an error column for its null fraction): no plan
+    reads the statistics of the other text columns (descriptions), which cost the most to sample.
     """
     sampled = ", ".join(f"ALTER COLUMN {column} SET STATISTICS {STAGING_STATISTICS_TARGET}" for column in columns)
     return f"ALTER TABLE {table} {sampled}", f"ANALYZE {table} ({', '.join(columns)})"

@@ -151,10 +151,7 @@ def copy_floor(engine, tables: list[str], where: dict[str, str]) -> float:
             cur.execute(f"DELETE FROM {table} WHERE {where[table]}")
         raw.commit()
         # Start the floor from clean tables, as the engine's first run did.
-        raw.driver_connection.autocommit = True
-        for table in tables:
-            cur.execute(f"VACUUM ANALYZE {table}")
-        raw.driver_connection.autocommit = False
+        vacuum_analyze(engine, *tables)
         checkpoint(engine)
         started = time.perf_counter()
         for table in tables:
