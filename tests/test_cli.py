@@ -19,7 +19,7 @@ from tentman.dev.bench import engines as bench
 from tentman.dev.bench import scale as bench_scale
 from tentman.dev.demo import load_demo_data
 from tentman.engine.rent import RENT_STAGES
-from tentman.engine.utility import UTILITY_STAGES
+from tentman.engine.utility import UTILITY_STAGES, generate_utility_invoices
 from tentman.names import RENT_DAG_ID, RENT_RUN
 from tentman.runs.steps import (
     bill_organization,
@@ -114,13 +114,51 @@ def test_benchmark_reports_its_figures(pg_admin_uri, capsys):
     for key in ("engine_leases_per_s", "rerun_leases_per_s", "copy_floor_leases_per_s", "peak_rss_mb"):
         assert figures[key] > 0
     assert figures["utility_vs_copy_floor"] > 0 and figures["utility_vs_invoices_lines_copy"] > 0
+    assert figures["utility_vs_update_floor"] > 0 and figures["utility_update_floor_per_s"] > 0
+    # The WAL each engine run and each floor wrote, metered on the server.
+    for key in ("rent_wal_mb", "copy_floor_wal_mb", "utility_wal_mb", "utility_copy_floor_wal_mb"):
+        assert figures[key] > 0
+    assert figures["utility_update_floor_wal_mb"] > 0
     # Every stage of each engine, then the commit, as the stage table printed them.
     for key in ("rent_stages_s", "rent_rerun_stages_s", "rent_changed_rerun_stages_s"):
         assert tuple(figures[key]) == (*RENT_STAGES, "commit")
     assert tuple(figures["utility_stages_s"]) == (*UTILITY_STAGES, "commit")
     out = capsys.readouterr().out
     assert all(name in out for name in (*RENT_STAGES, *UTILITY_STAGES, "other", "commit"))
+    assert "utility update floor: COPY of the invoices and lines, then one UPDATE linking the statements" in out
     json.dumps(figures)
+
+
+def test_update_floor_writes_again_what_the_utility_engine_wrote(engine):
+    """The update floor times the utility engine's output written the plainest way (COPY of the
+    invoices and lines, one UPDATE for the links): afterwards the same rows are there, once."""
+    with engine.begin() as conn:
+        org = conn.execute(sa.text("INSERT INTO organizations (name) VALUES ('Floor') RETURNING id")).scalar_one()
+        bench.generate_leases(conn, org, 30)
+        bench.generate_statements(conn, org, 20)
+    with engine.begin() as conn:
+        generate_utility_invoices(conn, organization_id=org, period=bench_common.PERIOD, invoice_run_id=None)
+    billed = sa.text(
+        """SELECT s.id, il.id AS line_id, il.amount, i.lease_id, i.total, i.status
+           FROM utility_statements s
+           JOIN invoice_lines il ON il.id = s.invoice_line_id
+           JOIN invoices i ON i.id = il.invoice_id
+           WHERE s.organization_id = :org ORDER BY s.id"""
+    )
+    with engine.connect() as conn:
+        before = conn.execute(billed, {"org": org}).all()
+
+    phase = bench.update_floor(engine, org)
+
+    with engine.connect() as conn:
+        after = conn.execute(billed, {"org": org}).all()
+        invoices = conn.execute(
+            sa.text("SELECT count(*) FROM invoices WHERE organization_id = :org AND invoice_type = 'utility'"),
+            {"org": org},
+        ).scalar_one()
+    assert len(before) == 20 and before[0].amount == before[0].total > Decimal("10.00")
+    assert after == before and invoices == 20
+    assert phase.seconds > 0 and phase.wal_mb > 0
 
 
 def test_benchmark_refuses_a_role_that_may_not_checkpoint(engine, db_uri):

@@ -41,7 +41,7 @@ from tentman.dev.airflow_stack import (
     isolated_environment,
     write_passwords,
 )
-from tentman.dev.bench.common import bill_rent, checkpoint, copy_floor, rounded_stages, stage_table, vacuum_analyze
+from tentman.dev.bench.common import bill_rent, copy_floor, rounded_stages, stage_table, timed_phase, vacuum_analyze
 from tentman.dev.broker import EmbeddedBroker
 from tentman.dev.local import (
     REPO_ROOT,
@@ -338,26 +338,28 @@ def largest_organization_alone(engine, sizes: list[int]) -> dict:
     next month, in the full-size database, against the COPY floor of the same rows, in one run."""
     largest = sizes.index(max(sizes)) + 1  # organizations have ids 1..n, in the order of `sizes`
     timings = StageTimings()
-    checkpoint(engine)
-    alone_s, _ = bill_rent(engine, largest, NEXT_PERIOD, timings=timings)
+    with timed_phase(engine) as alone:
+        bill_rent(engine, largest, NEXT_PERIOD, timings=timings)
     rows = (
         f"invoice_type = 'rent' AND organization_id = {largest} AND billing_period_start = DATE '{NEXT_PERIOD.start}'"
     )
-    floor_s = copy_floor(
+    floor = copy_floor(
         engine,
         ["invoices", "invoice_lines"],
         {"invoices": rows, "invoice_lines": f"invoice_id IN (SELECT id FROM invoices WHERE {rows})"},
     )
-    print(stage_table({"largest alone": alone_s}, {"largest alone": timings}), flush=True)
+    print(stage_table({"largest alone": alone.seconds}, {"largest alone": timings}), flush=True)
     print(
-        f"largest organization alone: {max(sizes):,} leases in {alone_s:.2f}s; COPY floor {floor_s:.2f}s "
-        f"({floor_s / alone_s:.2f}x)",
+        f"largest organization alone: {max(sizes):,} leases in {alone.seconds:.2f}s ({alone.wal_mb:,.0f} MB of WAL); "
+        f"COPY floor {floor.seconds:.2f}s ({floor.wal_mb:,.0f} MB) ({floor.seconds / alone.seconds:.2f}x)",
         flush=True,
     )
     return {
-        "largest_org_engine_alone_leases_per_s": round(max(sizes) / alone_s),
-        "largest_org_copy_floor_leases_per_s": round(max(sizes) / floor_s),
-        "largest_org_vs_copy_floor": round(floor_s / alone_s, 2),
+        "largest_org_engine_alone_leases_per_s": round(max(sizes) / alone.seconds),
+        "largest_org_copy_floor_leases_per_s": round(max(sizes) / floor.seconds),
+        "largest_org_vs_copy_floor": round(floor.seconds / alone.seconds, 2),
+        "largest_org_wal_mb": round(alone.wal_mb, 1),
+        "largest_org_copy_floor_wal_mb": round(floor.wal_mb, 1),
         "largest_org_stages_s": rounded_stages(timings),
     }
 
