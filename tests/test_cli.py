@@ -119,6 +119,11 @@ def test_benchmark_reports_its_figures(pg_admin_uri, capsys):
     for key in ("rent_wal_mb", "copy_floor_wal_mb", "utility_wal_mb", "utility_copy_floor_wal_mb"):
         assert figures[key] > 0
     assert figures["utility_update_floor_wal_mb"] > 0
+    # Each floor table by table (the update floor's last part is the link UPDATE).
+    assert list(figures["copy_floor_parts"]) == ["invoices", "invoice_lines"]
+    assert list(figures["utility_copy_floor_parts"]) == ["invoices", "invoice_lines", "utility_statements"]
+    assert list(figures["utility_update_floor_parts"]) == ["invoices", "invoice_lines", "utility_statements (UPDATE)"]
+    assert all(part["seconds"] > 0 for part in figures["utility_update_floor_parts"].values())
     # Every stage of each engine, then the commit, as the stage table printed them.
     for key in ("rent_stages_s", "rent_rerun_stages_s", "rent_changed_rerun_stages_s"):
         assert tuple(figures[key]) == (*RENT_STAGES, "commit")
@@ -192,6 +197,8 @@ def test_bench_scale_engine_only_times_the_largest_organization_in_the_populatio
     assert (figures["organizations"], figures["leases"], figures["largest_organization_leases"]) == (4, 2000, largest)
     assert "billed 2026-03 for 4 organizations" in out
     assert figures["largest_org_engine_alone_leases_per_s"] > 0 and figures["largest_org_vs_copy_floor"] > 0
+    assert figures["largest_org_wal_mb"] > 0
+    assert list(figures["largest_org_copy_floor_parts"]) == ["invoices", "invoice_lines"]
     assert tuple(figures["largest_org_stages_s"]) == (*RENT_STAGES, "commit")
 
 

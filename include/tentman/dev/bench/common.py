@@ -89,10 +89,28 @@ def checkpoint(engine) -> None:
 
 @dataclasses.dataclass
 class Phase:
-    """One timed phase: its seconds, and the megabytes of WAL the server wrote during it."""
+    """One timed phase: its seconds, the megabytes of WAL the server wrote during it, and the same
+    two figures for each of its named parts (a floor's table by table)."""
 
     seconds: float = 0.0
     wal_mb: float = 0.0
+    parts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def part(self, name: str, cur):
+        """Time the block as part `name`, its WAL read on `cur` (the psycopg cursor doing the work)."""
+        cur.execute("SELECT pg_current_wal_insert_lsn()")
+        (start_lsn,) = cur.fetchone()
+        started = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - started
+        cur.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", (start_lsn,))
+        (written,) = cur.fetchone()
+        self.parts[name] = {"seconds": round(seconds, 3), "wal_mb": round(float(written) / 2**20, 1)}
+
+    def parts_text(self) -> str:
+        """`name 1.23s / 45 MB, ...`: the parts as the benchmark prints them."""
+        return ", ".join(f"{name} {p['seconds']:.2f}s / {p['wal_mb']:,.0f} MB" for name, p in self.parts.items())
 
 
 def _wal_insert_lsn(engine) -> str:
@@ -198,7 +216,8 @@ def copy_floor(engine, tables: list[str], where: dict[str, str]) -> Phase:
         vacuum_analyze(engine, *tables)
         with timed_phase(engine) as phase:
             for table in tables:
-                load_rows(cur, table, dumps[table])
+                with phase.part(table, cur):
+                    load_rows(cur, table, dumps[table])
             raw.commit()
         return phase
     finally:

@@ -124,13 +124,14 @@ def benchmark_utility(engine, organization_id: int, n_statements: int) -> dict:
     floor = copy_floor(engine, ["invoices", "invoice_lines", "utility_statements"], output)
     print(
         f"utility COPY floor: the same invoices, lines and linked statements in {floor.seconds:.2f}s "
-        f"({n_statements / floor.seconds:,.0f} statements/s), {floor.wal_mb:,.0f} MB of WAL",
+        f"({n_statements / floor.seconds:,.0f} statements/s), {floor.wal_mb:,.0f} MB of WAL ({floor.parts_text()})",
         flush=True,
     )
     update = update_floor(engine, org)
     print(
         f"utility update floor: COPY of the invoices and lines, then one UPDATE linking the statements, in "
-        f"{update.seconds:.2f}s ({n_statements / update.seconds:,.0f} statements/s), {update.wal_mb:,.0f} MB of WAL",
+        f"{update.seconds:.2f}s ({n_statements / update.seconds:,.0f} statements/s), {update.wal_mb:,.0f} MB of WAL "
+        f"({update.parts_text()})",
         flush=True,
     )
     # The floor as first defined: invoices and lines only (unlinked first, so that deleting the
@@ -157,6 +158,8 @@ def benchmark_utility(engine, organization_id: int, n_statements: int) -> dict:
         "utility_wal_mb": round(billing.wal_mb, 1),
         "utility_copy_floor_wal_mb": round(floor.wal_mb, 1),
         "utility_update_floor_wal_mb": round(update.wal_mb, 1),
+        "utility_copy_floor_parts": floor.parts,
+        "utility_update_floor_parts": update.parts,
         "utility_stages_s": rounded_stages(timings),
     }
 
@@ -194,11 +197,13 @@ def update_floor(engine, organization_id: int) -> Phase:
         vacuum_analyze(engine, *output)
         with timed_phase(engine) as phase:
             for table, rows in dumps.items():
-                load_rows(cur, table, rows)
-            cur.execute(
-                "UPDATE utility_statements s SET invoice_line_id = k.line_id FROM floor_links k "
-                "WHERE s.id = k.statement_id"
-            )
+                with phase.part(table, cur):
+                    load_rows(cur, table, rows)
+            with phase.part("utility_statements (UPDATE)", cur):
+                cur.execute(
+                    "UPDATE utility_statements s SET invoice_line_id = k.line_id FROM floor_links k "
+                    "WHERE s.id = k.statement_id"
+                )
             raw.commit()
         cur.execute("DROP TABLE floor_links")  # the connection goes back to the pool
         raw.commit()
@@ -261,7 +266,7 @@ def run(n: int, admin_uri: str) -> dict:
         )
         print(
             f"COPY floor: the same {n} invoices and their lines in {floor.seconds:.2f}s "
-            f"({n / floor.seconds:,.0f} leases/s), {floor.wal_mb:,.0f} MB of WAL",
+            f"({n / floor.seconds:,.0f} leases/s), {floor.wal_mb:,.0f} MB of WAL ({floor.parts_text()})",
             flush=True,
         )
         figures = {
@@ -273,6 +278,7 @@ def run(n: int, admin_uri: str) -> dict:
             "engine_vs_copy_floor": round(floor.seconds / first_s, 2),
             "rent_wal_mb": round(first_phase.wal_mb, 1),
             "copy_floor_wal_mb": round(floor.wal_mb, 1),
+            "copy_floor_parts": floor.parts,
             "peak_rss_mb": round(engine_rss_mb, 1),
             "rent_stages_s": rounded_stages(stages["first run"]),
             "rent_rerun_stages_s": rounded_stages(stages["re-run"]),

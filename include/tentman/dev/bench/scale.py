@@ -351,7 +351,8 @@ def largest_organization_alone(engine, sizes: list[int]) -> dict:
     print(stage_table({"largest alone": alone.seconds}, {"largest alone": timings}), flush=True)
     print(
         f"largest organization alone: {max(sizes):,} leases in {alone.seconds:.2f}s ({alone.wal_mb:,.0f} MB of WAL); "
-        f"COPY floor {floor.seconds:.2f}s ({floor.wal_mb:,.0f} MB) ({floor.seconds / alone.seconds:.2f}x)",
+        f"COPY floor {floor.seconds:.2f}s ({floor.wal_mb:,.0f} MB: {floor.parts_text()}) "
+        f"({floor.seconds / alone.seconds:.2f}x)",
         flush=True,
     )
     return {
@@ -360,6 +361,7 @@ def largest_organization_alone(engine, sizes: list[int]) -> dict:
         "largest_org_vs_copy_floor": round(floor.seconds / alone.seconds, 2),
         "largest_org_wal_mb": round(alone.wal_mb, 1),
         "largest_org_copy_floor_wal_mb": round(floor.wal_mb, 1),
+        "largest_org_copy_floor_parts": floor.parts,
         "largest_org_stages_s": rounded_stages(timings),
     }
 
