@@ -2,7 +2,9 @@
 # One-shot init of the compose deployment: Airflow metadata DB, TentMan schema, login passwords.
 set -euo pipefail
 airflow db migrate
-tentman db upgrade
+# A new, standalone TentMan database: the application's tables too. Against TentMan's own
+# database (the application's tables made by its migrations) drop the flag: docs/schema.md.
+tentman db upgrade --with-application-tables
 # The pool the organization tasks opted into (TENTMAN_BILLING_POOL): organizations billed at once,
 # all runs together. Created before any component schedules a task in it.
 if [ -n "${TENTMAN_BILLING_POOL:-}" ] && [ "${TENTMAN_BILLING_POOL}" != "default_pool" ]; then

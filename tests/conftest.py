@@ -38,7 +38,7 @@ def template_db(pg_admin_uri):
     """A database with the TentMan schema migrated, cloned by each test."""
     name = create_database(pg_admin_uri, "tentman_tpl")
     engine = create_engine_from_uri(with_database(pg_admin_uri, name))
-    upgrade(engine)
+    upgrade(engine, with_application_tables=True)
     engine.dispose()
     yield name
     drop_database(pg_admin_uri, name)

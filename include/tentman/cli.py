@@ -9,16 +9,44 @@ from tentman.names import RENT_DAG_ID
 
 
 def _db_upgrade(args) -> int:
+    from tentman.application_schema import check_contract, format_report
     from tentman.db import tentman_engine
     from tentman.migrate import upgrade
+    from tentman.names import BILLING_SCHEMA
 
     engine = tentman_engine()
     try:
-        revision = upgrade(engine, args.revision)
+        revision = upgrade(engine, args.revision, with_application_tables=args.with_application_tables)
+        print(f"TentMan billing schema ({BILLING_SCHEMA}) at revision {revision}")
+        with engine.connect() as conn:
+            report = check_contract(conn)
     finally:
         engine.dispose()
-    print(f"TentMan schema at revision {revision}")
-    return 0
+    print(format_report(report))
+    return 0 if report.holds else 1
+
+
+def _db_check(args) -> int:
+    from tentman.application_schema import check_contract, format_report
+    from tentman.db import tentman_engine
+    from tentman.migrate import current_revision, head_revision
+    from tentman.names import BILLING_SCHEMA
+
+    engine = tentman_engine()
+    try:
+        found, needed = current_revision(engine), head_revision()
+        with engine.connect() as conn:
+            report = check_contract(conn)
+    finally:
+        engine.dispose()
+    if found != needed:
+        report.errors.insert(
+            0,
+            f"billing schema ({BILLING_SCHEMA}) at revision {found or 'none (never migrated)'}, this release "
+            f"needs {needed}: tentman db upgrade",
+        )
+    print(format_report(report))
+    return 0 if report.holds else 1
 
 
 def _db_current(args) -> int:
@@ -62,9 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="TentMan database schema").add_subparsers(dest="db_command", required=True)
-    up = db.add_parser("upgrade", help="apply migrations to the DB of AIRFLOW_CONN_TENTMAN_DB")
+    up = db.add_parser(
+        "upgrade",
+        help="create or upgrade the bundle's own schema (tentman_billing) in the TentMan database, then check it",
+    )
     up.add_argument("revision", nargs="?", default="head")
+    up.add_argument(
+        "--with-application-tables",
+        action="store_true",
+        help="first create the application's tables, in a standalone database that has none of them",
+    )
     up.set_defaults(func=_db_upgrade)
+    db.add_parser(
+        "check",
+        help="compare the database with the schema contract; exit 1 listing every difference and its fix",
+    ).set_defaults(func=_db_check)
     db.add_parser("current", help="show the applied and latest revisions").set_defaults(func=_db_current)
 
     demo = sub.add_parser("demo", help="demo data").add_subparsers(dest="demo_command", required=True)

@@ -13,6 +13,14 @@ RENT_DAG_ID = "tentman_monthly_rent_generation"
 UTILITY_DAG_ID = "tentman_utility_billing"
 DAG_IDS = (RENT_DAG_ID, UTILITY_DAG_ID)
 
+# The PostgreSQL schema holding everything that is the bundle's own (its migration version table,
+# the organizations' billing settings and their audit, the proration function). The application's
+# tables stay where the application keeps them (found on the connection's search_path).
+BILLING_SCHEMA = "tentman_billing"
+BILLING_SETTINGS_TABLE = f"{BILLING_SCHEMA}.organization_billing_settings"
+BILLING_SETTINGS_AUDIT_TABLE = f"{BILLING_SCHEMA}.organization_billing_settings_audit"
+PRORATE_FUNCTION = f"{BILLING_SCHEMA}.tentman_prorate"
+
 # `invoice_runs.run_type` of each DAG, and the `invoices.invoice_type` a run of that type writes.
 RENT_RUN = "monthly_rent"
 UTILITY_RUN = "utility"

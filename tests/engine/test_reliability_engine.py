@@ -21,7 +21,7 @@ from tentman.engine.periods import BillingPeriod
 from tentman.engine.proration import prorate
 from tentman.engine.rent import generate_rent_invoices
 from tentman.engine.utility import generate_utility_invoices
-from tentman.names import ProrationMethod
+from tentman.names import BILLING_SCHEMA, PRORATE_FUNCTION, ProrationMethod
 
 pytestmark = pytest.mark.reliability
 
@@ -197,6 +197,7 @@ def _bill_under_rls(engine, a: int, role: str) -> None:
         # on it could not see invoices written by the same statement. Its rows are checked by
         # test_every_written_row_belongs_to_the_billed_organization instead.
         conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {BILLING_SCHEMA} TO {role}")  # the proration function
     with engine.begin() as conn:
         conn.exec_driver_sql(f"SET LOCAL ROLE {role}")
         assert conn.execute(sa.text("SELECT count(DISTINCT organization_id) FROM leases")).scalar() == 1
@@ -350,7 +351,7 @@ def test_sql_and_python_proration_agree_to_the_cent(engine, cases):
         got = (
             conn.execute(
                 sa.text(
-                    "SELECT tentman_prorate(a, n, d, m) FROM unnest(CAST(:a AS numeric[]), CAST(:n AS int[]), "
+                    f"SELECT {PRORATE_FUNCTION}(a, n, d, m) FROM unnest(CAST(:a AS numeric[]), CAST(:n AS int[]), "
                     "CAST(:d AS int[]), CAST(:m AS text[])) AS t(a, n, d, m)"
                 ),
                 {

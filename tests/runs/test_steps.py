@@ -263,15 +263,35 @@ def test_a_schema_behind_the_bundle_is_named_before_anything_is_billed(pg_admin_
         with pytest.raises(SchemaNotReady) as err:
             resolve(engine, {})
         assert str(err.value) == (
-            f"the TentMan database is at schema revision none (never migrated), and this bundle needs revision "
-            f"{head}: run `tentman db upgrade` with AIRFLOW_CONN_TENTMAN_DB set to that database, then run the DAG "
-            "again"
+            "the TentMan database's billing schema (tentman_billing) is at revision none (never migrated), and "
+            f"this bundle needs revision {head}: run `tentman db upgrade` against that database (the tentman_db "
+            "connection), then run the DAG again"
         )
-        upgrade(engine, "0002")
-        with pytest.raises(SchemaNotReady, match=f"at schema revision 0002, and this bundle needs revision {head}:"):
-            resolve(engine, {})
-        upgrade(engine)
+        upgrade(engine, with_application_tables=True)
         assert resolve(engine, {}).billing_period_start == "2026-03-01"
     finally:
         engine.dispose()
         drop_database(pg_admin_uri, name)
+
+
+def test_application_tables_without_what_billing_relies_on_are_named_before_anything_is_billed(engine, caplog):
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE invoices DROP CONSTRAINT invoices_one_per_lease_type_period")
+        conn.exec_driver_sql("DROP INDEX leases_organization_status_idx")
+    with pytest.raises(SchemaNotReady) as err:
+        resolve(engine, {})
+    assert "missing unique key invoices_one_per_lease_type_period on invoices" in str(err.value)
+    assert "ALTER TABLE invoices ADD CONSTRAINT invoices_one_per_lease_type_period UNIQUE" in str(err.value)
+    # A missing index only slows billing: the run goes on, and its log says what to create.
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "ALTER TABLE invoices ADD CONSTRAINT invoices_one_per_lease_type_period "
+            "UNIQUE (lease_id, invoice_type, billing_period_start)"
+        )
+    with caplog.at_level("WARNING", logger="tentman"):
+        assert resolve(engine, {}).billing_period_start == "2026-03-01"
+    assert any(
+        "missing index leases_organization_status_idx" in r.getMessage()
+        and "CREATE INDEX CONCURRENTLY leases_organization_status_idx" in r.getMessage()
+        for r in caplog.records
+    )

@@ -54,7 +54,7 @@ def live_stack(
     metadata_db = create_database(pg_admin_uri, "airflow_live")
     tentman_uri = with_database(tentman_server, tentman_db)
     engine = create_engine_from_uri(tentman_uri, pool_pre_ping=True)
-    upgrade(engine)
+    upgrade(engine, with_application_tables=True)
     port = free_port()
     base = isolated_environment(
         tentman_uri=tentman_uri, metadata_uri=airflow_metadata_uri(with_database(pg_admin_uri, metadata_db))

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from support.factories import add_lease, add_organization
 from support.live import PASSWORDS, Api, live_stack, poll
 from tentman.dev.local import REPO_ROOT
-from tentman.names import RENT_DAG_ID, UTILITY_DAG_ID
+from tentman.names import BILLING_SETTINGS_AUDIT_TABLE, BILLING_SETTINGS_TABLE, RENT_DAG_ID, UTILITY_DAG_ID
 
 pytestmark = pytest.mark.live
 
@@ -67,8 +67,8 @@ def written(engine, organization_id: int) -> tuple:
     with engine.connect() as conn:
         return conn.execute(
             sa.text(
-                "SELECT (SELECT count(*) FROM organization_billing_settings WHERE organization_id = :o), "
-                "(SELECT count(*) FROM organization_billing_settings_audit WHERE organization_id = :o)"
+                f"SELECT (SELECT count(*) FROM {BILLING_SETTINGS_TABLE} WHERE organization_id = :o), "
+                f"(SELECT count(*) FROM {BILLING_SETTINGS_AUDIT_TABLE} WHERE organization_id = :o)"
             ),
             {"o": organization_id},
         ).one()
@@ -91,10 +91,12 @@ def test_admin_changes_the_settings_and_the_change_is_audited(ui):
     assert admin.put(f"/api/organizations/{org}/billing-settings", json=body).json()["changed"] is False
     with ui["engine"].connect() as conn:
         row = conn.execute(
-            sa.text("SELECT * FROM organization_billing_settings WHERE organization_id = :o"), {"o": org}
+            sa.text(f"SELECT * FROM {BILLING_SETTINGS_TABLE} WHERE organization_id = :o"),
+            {"o": org},
         ).one()
         audit = conn.execute(
-            sa.text("SELECT * FROM organization_billing_settings_audit WHERE organization_id = :o"), {"o": org}
+            sa.text(f"SELECT * FROM {BILLING_SETTINGS_AUDIT_TABLE} WHERE organization_id = :o"),
+            {"o": org},
         ).all()
     assert (row.billing_hold, row.hold_reason, row.proration_method, row.updated_by) == (
         True,
@@ -227,7 +229,7 @@ def test_the_readme_command_changes_the_settings(ui):
         with ui["engine"].connect() as conn:
             assert (
                 conn.execute(
-                    sa.text("SELECT hold_reason FROM organization_billing_settings WHERE organization_id = :o"),
+                    sa.text(f"SELECT hold_reason FROM {BILLING_SETTINGS_TABLE} WHERE organization_id = :o"),
                     {"o": org},
                 ).scalar_one()
                 == HOLD
@@ -335,8 +337,7 @@ def test_browser_admin_edits_viewer_cannot_and_the_next_run_honours_it(ui):
         )
         audit = conn.execute(
             sa.text(
-                "SELECT changed_by, new_billing_hold FROM organization_billing_settings_audit "
-                "WHERE organization_id = :o"
+                f"SELECT changed_by, new_billing_hold FROM {BILLING_SETTINGS_AUDIT_TABLE} WHERE organization_id = :o"
             ),
             {"o": dune},
         ).all()

@@ -54,7 +54,7 @@ def dev_demo(args) -> int:
     env = local_environment()
     tentman = [sys.executable, "-m", "tentman.cli"]
     _run(["airflow", "db", "migrate"], env, "Airflow metadata DB")
-    _run(tentman + ["db", "upgrade"], env, "TentMan schema")
+    _run(tentman + ["db", "upgrade", "--with-application-tables"], env, "TentMan schema")
     _run(tentman + ["demo", "load"], env, "Demo data")
     dags = [(RENT_DAG_ID, DEMO_RENT_LOGICAL_DATE)]
     if args.with_utility:
@@ -105,7 +105,7 @@ def dev_up(args) -> int:
     except subprocess.CalledProcessError as exc:
         print(f"`{' '.join(exc.cmd)}` failed:\n{exc.stderr or exc.stdout}", file=sys.stderr)
         return 1
-    _run(tentman + ["db", "upgrade"], env, "TentMan schema")
+    _run(tentman + ["db", "upgrade", "--with-application-tables"], env, "TentMan schema")
     _run(tentman + ["demo", "load"], env, "Demo data")
     print("\n==> Starting Airflow: " + ", ".join(stack.commands), flush=True)
     stack.start(detached=True)

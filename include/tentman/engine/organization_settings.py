@@ -1,6 +1,6 @@
 """Per-organization billing settings: an invoicing hold and the organization's own proration method.
 
-Table `organization_billing_settings` (one row per organization, or none: the defaults, no hold and
+Table `tentman_billing.organization_billing_settings` (one row per organization, or none: the defaults, no hold and
 the platform's method) and `organization_billing_settings_audit` (one row per change: who, when, the
 values before and after). Other TentMan services read and write both; these functions are how the
 billing bundle does, on the caller's connection and transaction (the caller commits).
@@ -21,7 +21,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tentman.engine.common import lock_organization
-from tentman.names import DEFAULT_PRORATION_METHOD, ProrationMethod
+from tentman.names import (
+    BILLING_SETTINGS_AUDIT_TABLE,
+    BILLING_SETTINGS_TABLE,
+    DEFAULT_PRORATION_METHOD,
+    ProrationMethod,
+)
 
 # What the page shows and a reason may hold; longer is a paste gone wrong, not a reason.
 MAX_HOLD_REASON = 500
@@ -51,10 +56,10 @@ class BillingSettings:
         return asdict(self)
 
 
-_SELECT = """
+_SELECT = f"""
     SELECT o.id AS organization_id, coalesce(s.billing_hold, false) AS billing_hold, s.hold_reason,
            s.proration_method, s.updated_at, s.updated_by
-    FROM organizations o LEFT JOIN organization_billing_settings s ON s.organization_id = o.id
+    FROM organizations o LEFT JOIN {BILLING_SETTINGS_TABLE} s ON s.organization_id = o.id
 """
 
 
@@ -131,8 +136,8 @@ def change_billing_settings(
     }
     conn.execute(
         sa.text(
-            """
-            INSERT INTO organization_billing_settings
+            f"""
+            INSERT INTO {BILLING_SETTINGS_TABLE}
                 (organization_id, billing_hold, hold_reason, proration_method, updated_at, updated_by)
             VALUES (:org, :hold, :reason, :method, now(), :by)
             ON CONFLICT (organization_id) DO UPDATE
@@ -145,8 +150,8 @@ def change_billing_settings(
     )
     conn.execute(
         sa.text(
-            """
-            INSERT INTO organization_billing_settings_audit
+            f"""
+            INSERT INTO {BILLING_SETTINGS_AUDIT_TABLE}
                 (organization_id, changed_at, changed_by, old_billing_hold, new_billing_hold,
                  old_hold_reason, new_hold_reason, old_proration_method, new_proration_method)
             VALUES (:org, now(), :by, :old_hold, :hold, :old_reason, :reason, :old_method, :method)
@@ -162,8 +167,8 @@ def settings_audit(conn: Connection, organization_id: int, limit: int = 100) -> 
     return list(
         conn.execute(
             sa.text(
-                """
-                SELECT * FROM organization_billing_settings_audit WHERE organization_id = :org
+                f"""
+                SELECT * FROM {BILLING_SETTINGS_AUDIT_TABLE} WHERE organization_id = :org
                 ORDER BY changed_at DESC, id DESC LIMIT :limit
                 """
             ),

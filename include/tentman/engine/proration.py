@@ -1,6 +1,6 @@
 """Proration of a monthly amount over part of a month.
 
-The billing engine prorates in SQL (the `tentman_prorate` function created by the migrations, so
+The billing engine prorates in SQL (the `tentman_billing.tentman_prorate` function created by the migrations, so
 a whole organization is billed in a few set-based statements). `prorate` below is the same rule in
 Python: the reference the tests and the preview compare the SQL path against.
 """

@@ -31,7 +31,7 @@ from tentman.engine.common import (
     write_isolating_bad_leases,
 )
 from tentman.engine.periods import BillingPeriod
-from tentman.names import RENT_INVOICE, ProrationMethod
+from tentman.names import PRORATE_FUNCTION, RENT_INVOICE, ProrationMethod
 
 
 def generate_rent_invoices(
@@ -137,7 +137,7 @@ WHERE l.organization_id = :org
 # staged too, with its `error`: its lease then fails as a whole (stage 3), so no invoice is ever
 # drafted with a charge silently missing. (For a good charge, overlapping the occupied days is the
 # same as a service period of at least one day.)
-_STAGE_LINES = """
+_STAGE_LINES = f"""
 CREATE TEMP TABLE tm_rent_line ON COMMIT DROP AS
 SELECT l.lease_id,
        'rent'::text AS line_type,
@@ -145,7 +145,7 @@ SELECT l.lease_id,
        format('Rent, unit %s, %s to %s', l.unit_label, l.occ_start, l.occ_end) AS description,
        l.occ_start AS service_period_start,
        l.occ_end AS service_period_end,
-       tentman_prorate(l.monthly_rent, l.occ_end - l.occ_start + 1, :period_days, :method) AS amount,
+       {PRORATE_FUNCTION}(l.monthly_rent, l.occ_end - l.occ_start + 1, :period_days, :method) AS amount,
        NULL::text AS error
 FROM tm_rent_lease l
 WHERE l.error IS NULL
@@ -158,7 +158,7 @@ SELECT c.lease_id,
               c.svc_start, c.svc_end),
        c.svc_start,
        c.svc_end,
-       tentman_prorate(c.amount, c.svc_end - c.svc_start + 1, :period_days, :method),
+       {PRORATE_FUNCTION}(c.amount, c.svc_end - c.svc_start + 1, :period_days, :method),
        CASE
            WHEN c.amount IS NULL THEN format('recurring charge %s has no amount', c.id)
            WHEN c.amount < 0 THEN format('recurring charge %s amount %s is negative', c.id, c.amount)

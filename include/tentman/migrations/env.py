@@ -13,6 +13,7 @@ def run_migrations_online() -> None:
         connection=connection,
         transactional_ddl=True,
         version_table=config.get_main_option("version_table"),
+        version_table_schema=config.get_main_option("version_table_schema"),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -101,7 +101,8 @@ def resolve_billing_run(
     started_at: datetime | None = None,
 ) -> BillingRun:
     """Validate a run's params and resolve its billing period; raises ValueError naming a bad value,
-    SchemaNotReady when the TentMan database is not migrated to this bundle's schema.
+    SchemaNotReady when the TentMan database is not migrated to this bundle's schema or its application
+    tables break the schema contract (tentman.application_schema).
 
     The period comes from `billing_month` when given, otherwise from the run's logical date (or,
     for a manual run without one, its `run_after`) — never from the wall clock, so late runs and
@@ -109,8 +110,10 @@ def resolve_billing_run(
     """
     if run_type not in RUN_TYPES:
         raise ValueError(f"run_type {run_type!r} is not one of {', '.join(RUN_TYPES)}")
-    # A schema behind the bundle would fail deep inside every organization task, retried ten times.
-    check_schema(engine)
+    # A schema behind the bundle, or application tables without what billing relies on, would fail
+    # deep inside every organization task, retried ten times: fail here, naming each difference.
+    for warning in check_schema(engine):
+        log.warning("TentMan schema: %s", warning)
     period = _billing_period(run_type, params.get("billing_month"), logical_date or run_after)
     method = _parse_run_proration_method(run_type, params.get("proration_method"))
     organization_ids = _parse_organization_ids(params.get("organization_ids"))

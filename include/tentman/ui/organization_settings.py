@@ -28,7 +28,7 @@ from tentman.engine.organization_settings import (
     change_billing_settings,
     settings_audit,
 )
-from tentman.names import DEFAULT_PRORATION_METHOD, RENT_RUN, UTILITY_RUN, ProrationMethod
+from tentman.names import BILLING_SETTINGS_TABLE, DEFAULT_PRORATION_METHOD, RENT_RUN, UTILITY_RUN, ProrationMethod
 from tentman.ui.app import _engine, current_user, read_only, read_runs
 
 METHODS = ", ".join(m.value for m in ProrationMethod)
@@ -129,7 +129,7 @@ def organizations_with_settings(conn, limit: int = 5000) -> list[sa.Row]:
                    s.updated_at, s.updated_by,
                    to_jsonb(rent) AS last_rent_run, to_jsonb(utility) AS last_utility_run
             FROM organizations o
-            LEFT JOIN organization_billing_settings s ON s.organization_id = o.id
+            LEFT JOIN {BILLING_SETTINGS_TABLE} s ON s.organization_id = o.id
             {_LAST_RUN.format(name="rent")}
             {_LAST_RUN.format(name="utility")}
             ORDER BY o.name, o.id

@@ -48,7 +48,7 @@ def scratch_database(admin_uri: str, prefix: str):
     ensure_database(admin_uri, name)
     engine = create_engine_from_uri(with_database(admin_uri, name))
     try:
-        upgrade(engine)
+        upgrade(engine, with_application_tables=True)
         yield engine
     finally:
         engine.dispose()

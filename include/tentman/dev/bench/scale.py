@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_database(admin, tentman_db)
             tentman_uri = with_database(admin, tentman_db)
             engine = create_engine_from_uri(tentman_uri)
-            upgrade(engine)
+            upgrade(engine, with_application_tables=True)
             sizes = organization_sizes(organizations, leases)
             started = time.perf_counter()
             with engine.begin() as conn:

@@ -40,7 +40,7 @@ def measure(n: int, leases: int, *, executor: str, workers: int, concurrency: in
             ensure_database(admin, tentman_db)
             tentman_uri = with_database(admin, tentman_db)
             engine = create_engine_from_uri(tentman_uri)
-            upgrade(engine)
+            upgrade(engine, with_application_tables=True)
             with engine.begin() as conn:
                 generate(conn, [leases] * n, statements=max(1, n * leases))
             with measured_stack(
