@@ -6,9 +6,11 @@ airflow db migrate
 # database (the application's tables made by its migrations) drop the flag: docs/schema.md.
 tentman db upgrade --with-application-tables
 # The pool the organization tasks opted into (TENTMAN_BILLING_POOL): organizations billed at once,
-# all runs together. Created before any component schedules a task in it.
+# all runs together. Created before any component schedules a task in it, with the slots of
+# TENTMAN_BILLING_POOL_SLOTS (empty: tentman.settings' default).
 if [ -n "${TENTMAN_BILLING_POOL:-}" ] && [ "${TENTMAN_BILLING_POOL}" != "default_pool" ]; then
-  airflow pools set "${TENTMAN_BILLING_POOL}" "${TENTMAN_BILLING_POOL_SLOTS:-10}" \
+  slots=$(python -c 'from tentman.settings import billing_pool_slots; print(billing_pool_slots())')
+  airflow pools set "${TENTMAN_BILLING_POOL}" "${slots}" \
     "TentMan organization billing tasks: organizations billed at once, all runs together"
 fi
 # The simple auth manager reads passwords from this file; they come from the environment.

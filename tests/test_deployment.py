@@ -73,7 +73,7 @@ def resolved(env: dict[str, str], *profiles: str) -> dict:
 def test_compose_file_is_valid():
     out = compose("config", "-q", env=secrets_env())
     assert out.returncode == 0, out.stderr
-    out = compose("--profile", "celery", "config", "-q", env=secrets_env(AIRFLOW_EXECUTOR="CeleryExecutor"))
+    out = compose("--profile", "celery", "config", "-q", env=secrets_env(AIRFLOW__CORE__EXECUTOR="CeleryExecutor"))
     assert out.returncode == 0, out.stderr
 
 
@@ -146,7 +146,7 @@ def test_settings_match_what_the_live_tests_run():
 
 
 def test_celery_profile_adds_redis_and_workers():
-    config = resolved(secrets_env(AIRFLOW_EXECUTOR="CeleryExecutor"), "celery")
+    config = resolved(secrets_env(AIRFLOW__CORE__EXECUTOR="CeleryExecutor"), "celery")
     assert set(config["services"]) == SERVICES | CELERY_SERVICES
     assert all(config["services"][name]["profiles"] == ["celery"] for name in CELERY_SERVICES)
     worker = config["services"]["airflow-worker"]
@@ -179,6 +179,135 @@ def test_no_secret_is_committed():
         key = line.split("=", 1)[0]
         if line and not line.startswith("#") and any(word in key for word in ("PASSWORD", "SECRET", "FERNET")):
             assert line.split("=", 1)[1] == "", line
+
+
+AIRFLOW_CONTAINERS = {"airflow-init", "api-server", "scheduler", "dag-processor", "triggerer", "airflow-worker"}
+
+
+def _airflow_environments(config: dict) -> dict[str, dict]:
+    return {name: svc["environment"] for name, svc in config["services"].items() if name in AIRFLOW_CONTAINERS}
+
+
+def compose_variables() -> set[str]:
+    """The variables docker-compose.yaml interpolates (`$${…}` is the container's own)."""
+    return set(re.findall(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)", COMPOSE.read_text()))
+
+
+def test_every_tentman_setting_reaches_every_airflow_container_from_the_env_file(tmp_path):
+    """Each variable tentman.settings reads, set in `.env`, arrives unchanged in every Airflow
+    container (LocalExecutor and Celery profiles); compose passes no other TENTMAN_* variable."""
+    from tentman.settings import ENVIRONMENT_VARIABLES
+
+    values = {name: f"value-of-{name.lower()}" for name in ENVIRONMENT_VARIABLES}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TENTMAN"))}
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("".join(f"{k}={v}\n" for k, v in secrets_env(**values).items() if k not in clean))
+    out = compose("--env-file", str(dotenv), "--profile", "celery", "config", env=clean)
+    assert out.returncode == 0, out.stderr
+    environments = _airflow_environments(yaml.safe_load(out.stdout))
+    assert set(environments) == AIRFLOW_CONTAINERS
+    for name, env in environments.items():
+        assert {k: str(v) for k, v in env.items() if k.startswith("TENTMAN_")} == values, name
+
+
+def _effective_settings(environ: dict[str, str]) -> tuple:
+    """What tentman.settings makes of an environment: every setting it reads, resolved."""
+    from unittest import mock
+
+    from tentman import settings
+    from tentman.names import RENT_RUN, UTILITY_RUN
+
+    with mock.patch.dict(os.environ, environ, clear=True):
+        return (
+            settings.organization_task_policy(),
+            settings.billing_pool_slots(),
+            settings.priority_weight(RENT_RUN),
+            settings.priority_weight(UTILITY_RUN),
+            settings.utility_due_days(),
+            settings.rent_schedule(),
+            settings.utility_schedule(),
+        )
+
+
+def test_settings_left_unset_in_the_env_file_keep_their_defaults():
+    """Unset, each setting reaches the containers empty, which tentman.settings reads as its
+    default; the one exception is the pool, which compose opts into (airflow-init creates it)."""
+    from dataclasses import replace
+
+    from tentman.settings import BILLING_POOL
+
+    for name, env in _airflow_environments(resolved(secrets_env(), "celery")).items():
+        tentman = {k: str(v) for k, v in env.items() if k.startswith("TENTMAN_")}
+        assert tentman.pop("TENTMAN_BILLING_POOL") == BILLING_POOL, name
+        assert set(tentman.values()) == {""}, name
+        policy, *rest = _effective_settings(tentman)
+        default_policy, *default_rest = _effective_settings({})
+        assert (policy, rest) == (replace(default_policy, pool=policy.pool), default_rest), name
+
+
+def test_env_example_lists_every_variable_compose_reads():
+    """.env.example documents compose's variables: each one compose interpolates, and no other."""
+    listed = {
+        match.group(1)
+        for line in (REPO_ROOT / ".env.example").read_text().splitlines()
+        if (match := re.match(r"#? ?([A-Z][A-Z0-9_]*)=", line))
+    }
+    assert listed == compose_variables()
+
+
+def test_docs_set_only_variables_compose_reads():
+    """Every `NAME=value` put before a docker compose command in the docs is a variable compose
+    reads (names that differ from compose's are silently ignored)."""
+    docs = [REPO_ROOT / "README.md", REPO_ROOT / "CHANGELOG.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    seen = set()
+    for doc in docs:
+        for line in doc.read_text().splitlines():
+            for command in re.findall(r"((?:[A-Z][A-Z0-9_]*=\S+ )+)docker[ -]compose", line):
+                names = set(re.findall(r"([A-Z][A-Z0-9_]*)=", command))
+                assert names <= compose_variables(), (doc.name, line)
+                seen |= names
+    assert {"AIRFLOW__CORE__EXECUTOR", "AIRFLOW__METRICS__STATSD_ON"} <= seen
+
+
+def test_alert_connections_come_from_the_variables_the_docs_name():
+    """The alert channels' connections (docs/operations.md "Alerts") pass straight through under
+    Airflow's own names; unset, they are empty, which Airflow reads as no connection (channel off:
+    tests/orchestration/test_alerts.py)."""
+    import ast
+    import importlib.util
+
+    # The connection ids as tentman.orchestration.alerts defines them, read without importing it:
+    # importing Airflow here would come before the tests' Airflow environment (conftest.py).
+    source = Path(importlib.util.find_spec("tentman.orchestration.alerts").origin).read_text()
+    defined = {
+        node.targets[0].id: node.value.value
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Constant)
+    }
+    names = [f"AIRFLOW_CONN_{defined[key].upper()}" for key in ("SMTP_CONN_ID", "WEBHOOK_CONN_ID")]
+    alerts = (REPO_ROOT / "docs" / "operations.md").read_text().split("\n## Alerts\n", 1)[1].split("\n## ", 1)[0]
+    values = {name: f"https://hooks.example.test/{name.lower()}" for name in names}
+    on, off = resolved(secrets_env(**values), "celery"), resolved(secrets_env(), "celery")
+    for name in names:
+        assert f"`{name}" in alerts, name
+        for service, env in _airflow_environments(on).items():
+            assert env[name] == values[name], (service, name)
+        for service, env in _airflow_environments(off).items():
+            assert env[name] == "", (service, name)
+
+
+def test_dags_start_paused_and_the_docs_say_how_to_unpause_them():
+    """The first `up` bills nothing until someone unpauses the DAGs, as docs/deployment.md says."""
+    from tentman.names import DAG_IDS
+
+    for service, env in _airflow_environments(resolved(secrets_env(), "celery")).items():
+        assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True", service
+    deployment = (REPO_ROOT / "docs" / "deployment.md").read_text()
+    section = deployment.split("\n## Deploy with Docker Compose\n", 1)[1].split("\n## ", 1)[0]
+    for dag_id in DAG_IDS:
+        assert f"docker compose exec scheduler airflow dags unpause {dag_id}" in section, dag_id
 
 
 def test_airflow_init_script_migrates_both_databases_and_creates_the_billing_pool(airflow_home, pg_admin_uri, tmp_path):
@@ -246,7 +375,7 @@ AIRFLOW_SERVICES = {"airflow-init", "api-server", "scheduler", "dag-processor", 
 
 
 def test_monitoring_profile_adds_exporter_prometheus_and_grafana():
-    env = secrets_env(AIRFLOW_STATSD_ON="True")
+    env = secrets_env(AIRFLOW__METRICS__STATSD_ON="True")
     out = compose("--profile", "monitoring", "config", "-q", env=env)
     assert out.returncode == 0, out.stderr
     config = resolved(env, "monitoring")
@@ -297,7 +426,7 @@ def test_airflow_sends_its_metrics_to_the_exporter_when_turned_on():
     from support.monitoring import statsd_env
 
     expected = statsd_env("statsd-exporter", 9125)
-    on = resolved(secrets_env(AIRFLOW_STATSD_ON="True"), "monitoring")
+    on = resolved(secrets_env(AIRFLOW__METRICS__STATSD_ON="True"), "monitoring")
     off = resolved(secrets_env())
     for name in AIRFLOW_SERVICES:
         env = on["services"][name]["environment"]
@@ -375,15 +504,13 @@ def test_the_mapping_names_every_metric_the_way_the_exporter_would():
     assert map_statsd_name("airflow.scheduler_heartbeat", "counter") == ("airflow_scheduler_heartbeat", {})
 
 
-def test_readme_gives_the_metrics_settings_the_live_test_runs():
-    """README "Metrics and dashboards": its [metrics] block and variables are the live test's settings."""
+def test_monitoring_docs_give_the_metrics_settings_the_live_test_runs():
+    """docs/monitoring.md: its [metrics] block and variables are the live test's settings."""
     import configparser
-    import re
 
     from support.monitoring import statsd_env
 
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("## Metrics and dashboards", 1)[1].split("\n## ", 1)[0]
+    section = (REPO_ROOT / "docs" / "monitoring.md").read_text()
     block = re.search(r"```ini\n(.*?)```", section, re.S).group(1)
     parser = configparser.ConfigParser()
     parser.read_string(block)
@@ -391,7 +518,7 @@ def test_readme_gives_the_metrics_settings_the_live_test_runs():
     assert {f"AIRFLOW__METRICS__{k.upper()}": v for k, v in parser["metrics"].items()} == live
     for key, value in live.items():
         assert f"`{key}`" in section or f"`{key}={value}`" in section, key
-    assert "AIRFLOW_STATSD_ON=True docker-compose --profile monitoring config -q" in section
+    assert "AIRFLOW__METRICS__STATSD_ON=True docker-compose --profile monitoring config -q" in section
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess:
@@ -422,9 +549,37 @@ def test_prometheus_config_alert_rules_and_dashboard_queries_pass_promtool(tmp_p
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def _rent_alert_time() -> tuple[int, int, int]:
+    """Day of month and hour (UTC) from which TentManNoRentRun fires, and the tick's minute: six
+    hours after the rent DAG's default schedule, tentman.settings.RENT_SCHEDULE."""
+    from tentman.settings import RENT_SCHEDULE
+
+    minute, hour, day, month, weekday = RENT_SCHEDULE.split()
+    assert (month, weekday) == ("*", "*") and day.isdigit() and int(hour) + 6 < 24, RENT_SCHEDULE
+    return int(day), int(hour) + 6, int(minute)
+
+
+def test_the_no_rent_run_alert_follows_the_default_rent_schedule():
+    """TentManNoRentRun is written for the default schedule; docs/monitoring.md says so, and says to
+    change the rule with TENTMAN_RENT_SCHEDULE."""
+    from tentman.settings import RENT_SCHEDULE
+
+    day, hour, minute = _rent_alert_time()
+    (rule,) = [rule for rule in _alert_rules() if rule["alert"] == "TentManNoRentRun"]
+    assert rule["expr"].startswith(f"day_of_month() == {day} and hour() >= {hour}\n"), rule["expr"]
+    assert f"{hour - 6:02d}:{minute:02d} UTC schedule on the {day}th" in rule["annotations"]["description"]
+    monitoring = (REPO_ROOT / "docs" / "monitoring.md").read_text()
+    (row,) = [line for line in monitoring.splitlines() if line.startswith("| `TentManNoRentRun`")]
+    assert f"`{RENT_SCHEDULE}`" in row and f"the {day}th from {hour:02d}:00 UTC" in row, row
+    assert "`TENTMAN_RENT_SCHEDULE`" in row and "alert-rules.yml" in row, row
+
+
 def test_alert_rules_fire_when_they_should(tmp_path):
-    """promtool's rule unit tests: a failed run pages; a missing rent run pages on the 26th (the
-    tests' clock starts on 1970-01-01 00:00 UTC, so the 26th at 08:00 is 608 h)."""
+    """promtool's rule unit tests: a failed run pages; a missing rent run pages on the day of the
+    default schedule, six hours after its tick (the tests' clock starts on 1970-01-01 00:00 UTC, so
+    the 26th at 08:00 is 608 h)."""
+    day, hour, _ = _rent_alert_time()
+    fires = (day - 1) * 24 + hour  # hours from the clock's start
     rent_success = 'airflow_dagrun_duration_seconds_count{dag_id="tentman_monthly_rent_generation", state="success"}'
     failed_utility = 'airflow_dagrun_duration_seconds_count{dag_id="tentman_utility_billing", state="failed"}'
     no_rent = {
@@ -456,20 +611,20 @@ def test_alert_rules_fire_when_they_should(tmp_path):
                 "interval": "1h",
                 "input_series": [{"series": rent_success, "values": "1x700"}],
                 "alert_rule_test": [
-                    {"eval_time": "607h", "alertname": "TentManNoRentRun", "exp_alerts": []},
-                    {"eval_time": "609h", **no_rent},
-                    {"eval_time": "633h", "alertname": "TentManNoRentRun", "exp_alerts": []},  # the 27th
+                    {"eval_time": f"{fires - 1}h", "alertname": "TentManNoRentRun", "exp_alerts": []},
+                    {"eval_time": f"{fires + 1}h", **no_rent},
+                    {"eval_time": f"{day * 24 + 9}h", "alertname": "TentManNoRentRun", "exp_alerts": []},  # next day
                 ],
             },
             {  # No series at all (a new deployment): the same.
                 "interval": "1h",
                 "input_series": [],
-                "alert_rule_test": [{"eval_time": "609h", **no_rent}],
+                "alert_rule_test": [{"eval_time": f"{fires + 1}h", **no_rent}],
             },
             {  # The rent run succeeded at 04:00 on the 26th: quiet.
                 "interval": "1h",
-                "input_series": [{"series": rent_success, "values": "1x603 2x100"}],
-                "alert_rule_test": [{"eval_time": "609h", "alertname": "TentManNoRentRun", "exp_alerts": []}],
+                "input_series": [{"series": rent_success, "values": f"1x{fires - 5} 2x100"}],
+                "alert_rule_test": [{"eval_time": f"{fires + 1}h", "alertname": "TentManNoRentRun", "exp_alerts": []}],
             },
             {  # A utility run failed at 02:15 (scraped every 15 min): the alert pages for the next hour.
                 "interval": "15m",

@@ -14,21 +14,31 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch):
-    for name in (
-        "TENTMAN_ORG_TASK_RETRIES",
-        "TENTMAN_ORG_TASK_RETRY_DELAY_SECONDS",
-        "TENTMAN_ORG_TASK_MAX_RETRY_DELAY_SECONDS",
-        "TENTMAN_MAX_ACTIVE_ORGANIZATIONS",
-        "TENTMAN_BILLING_POOL",
-        "TENTMAN_BILLING_POOL_SLOTS",
-        "TENTMAN_RENT_SCHEDULE",
-        "TENTMAN_UTILITY_SCHEDULE",
-        "TENTMAN_UTILITY_DUE_DAYS",
-        "TENTMAN_RENT_PRIORITY_WEIGHT",
-        "TENTMAN_UTILITY_PRIORITY_WEIGHT",
-        "AIRFLOW_CONN_TENTMAN_DB",
-    ):
+    for name in (*settings.ENVIRONMENT_VARIABLES, "AIRFLOW_CONN_TENTMAN_DB"):
         monkeypatch.delenv(name, raising=False)
+
+
+def test_every_tentman_variable_read_in_production_is_listed():
+    """ENVIRONMENT_VARIABLES is the list docker-compose.yaml, .env.example and docs/deployment.md
+    are checked against: every TENTMAN_* name the production code (all but dev/) spells is in it."""
+    import re
+
+    from tentman.dev.local import REPO_ROOT
+
+    package = REPO_ROOT / "include" / "tentman"
+    sources = [
+        path
+        for folder in (package, REPO_ROOT / "dags", REPO_ROOT / "plugins", REPO_ROOT / "config")
+        for path in folder.rglob("*.py")
+        if "dev" not in path.relative_to(REPO_ROOT).parts
+    ]
+    spelled = {name for path in sources for name in re.findall(r"[\"'](TENTMAN_[A-Z0-9_]+)[\"']", path.read_text())}
+    assert spelled == set(settings.ENVIRONMENT_VARIABLES)
+    assert len(set(settings.ENVIRONMENT_VARIABLES)) == len(settings.ENVIRONMENT_VARIABLES)
+    table = (REPO_ROOT / "docs" / "deployment.md").read_text().split("\n## Environment variables\n", 1)[1]
+    table = table.split("\n## ", 1)[0]
+    for name in settings.ENVIRONMENT_VARIABLES:
+        assert f"`{name}`" in table, name
 
 
 def test_defaults():

@@ -134,3 +134,22 @@ def tentman_database_uri() -> str:
 def utility_due_days() -> int:
     """Days after the end of the billing period a utility invoice is due (default 0: period end)."""
     return _int_env("TENTMAN_UTILITY_DUE_DAYS", 0)
+
+
+# Every TENTMAN_* variable this package reads, in the order docs/deployment.md lists them. Each
+# must reach every Airflow component: docker-compose.yaml passes each one from `.env` (empty when
+# unset, and empty means the default above; tests/test_deployment.py checks both), `.env.example`
+# lists each one.
+ENVIRONMENT_VARIABLES = (
+    "TENTMAN_ORG_TASK_RETRIES",
+    "TENTMAN_ORG_TASK_RETRY_DELAY_SECONDS",
+    "TENTMAN_ORG_TASK_MAX_RETRY_DELAY_SECONDS",
+    "TENTMAN_MAX_ACTIVE_ORGANIZATIONS",
+    "TENTMAN_BILLING_POOL",
+    "TENTMAN_BILLING_POOL_SLOTS",
+    "TENTMAN_RENT_PRIORITY_WEIGHT",
+    "TENTMAN_UTILITY_PRIORITY_WEIGHT",
+    "TENTMAN_UTILITY_DUE_DAYS",
+    "TENTMAN_RENT_SCHEDULE",
+    "TENTMAN_UTILITY_SCHEDULE",
+)

@@ -1,6 +1,6 @@
 """Billing metrics on live Airflow, received by a real StatsD listener (a UDP socket of the test).
 
-Airflow runs with the [metrics] settings README "Metrics and dashboards" gives (StatsD on, tags
+Airflow runs with the [metrics] settings docs/monitoring.md gives (StatsD on, tags
 in InfluxDB form, pointed at this test's socket). One rent run on two organizations of known
 leases; the lines the task processes sent are checked for names, values (the amount to the cent)
 and tags, and Airflow's own task and DAG-run metrics must have arrived beside them. Every line is

@@ -76,10 +76,18 @@ def test_failed_organization_and_failed_run_are_alerted_by_email_and_webhook(eng
         assert f"Broken Estates (#{broken})" in body and "injected fault" in body and "2026-02" in body
 
 
-def test_alerts_are_off_without_connections(engine, db_uri, airflow_home, monkeypatch):
+@pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
+def test_alerts_are_off_without_connections(engine, db_uri, airflow_home, monkeypatch, value):
+    """Unset, or empty as docker-compose.yaml passes them when .env leaves them empty."""
     monkeypatch.setenv("AIRFLOW_CONN_TENTMAN_DB", db_uri)
-    monkeypatch.delenv("AIRFLOW_CONN_TENTMAN_ALERT_SMTP", raising=False)
-    monkeypatch.delenv("AIRFLOW_CONN_TENTMAN_ALERT_WEBHOOK", raising=False)
+    for name in ("AIRFLOW_CONN_TENTMAN_ALERT_SMTP", "AIRFLOW_CONN_TENTMAN_ALERT_WEBHOOK"):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    from tentman.orchestration.alerts import SMTP_CONN_ID, WEBHOOK_CONN_ID, _connection
+
+    assert _connection(SMTP_CONN_ID) is None and _connection(WEBHOOK_CONN_ID) is None
     with engine.begin() as conn:
         broken = add_organization(conn, "Broken Estates")
         add_lease(conn, broken, date(2025, 1, 1))

@@ -199,3 +199,30 @@ def test_proration_method_precedence(engine, params, expected):
         assert draft(engine, leases[key]).total == PRORATED[method], key
         assert rows[organization[key]].proration_method == method, key
     assert [r["proration_method"] for r in results] == [expected["own"], expected["none"]]
+
+
+def test_the_documented_backfill_bills_the_organizations_it_names_through_a_hold(engine):
+    """docs/operations.md "Backfill a range": its example names organizations, so it bills them even
+    on hold, and without organization_ids it would skip them: what the text under it says."""
+    import json
+    import shlex
+
+    from tentman.dev.local import REPO_ROOT
+
+    operations = (REPO_ROOT / "docs" / "operations.md").read_text()
+    section = operations.split("\n## Backfill a range\n", 1)[1].split("\n## ", 1)[0]
+    first_command = section.split("```bash\n", 1)[1].split("\n#", 1)[0].replace("\\\n", " ")
+    args = shlex.split(first_command)
+    conf = json.loads(args[args.index("--dag-run-conf") + 1])
+    assert conf["organization_ids"] == [1, 2]
+    text = " ".join(section.split())
+    assert "a backfill without `organization_ids` skips the organizations on hold" in text
+    assert "The example names organizations 1 and 2, so it bills them through a hold" in text
+
+    held, other, held_lease, other_lease = two_organizations(engine)
+    set_settings(engine, held, hold=True, reason=HOLD)
+    _, named = run_all(engine, resolve(engine, {**conf, "organization_ids": [held, other]}), "backfill-named")
+    assert [s["status"] for s in named] == ["completed", "completed"]
+    without = {k: v for k, v in conf.items() if k != "organization_ids"}
+    _, everyone = run_all(engine, resolve(engine, without), "backfill-all")
+    assert [(s["organization_id"], s["status"]) for s in everyone] == [(held, "on_hold"), (other, "completed")]

@@ -42,7 +42,7 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def statsd_env(host: str, port: int) -> dict[str, str]:
-    """Airflow's [metrics] settings for StatsD with tags: README "Metrics and dashboards", the
+    """Airflow's [metrics] settings for StatsD with tags: docs/monitoring.md, the
     compose profile (tests/test_deployment.py compares) and the live test (tests/live/test_metrics.py)."""
     return {
         "AIRFLOW__METRICS__STATSD_ON": "True",

@@ -196,22 +196,22 @@ def test_the_preview_without_a_method_uses_the_organizations_own(ui):
         admin.put(f"/api/organizations/{org}/billing-settings", json={"billing_hold": False})
 
 
-def _readme_block(containing: str) -> str:
-    """The README's ```bash block that contains `containing`."""
-    text = (REPO_ROOT / "README.md").read_text()
+def _docs_block(containing: str) -> str:
+    """The ```bash block of docs/operations.md that contains `containing`."""
+    text = (REPO_ROOT / "docs" / "operations.md").read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```bash\n")[1:]]
     (block,) = [b for b in blocks if containing in b]
     return block
 
 
-def test_the_readme_command_changes_the_settings(ui):
-    """The README's curl commands, run as shown against this Airflow, for one of its organizations."""
+def test_the_documented_command_changes_the_settings(ui):
+    """The curl commands of docs/operations.md, run as shown against this Airflow, for one of its organizations."""
     import json
     import subprocess
 
     org = ui["api_org"]
     command = (
-        _readme_block("/billing-settings")
+        _docs_block("/billing-settings")
         .replace("http://127.0.0.1:8080", ui["stack"].base_url)
         .replace('"password": "…"', f'"password": "{PASSWORDS["admin"]}"')
         .replace("/organizations/3/", f"/organizations/{org}/")
