@@ -50,11 +50,6 @@ def test_every_link_between_the_docs_lands_on_a_file_and_heading_that_exist():
 # References to a section in prose, code comments and configuration: a file name, then the
 # section's title (or its beginning) in double quotes, on one line.
 REFERENCE = re.compile(r"\b(README|CHANGELOG|docs/[\w-]+\.md)(?:\.md)? \"([^\"\n]+)\"")
-# Stale references in files another change owns right now; each line goes when its file is fixed.
-KNOWN_STALE = {
-    ("include/tentman/engine/rent.py", "README", "Billing rules"),
-    ("include/tentman/engine/organization_settings.py", "README", "Billing settings per organization"),
-}
 
 
 def test_every_reference_to_a_section_names_one_that_exists():
@@ -73,7 +68,7 @@ def test_every_reference_to_a_section_names_one_that_exists():
             doc = DOC_NAMES.get(name) or REPO_ROOT / name
             if not doc.exists() or not any(h.startswith(title) for h in headings(doc)):
                 stale.add((str(path.relative_to(REPO_ROOT)), name, title))
-    assert stale == KNOWN_STALE
+    assert stale == set()
 
 
 def test_make_up_variables_are_the_ones_the_docs_describe():

@@ -5,7 +5,7 @@ the platform's method) and `organization_billing_settings_audit` (one row per ch
 values before and after). Other TentMan services read and write both; these functions are how the
 billing bundle does, on the caller's connection and transaction (the caller commits).
 
-Rules (README "Billing settings per organization"):
+Rules (docs/operations.md "Billing settings per organization"):
 - a hold needs a reason; clearing the hold clears the reason (the audit keeps it);
 - `proration_method` is one of tentman.names.ProrationMethod, or None for the platform default;
 - a change that changes nothing writes nothing; every other change writes its audit row in the

@@ -5,7 +5,7 @@ leases in scope, their lines and the existing invoices are staged in temporary t
 round trip per lease. All work happens on the caller's connection and transaction; the caller
 commits (or, for a dry run, rolls back).
 
-Rules (see README "Billing rules"):
+Rules (see docs/billing-rules.md):
 - leases with status 'active' whose occupancy overlaps the period are billed;
 - one draft 'rent' invoice per lease and period: a 'rent' line plus one 'recurring_charge' line
   per active charge overlapping the occupied days, each prorated over its own days;

@@ -2,7 +2,7 @@
 
 Generates 2,000 organizations, 1,000,000 invoices over 24 months (rent and utility) and one
 `invoice_runs` row per organization, type and month, then times each query the page's API runs
-(median of 5, after one warm-up). Not a test: the figures go in the README and the notes.
+(median of 5, after one warm-up). Not a test: the figures go in docs/scaling.md.
 """
 
 from __future__ import annotations
