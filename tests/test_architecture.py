@@ -16,7 +16,7 @@ from tentman.dev.local import REPO_ROOT
 pytestmark = pytest.mark.unit
 
 PACKAGE = REPO_ROOT / "include" / "tentman"
-SHARED_MODULES = {"__init__", "names", "settings", "db", "migrate", "cli"}
+SHARED_MODULES = {"__init__", "names", "settings", "db", "migrate", "application_schema", "cli"}
 FOLDERS = {"engine", "runs", "orchestration", "ui", "dev", "migrations"}
 
 

@@ -43,9 +43,9 @@ def test_db_upgrade_applies_the_migrations(pg_admin_uri):
     name = create_database(pg_admin_uri, "tentman_cli")
     try:
         uri = with_database(pg_admin_uri, name)
-        out = tentman("db", "upgrade", env_extra={"AIRFLOW_CONN_TENTMAN_DB": uri})
+        out = tentman("db", "upgrade", "--with-application-tables", env_extra={"AIRFLOW_CONN_TENTMAN_DB": uri})
         assert out.returncode == 0, out.stderr
-        assert "TentMan schema at revision 0" in out.stdout
+        assert "TentMan billing schema (tentman_billing) at revision 0" in out.stdout
         again = tentman("db", "upgrade", env_extra={"AIRFLOW_CONN_TENTMAN_DB": uri})
         assert again.returncode == 0
         current = tentman("db", "current", env_extra={"AIRFLOW_CONN_TENTMAN_DB": uri})
@@ -58,7 +58,7 @@ def test_db_upgrade_applies_the_migrations(pg_admin_uri):
 def test_missing_connection_is_a_clear_error():
     out = tentman("db", "upgrade")
     assert out.returncode == 2
-    assert "AIRFLOW_CONN_TENTMAN_DB is not set" in out.stderr
+    assert "no Airflow connection 'tentman_db'" in out.stderr and "or set AIRFLOW_CONN_TENTMAN_DB" in out.stderr
 
 
 def test_demo_data_bills_as_documented(engine, db_uri):

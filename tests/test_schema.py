@@ -10,13 +10,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from support.application import application_database, tentman
+from support.application import TENTMAN, application_database, tentman
 from support.databases import create_database, drop_database
 from support.factories import add_charge, add_lease, add_organization, add_statement
 from support.legacy import build_legacy_install
@@ -282,3 +286,24 @@ def test_an_install_behind_0_1_0s_head_is_told_to_take_that_release_first(empty_
         upgrade(engine)
     with engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT to_regnamespace('{BILLING_SCHEMA}')")).scalar() is None
+
+
+@pytest.mark.airflow
+def test_the_command_reads_the_connection_wherever_airflow_keeps_it(airflow_home, db_uri):
+    """No AIRFLOW_CONN_TENTMAN_DB: `tentman db check` finds `tentman_db` in Airflow's metadata database,
+    as it would in a secrets backend (docs/deployment.md "Connect the TentMan database")."""
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONN_TENTMAN_DB"}
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    missing = subprocess.run([TENTMAN, "db", "check"], capture_output=True, text=True, env=env, timeout=120)
+    assert missing.returncode == 2
+    assert "no Airflow connection 'tentman_db' (looked in the environment, the secrets backend" in missing.stderr
+    added = subprocess.run(
+        [airflow, "connections", "add", "tentman_db", "--conn-uri", db_uri], capture_output=True, text=True, env=env
+    )
+    assert added.returncode == 0, added.stderr
+    try:
+        checked = subprocess.run([TENTMAN, "db", "check"], capture_output=True, text=True, env=env, timeout=120)
+        assert (checked.returncode, checked.stdout.count("\n")) == (0, 1), checked.stdout + checked.stderr
+        assert "contract holds" in checked.stdout
+    finally:
+        subprocess.run([airflow, "connections", "delete", "tentman_db"], capture_output=True, env=env, check=True)

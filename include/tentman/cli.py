@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from tentman.names import RENT_DAG_ID
+from tentman.settings import TENTMAN_CONN_ENV
+
+
+def tentman_engine():
+    """The TentMan database of the `tentman_db` connection: AIRFLOW_CONN_TENTMAN_DB when set (no
+    Airflow needed), else wherever Airflow on this host keeps its connections."""
+    if os.environ.get(TENTMAN_CONN_ENV, "").strip():
+        from tentman.db import tentman_engine as from_environment
+
+        return from_environment()
+    try:
+        import airflow  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            f"{TENTMAN_CONN_ENV} is not set and Airflow is not installed here to read the tentman_db connection "
+            "from: set it to a postgresql:// URI of the TentMan database"
+        ) from None
+    from tentman.orchestration.connection import command_line_tentman_engine
+
+    return command_line_tentman_engine()
 
 
 def _db_upgrade(args) -> int:
     from tentman.application_schema import check_contract, format_report
-    from tentman.db import tentman_engine
     from tentman.migrate import upgrade
     from tentman.names import BILLING_SCHEMA
 
@@ -26,9 +47,20 @@ def _db_upgrade(args) -> int:
     return 0 if report.holds else 1
 
 
+def _db_downgrade(args) -> int:
+    from tentman.migrate import downgrade
+
+    engine = tentman_engine()
+    try:
+        revision = downgrade(engine, args.revision)
+    finally:
+        engine.dispose()
+    print(f"TentMan billing schema at revision {revision or 'base (the layout of release 0.1.0)'}")
+    return 0
+
+
 def _db_check(args) -> int:
     from tentman.application_schema import check_contract, format_report
-    from tentman.db import tentman_engine
     from tentman.migrate import current_revision, head_revision
     from tentman.names import BILLING_SCHEMA
 
@@ -50,7 +82,6 @@ def _db_check(args) -> int:
 
 
 def _db_current(args) -> int:
-    from tentman.db import tentman_engine
     from tentman.migrate import current_revision, head_revision
 
     engine = tentman_engine()
@@ -62,7 +93,7 @@ def _db_current(args) -> int:
 
 
 def _runs_summary(args) -> int:
-    from tentman.db import UnitOfWork, tentman_engine
+    from tentman.db import UnitOfWork
     from tentman.runs.summary import format_summary, run_summary
 
     engine = tentman_engine()
@@ -101,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="first create the application's tables, in a standalone database that has none of them",
     )
     up.set_defaults(func=_db_upgrade)
+    down = db.add_parser(
+        "downgrade",
+        help="downgrade the bundle's own schema; `base` puts it back as release 0.1.0 had it (in public)",
+    )
+    down.add_argument("revision")
+    down.set_defaults(func=_db_downgrade)
     db.add_parser(
         "check",
         help="compare the database with the schema contract; exit 1 listing every difference and its fix",
@@ -137,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Alembic's "Context impl …" lines are noise in a command that prints its own outcome (Airflow's
+    # logging, set up when the connection is read from Airflow, would print them).
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except (ValueError, RuntimeError) as exc:
