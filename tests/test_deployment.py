@@ -2,7 +2,7 @@
 
 No Docker engine runs here: Debian's `docker-compose` validates and resolves the file offline
 (`docker-compose config`), and the resolved settings are compared with those the live end-to-end
-tests run Airflow with (tentman.dev.airflow_stack.stack_environment).
+tests run Airflow with (tentman_dev.airflow_stack.stack_environment).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tentman.dev.airflow_stack import FAILURE_DETECTION, stack_environment, with_local_settings
-from tentman.dev.local import REPO_ROOT
+from tentman.deployment import FAILURE_DETECTION
+from tentman_dev.airflow_stack import stack_environment, with_local_settings
+from tentman_dev.local import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "docker-compose.yaml"
 SERVICES = {"postgres", "airflow-init", "api-server", "scheduler", "dag-processor", "triggerer"}
@@ -186,8 +187,8 @@ def test_airflow_init_script_migrates_both_databases_and_creates_the_billing_poo
     and an empty TentMan database."""
     from support.databases import create_database, drop_database
     from tentman.db import create_engine_from_uri
-    from tentman.dev.local import with_database
     from tentman.migrate import current_revision, head_revision
+    from tentman_dev.local import with_database
 
     tentman_db = create_database(pg_admin_uri, "tentman_init")
     passwords = tmp_path / "auth" / "passwords.json"

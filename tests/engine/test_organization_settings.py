@@ -8,7 +8,6 @@ import sqlalchemy as sa
 from support.databases import create_database, drop_database
 from support.factories import add_organization
 from tentman.db import create_engine_from_uri
-from tentman.dev.local import with_database
 from tentman.engine.organization_settings import (
     BillingSettings,
     UnknownOrganization,
@@ -18,6 +17,7 @@ from tentman.engine.organization_settings import (
 )
 from tentman.migrate import current_revision, upgrade
 from tentman.names import ProrationMethod
+from tentman_dev.local import with_database
 
 
 def counts(conn) -> tuple[int, int]:

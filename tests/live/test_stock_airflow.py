@@ -25,9 +25,9 @@ from support.databases import create_database, drop_database
 from support.factories import add_lease, add_organization, add_statement
 from support.live import poll
 from tentman.db import create_engine_from_uri
-from tentman.dev.airflow_stack import AirflowStack, free_port
-from tentman.dev.local import REPO_ROOT, airflow_metadata_uri, with_database
 from tentman.names import DAG_IDS
+from tentman_dev.airflow_stack import AirflowStack, free_port
+from tentman_dev.local import REPO_ROOT, airflow_metadata_uri, with_database
 
 pytestmark = pytest.mark.live
 

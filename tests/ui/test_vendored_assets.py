@@ -10,8 +10,8 @@ import tomllib
 import pytest
 from fastapi.testclient import TestClient
 
-from tentman.dev.local import REPO_ROOT
 from tentman.ui.app import STATIC, VENDOR, VENDOR_URL, create_app
+from tentman_dev.local import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
