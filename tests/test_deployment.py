@@ -115,9 +115,19 @@ def test_services_volumes_and_healthchecks():
         "CREATE DATABASE airflow OWNER airflow" in postgres_init
         and "CREATE DATABASE tentman OWNER tentman" in postgres_init
     )
-    # The bundle is built into the image with its pinned requirements.
+    # The image is the official one of the pinned Airflow, extended with the wheel (no dev tools).
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    assert "pip install --no-cache-dir -r requirements.lock" in dockerfile
+    pinned = re.search(r"^apache-airflow==(\S+)$", (REPO_ROOT / "requirements.txt").read_text(), re.M).group(1)
+    assert f"ARG AIRFLOW_IMAGE=apache/airflow:{pinned}-python3.11\n" in dockerfile
+    assert re.findall(r"^FROM (.*)$", dockerfile, re.M) == ["${AIRFLOW_IMAGE} AS wheel", "${AIRFLOW_IMAGE}"]
+    assert (
+        '"apache-airflow==${AIRFLOW_VERSION}" \\\n      "$(ls /tmp/dist/tentman_billing-*.whl)[celery,statsd]"'
+        in dockerfile
+    )
+    assert "requirements-dev" not in dockerfile and "-e " not in dockerfile
+    # What compose runs from the image: the DAGs folder it names and the init script.
+    assert "COPY dags /opt/tentman/dags" in dockerfile
+    assert "COPY deploy/airflow-init.sh /opt/tentman/deploy/airflow-init.sh" in dockerfile
     # Airflow imports $AIRFLOW_HOME/config/airflow_local_settings.py: the billing tasks' preload.
     assert "ENV AIRFLOW_HOME=/opt/airflow" in dockerfile
     assert "COPY config/airflow_local_settings.py /opt/airflow/config/airflow_local_settings.py" in dockerfile
