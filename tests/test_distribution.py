@@ -1,0 +1,240 @@
+"""tentman-billing as a team installs it into its Airflow: the wheel's contents and metadata, the
+plugin loaded exactly once, and the wheel installed into a virtualenv holding the pinned Airflow.
+
+The wheel is built as `make dist` builds it (`python -m build`), from a copy of the files the
+build reads, so that the build leaves nothing in the checkout (setuptools writes its egg-info next
+to the package, where the development venv would see the plugin's entry point a second time).
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from email.parser import Parser
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from tentman import __version__
+from tentman_dev.local import REPO_ROOT
+
+DISTRIBUTION = "tentman_billing"
+PLUGIN_ENTRY_POINT = "tentman.plugin:TentmanBillingPlugin"
+
+# Run by a Python with Airflow installed: the plugins Airflow loaded (name, where from) and the
+# import errors it reported, as one JSON line.
+PLUGIN_REPORT = """
+import json
+from airflow import plugins_manager
+info = plugins_manager.get_plugin_info(attrs_to_dump=["source"])
+print(json.dumps({
+    "plugins": [[plugin["name"], str(plugin["source"])] for plugin in info],
+    "errors": plugins_manager.get_import_errors(),
+}))
+"""
+
+
+def airflow_plugins(python: Path | str, home: Path, plugins_folder: Path, **env_extra: str) -> dict:
+    """What Airflow's plugins manager loads in `python`'s environment, with `plugins_folder`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TENTMAN_", "PYTHON"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            **env_extra,
+        }
+    )
+    done = subprocess.run([str(python), "-c", PLUGIN_REPORT], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def requirement_names(path: Path) -> set[str]:
+    """The distributions a requirements file names (normalized)."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return {normalized(Requirement(line).name) for line in lines if line and not line.startswith("-")}
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_airflow_loads_the_plugin_once_when_both_the_package_and_the_plugins_folder_offer_it(tmp_path):
+    """The development venv has tentman-billing installed (its entry point) and the bundle's
+    plugins folder holds plugins/tentman_billing_plugin.py: one plugin, no import error."""
+    report = airflow_plugins(sys.executable, tmp_path / "airflow", REPO_ROOT / "plugins")
+    assert report["errors"] == {}
+    assert [name for name, _ in report["plugins"]] == ["tentman_billing"]
+    assert f"value='{PLUGIN_ENTRY_POINT}', group='airflow.plugins'" in report["plugins"][0][1]
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory) -> dict[str, Path]:
+    """The wheel and sdist of `make dist`, built from a copy of what the build reads."""
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    shutil.copytree(
+        REPO_ROOT / "include", source / "include", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(source)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    wheels, sdists = list(out.glob("*.whl")), list(out.glob("*.tar.gz"))
+    assert [path.name for path in wheels] == [f"{DISTRIBUTION}-{__version__}-py3-none-any.whl"]
+    assert [path.name for path in sdists] == [f"{DISTRIBUTION}-{__version__}.tar.gz"]
+    return {"wheel": wheels[0], "sdist": sdists[0]}
+
+
+def test_the_wheel_carries_the_package_and_nothing_else(dist):
+    """Every file of include/tentman under version control, the migrations and the UI's vendored
+    files included; no DAG, test or developer tooling."""
+    with zipfile.ZipFile(dist["wheel"]) as wheel:
+        names = wheel.namelist()
+    dist_info = f"{DISTRIBUTION}-{__version__}.dist-info"
+    assert {name.split("/", 1)[0] for name in names} == {"tentman", dist_info}
+    tracked = subprocess.run(
+        ["git", "ls-files", "include/tentman"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert {name for name in names if name.startswith("tentman/")} == {
+        path.removeprefix("include/") for path in tracked
+    }
+    assert "tentman/migrations/env.py" in names and "tentman/ui/static/vendor/echarts/echarts.common.min.js" in names
+    assert f"{dist_info}/licenses/LICENSE" in names
+
+
+def test_the_wheel_names_airflow_as_a_range_and_no_development_tool(dist):
+    with zipfile.ZipFile(dist["wheel"]) as wheel:
+        dist_info = f"{DISTRIBUTION}-{__version__}.dist-info"
+        metadata = Parser().parsestr(wheel.read(f"{dist_info}/METADATA").decode())
+        entry_points = configparser.ConfigParser(delimiters=("=",))
+        entry_points.read_string(wheel.read(f"{dist_info}/entry_points.txt").decode())
+    assert metadata["Name"] == "tentman-billing" and metadata["Version"] == __version__
+    assert metadata["License-Expression"] == "Apache-2.0"
+    assert metadata["Requires-Python"] == ">=3.11"
+    requirements = [Requirement(line) for line in metadata.get_all("Requires-Dist")]
+    runtime = {normalized(r.name): r for r in requirements if r.marker is None}
+    airflow = runtime["apache-airflow"]
+    # A range that holds the tested Airflow and never pins it: installing the wheel moves no Airflow.
+    assert all(spec.operator not in ("==", "===") for spec in airflow.specifier)
+    assert airflow.specifier.contains("3.3.2") and not airflow.specifier.contains("4.0.0")
+    assert set(runtime) == {
+        "apache-airflow",
+        "apache-airflow-providers-postgres",
+        "apache-airflow-providers-smtp",
+        "sqlalchemy",
+        "alembic",
+        "psycopg",
+        "pendulum",
+    }
+    assert runtime["psycopg"].extras == {"binary"}
+    # Nothing of requirements-dev.txt, not even behind an extra; the Celery provider only as one.
+    every_name = {normalized(r.name) for r in requirements}
+    assert every_name & requirement_names(REPO_ROOT / "requirements-dev.txt") == set()
+    by_extra = {
+        normalized(r.name): str(r.marker).split('"')[1]
+        for r in requirements
+        if r.marker is not None and "extra" in str(r.marker)
+    }
+    assert by_extra == {"apache-airflow-providers-celery": "celery", "celery": "celery", "statsd": "statsd"}
+    assert dict(entry_points["airflow.plugins"]) == {"tentman_billing": PLUGIN_ENTRY_POINT}
+    assert dict(entry_points["console_scripts"]) == {"tentman": "tentman.cli:main"}
+
+
+def test_the_sdist_carries_the_licence_and_the_package_only(dist):
+    with tarfile.open(dist["sdist"]) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    assert {"LICENSE", "pyproject.toml", "README.md", "include/tentman/plugin.py"} <= names
+    assert {name.split("/", 1)[0] for name in names} == {
+        "LICENSE",
+        "PKG-INFO",
+        "README.md",
+        "pyproject.toml",
+        "setup.cfg",
+        "include",
+    }
+    assert not any(name.startswith(("include/tentman_dev", "include/tentman/dev/")) for name in names)
+
+
+# --- The wheel installed into a fresh virtualenv that holds the pinned Airflow (minutes: once).
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def pip(venv: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(venv_python(venv)), "-m", "pip", *args], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"pip {' '.join(args)}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    return done
+
+
+def installed(venv: Path) -> dict[str, str]:
+    """Every distribution in the venv and its version (pip list: a wheel from a file has no `==` in pip freeze)."""
+    listed = json.loads(pip(venv, "list", "--format=json").stdout)
+    return {
+        normalized(entry["name"]): entry["version"] for entry in listed if entry["name"] not in ("pip", "setuptools")
+    }
+
+
+@pytest.fixture(scope="module")
+def airflow_venv(tmp_path_factory, dist) -> dict:
+    """A virtualenv with requirements.lock (Airflow 3.3.2 and its providers), before and after
+    `pip install` of the wheel; before it, what a folder deployment (package on PYTHONPATH, the
+    plugins folder holding the bundle's file) loads."""
+    venv = tmp_path_factory.mktemp("airflow-venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip(venv, "install", "-q", "-r", str(REPO_ROOT / "requirements.lock"))
+    before = installed(venv)
+    folder_deployment = airflow_plugins(
+        venv_python(venv),
+        tmp_path_factory.mktemp("af-folder"),
+        REPO_ROOT / "plugins",
+        PYTHONPATH=str(REPO_ROOT / "include"),
+    )
+    pip(venv, "install", "-q", str(dist["wheel"]))
+    return {"venv": venv, "before": before, "after": installed(venv), "folder_deployment": folder_deployment}
+
+
+@pytest.mark.slow
+def test_installing_the_wheel_into_an_airflow_adds_the_package_and_moves_nothing(airflow_venv):
+    before, after = airflow_venv["before"], airflow_venv["after"]
+    assert before["apache-airflow"] == "3.3.2"
+    assert after == {**before, "tentman-billing": __version__}
+    pip(airflow_venv["venv"], "check")  # raises with pip's report unless every requirement is met
+    bin_dir = airflow_venv["venv"] / "bin"
+    version = subprocess.run([str(bin_dir / "tentman"), "--version"], capture_output=True, text=True)
+    assert (version.returncode, version.stdout.strip()) == (0, f"tentman {__version__}")
+    assert not (bin_dir / "tentman-dev").exists()
+    imported = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import tentman.plugin, tentman.orchestration.dag_factory; import tentman_dev"],
+        capture_output=True,
+        text=True,
+        cwd=airflow_venv["venv"],
+    )
+    # The package imports; the developer tooling is not there.
+    assert imported.returncode == 1 and "No module named 'tentman_dev'" in imported.stderr, imported.stderr
+
+
+@pytest.mark.slow
+def test_the_plugin_loads_once_from_the_wheel_or_once_from_the_plugins_folder(airflow_venv, tmp_path):
+    # Before the wheel: a folder deployment, the plugin comes from the plugins folder.
+    folder = airflow_venv["folder_deployment"]
+    assert folder["errors"] == {}
+    assert folder["plugins"] == [["tentman_billing", "$PLUGINS_FOLDER/tentman_billing_plugin.py"]]
+    # With the wheel, the same plugins folder present: the entry point's plugin, once.
+    installed = airflow_plugins(venv_python(airflow_venv["venv"]), tmp_path / "airflow", REPO_ROOT / "plugins")
+    assert installed["errors"] == {}
+    assert [name for name, _ in installed["plugins"]] == ["tentman_billing"]
+    assert installed["plugins"][0][1].startswith(f"tentman-billing=={__version__}: EntryPoint(name='tentman_billing'")
