@@ -101,7 +101,7 @@ lock:
 	rm -rf build/lock-venv
 
 ## The tentman-billing wheel and sdist in dist/ (the package under include/ only: no DAGs, no
-## tests, no developer tooling). The Dockerfile installs the wheel.
+## tests, no developer tooling). The Dockerfile builds the same wheel in its first stage.
 dist: $(STAMP)
 	rm -rf dist build/lib
 	$(BIN)/python -m build --outdir dist .

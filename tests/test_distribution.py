@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from email.parser import Parser
 from pathlib import Path
@@ -238,3 +239,88 @@ def test_the_plugin_loads_once_from_the_wheel_or_once_from_the_plugins_folder(ai
     assert installed["errors"] == {}
     assert [name for name, _ in installed["plugins"]] == ["tentman_billing"]
     assert installed["plugins"][0][1].startswith(f"tentman-billing=={__version__}: EntryPoint(name='tentman_billing'")
+
+
+# --- The lowest Airflow the package declares (pyproject.toml: apache-airflow>=3.2.2): both DAGs run.
+
+LOWEST_AIRFLOW = "3.2.2"
+# uv resolves Airflow 3.2.2 as of its time: with today's index pip pulls fastapi and cadwyn releases
+# that Airflow 3.2.2 cannot run with.
+LOWEST_AIRFLOW_INDEX_DATE = "2026-06-05"
+
+
+def test_the_lowest_tested_airflow_is_the_floor_pyproject_declares():
+    """Moving the floor (apache-airflow>=…) moves the Airflow the slow test below installs."""
+    dependencies = [
+        Requirement(line)
+        for line in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ]
+    airflow = next(r for r in dependencies if normalized(r.name) == "apache-airflow")
+    assert [spec.version for spec in airflow.specifier if spec.operator == ">="] == [LOWEST_AIRFLOW]
+
+
+def dev_pin(name: str) -> str:
+    """`name==version` as requirements-dev.lock pins it: the inner test run uses the same tools."""
+    for line in (REPO_ROOT / "requirements-dev.lock").read_text().splitlines():
+        if normalized(line.partition("==")[0]) == name:
+            return line
+    raise AssertionError(f"{name} is not pinned in requirements-dev.lock")
+
+
+@pytest.fixture(scope="module")
+def lowest_airflow_venv(tmp_path_factory, dist) -> Path:
+    """A virtualenv with apache-airflow[postgres]==3.2.2 and the wheel, resolved together by uv,
+    plus the test runner (the DAG tests of this checkout run in it)."""
+    venv = tmp_path_factory.mktemp("airflow-lowest")
+    uv = [sys.executable, "-m", "uv"]
+    subprocess.run([*uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True, timeout=120)
+    # Airflow and the wheel as of Airflow's time; then the test tools, pinned as in the dev lock
+    # (newer than that date), on top: they leave what is installed as it is.
+    for packages in (
+        [
+            "--exclude-newer",
+            LOWEST_AIRFLOW_INDEX_DATE,
+            f"apache-airflow[postgres]=={LOWEST_AIRFLOW}",
+            str(dist["wheel"]),
+        ],
+        [dev_pin("pytest"), dev_pin("hypothesis")],
+    ):
+        install = subprocess.run(
+            [*uv, "pip", "install", "-q", "--python", str(venv_python(venv)), *packages],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        assert install.returncode == 0, install.stderr[-3000:]
+    check = subprocess.run([*uv, "pip", "check", "--python", str(venv_python(venv))], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    return venv
+
+
+@pytest.mark.slow
+def test_the_lowest_supported_airflow_parses_and_runs_both_dags(lowest_airflow_venv, pg_admin_uri):
+    python = venv_python(lowest_airflow_venv)
+    versions = subprocess.run(
+        [str(python), "-c", "import airflow, tentman, tentman.plugin; print(airflow.__version__, tentman.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=lowest_airflow_venv,
+    )
+    assert versions.returncode == 0, versions.stderr
+    airflow_version, tentman_file = versions.stdout.split()
+    assert airflow_version == LOWEST_AIRFLOW
+    assert tentman_file.startswith(str(lowest_airflow_venv))  # the wheel's package, not the checkout's
+    # tests/orchestration/test_dags.py in that venv: both DAG files parse, and dag.test() runs each
+    # against a real TentMan database and an Airflow 3.2.2 metadata database (migrated by that Airflow).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TENTMAN_", "PYTHON"))}
+    env.update({"PYTHONPATH": str(REPO_ROOT / "dev"), "TENTMAN_TEST_DATABASE_URL": pg_admin_uri})
+    run = subprocess.run(
+        [str(python), "-m", "pytest", "tests/orchestration/test_dags.py", "-q", "-p", "no:cacheprovider"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+    assert re.search(r"\b\d+ passed\b", run.stdout) and " failed" not in run.stdout and "skipped" not in run.stdout
