@@ -90,7 +90,7 @@ def dev_up(args) -> int:
     try:
         broker_url = _broker_url(home) if celery else None
     except BrokerUnavailable as exc:
-        print(f"tentman: error: {exc}", file=sys.stderr)
+        print(f"tentman-dev: error: {exc}", file=sys.stderr)
         return 1
     stack = AirflowStack.for_executor(
         local_environment(), home=home, port=args.port, executor=args.executor, broker_url=broker_url,

