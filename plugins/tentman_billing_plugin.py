@@ -1,23 +1,8 @@
-"""Airflow plugin: the "Billing runs" page (runs, errors, trends, preview) and its JSON API.
+"""The "Billing runs" plugin (tentman.plugin) for deployments that put TentMan's code on the path
+instead of installing the tentman-billing wheel. Where the wheel is installed, Airflow already loads
+the plugin through the wheel's entry point, and this file defines nothing (no duplicate)."""
 
-The FastAPI app is mounted by the api-server under /tentman (OpenAPI at /tentman/docs); the page
-is added to the Airflow UI's navigation as an external view. Every endpoint checks the Airflow
-user's permissions itself: plugin apps get no authentication from Airflow otherwise.
-"""
+import tentman.plugin
 
-from airflow.plugins_manager import AirflowPlugin
-
-from tentman.ui import billing_app
-
-
-class TentmanBillingPlugin(AirflowPlugin):
-    name = "tentman_billing"
-    fastapi_apps = [{"app": billing_app, "url_prefix": "/tentman", "name": "TentMan billing runs"}]
-    external_views = [
-        {
-            "name": "Billing runs",
-            "href": "/tentman/ui/",
-            "destination": "nav",
-            "url_route": "billing-runs",
-        }
-    ]
+if not tentman.plugin.registered_by_entry_point():
+    TentmanBillingPlugin = tentman.plugin.TentmanBillingPlugin

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from support.databases import create_database, drop_database
+from support.distribution import airflow_venv, dist  # noqa: F401 (session fixtures: the wheel, a venv with it)
 from tentman.db import create_engine_from_uri
-from tentman.dev.local import REPO_ROOT, airflow_metadata_uri, server_uri, start_embedded_postgres, with_database
 from tentman.migrate import upgrade
+from tentman_dev.local import REPO_ROOT, airflow_metadata_uri, server_uri, start_embedded_postgres, with_database
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Each folder of the package keeps to the imports its place allows (docs/architecture.md).
+"""Each folder of the package keeps to the imports its place allows (docs/architecture.md), and the
+shipped package never imports the developer tooling (dev/tentman_dev), which is not in its wheel.
 
 Read from the source (every import statement, module level or inside a function), so a forbidden
 import fails here before anything runs it.
@@ -11,17 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from tentman.dev.local import REPO_ROOT
+from tentman_dev.local import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
 PACKAGE = REPO_ROOT / "include" / "tentman"
-SHARED_MODULES = {"__init__", "names", "settings", "db", "migrate", "application_schema", "cli"}
-FOLDERS = {"engine", "runs", "orchestration", "ui", "dev", "migrations"}
+DEV_PACKAGE = REPO_ROOT / "dev" / "tentman_dev"
+SHARED_MODULES = {"__init__", "names", "settings", "deployment", "db", "migrate", "application_schema", "cli"}
+# Airflow's entry into the package (the plugin of the distribution's entry point).
+AIRFLOW_ENTRY_MODULES = {"plugin"}
+FOLDERS = {"engine", "runs", "orchestration", "ui", "migrations"}
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def _module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -51,9 +55,9 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
     return found
 
 
-def _modules(folder: str | None = None) -> dict[str, list[tuple[str, bool]]]:
-    root = PACKAGE / folder if folder else PACKAGE
-    return {_module_name(path): _imports(path) for path in sorted(root.rglob("*.py"))}
+def _modules(folder: str | None = None, *, package: Path = PACKAGE) -> dict[str, list[tuple[str, bool]]]:
+    root = package / folder if folder else package
+    return {_module_name(path, package): _imports(path) for path in sorted(root.rglob("*.py"))}
 
 
 def _violations(modules: dict, forbidden: tuple[str, ...], *, allow_in_functions: bool = False) -> list[str]:
@@ -68,7 +72,7 @@ def _violations(modules: dict, forbidden: tuple[str, ...], *, allow_in_functions
 def test_every_module_lives_in_a_known_place():
     top_level = {path.stem for path in PACKAGE.glob("*.py")}
     folders = {path.name for path in PACKAGE.iterdir() if path.is_dir() and path.name != "__pycache__"}
-    assert top_level == SHARED_MODULES
+    assert top_level == SHARED_MODULES | AIRFLOW_ENTRY_MODULES
     assert folders == FOLDERS
 
 
@@ -79,43 +83,66 @@ def test_the_engine_imports_neither_airflow_nor_the_layers_above_it():
         "tentman.runs",
         "tentman.orchestration",
         "tentman.ui",
-        "tentman.dev",
+        "tentman_dev",
         "tentman.cli",
+        "tentman.plugin",
     )
     assert _violations(_modules("engine"), forbidden) == []
 
 
 def test_the_run_steps_import_neither_airflow_nor_the_ui_nor_tooling():
-    forbidden = ("airflow", "fastapi", "tentman.orchestration", "tentman.ui", "tentman.dev", "tentman.cli")
+    forbidden = (
+        "airflow",
+        "fastapi",
+        "tentman.orchestration",
+        "tentman.ui",
+        "tentman_dev",
+        "tentman.cli",
+        "tentman.plugin",
+    )
     assert _violations(_modules("runs"), forbidden) == []
 
 
 def test_shared_modules_import_only_shared_modules():
     modules = _modules()
     shared = {name: modules["tentman" if name == "__init__" else f"tentman.{name}"] for name in SHARED_MODULES}
-    forbidden = ("airflow", "tentman.engine", "tentman.runs", "tentman.orchestration", "tentman.ui")
+    forbidden = ("airflow", "tentman.engine", "tentman.runs", "tentman.orchestration", "tentman.ui", "tentman.plugin")
     cli = {"cli": shared.pop("cli")}
     assert _violations(shared, forbidden) == []
     # The CLI's commands import what they run inside their functions, so `tentman --help` stays cheap.
     assert _violations(cli, forbidden, allow_in_functions=True) == []
     # names is read at DAG-parse time by everything: the standard library only.
     assert [imported for imported, _ in shared["names"] if not imported.startswith(("__future__", "enum"))] == []
+    # deployment's settings are read by tooling that must not load anything: no import at all.
+    assert shared["deployment"] == []
+
+
+def test_the_plugin_brings_only_the_ui_to_airflow():
+    plugin = {"tentman.plugin": _modules()["tentman.plugin"]}
+    forbidden = ("tentman.engine", "tentman.runs", "tentman.orchestration", "tentman_dev", "tentman.cli")
+    assert _violations(plugin, forbidden) == []
 
 
 def test_nothing_in_production_imports_developer_tooling():
-    production = {name: imports for name, imports in _modules().items() if not name.startswith("tentman.dev")}
-    cli = {"tentman.cli": production.pop("tentman.cli")}
-    assert _violations(production, ("tentman.dev",)) == []
-    # `tentman dev …` and `tentman demo load` reach tentman.dev only when they run.
-    assert _violations(cli, ("tentman.dev",), allow_in_functions=True) == []
+    """Not even inside a function: the developer tooling is not installed where the package runs."""
+    assert _violations(_modules(), ("tentman_dev", "tentman.dev")) == []
     for folder in ("dags", "plugins", "config"):
         files = {path.name: _imports(path) for path in (REPO_ROOT / folder).glob("*.py")}
-        assert _violations(files, ("tentman.dev",)) == []
+        assert _violations(files, ("tentman_dev", "tentman.dev")) == []
+
+
+def test_the_developer_tooling_is_a_package_of_its_own():
+    """tentman_dev lives outside the shipped package's folder and uses it like any user: by import."""
+    assert not (PACKAGE / "dev").exists()
+    dev_modules = _modules(package=DEV_PACKAGE)
+    assert "tentman_dev.cli" in dev_modules and "tentman_dev.bench.engines" in dev_modules
+    # The production package's deployment settings are imported, not copied.
+    assert ("tentman.deployment.FAILURE_DETECTION", False) in dev_modules["tentman_dev.airflow_stack"]
 
 
 def test_the_ui_and_the_airflow_glue_stay_apart():
-    assert _violations(_modules("orchestration"), ("tentman.ui", "tentman.dev")) == []
-    assert _violations(_modules("ui"), ("tentman.runs", "tentman.dev")) == []
+    assert _violations(_modules("orchestration"), ("tentman.ui", "tentman_dev")) == []
+    assert _violations(_modules("ui"), ("tentman.runs", "tentman_dev")) == []
 
 
 def test_the_check_sees_a_forbidden_import():

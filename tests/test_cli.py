@@ -1,4 +1,4 @@
-"""The `tentman` command, the demo data set and the benchmark, run as a user runs them."""
+"""The `tentman` command, the `tentman-dev` command, the demo data set and the benchmark, run as a user runs them."""
 
 from __future__ import annotations
 
@@ -14,10 +14,6 @@ import pytest
 import sqlalchemy as sa
 
 from tentman.db import create_engine_from_uri
-from tentman.dev.bench import common as bench_common
-from tentman.dev.bench import engines as bench
-from tentman.dev.bench import scale as bench_scale
-from tentman.dev.demo import load_demo_data
 from tentman.engine.rent import RENT_STAGES
 from tentman.engine.utility import UTILITY_STAGES, generate_utility_invoices
 from tentman.names import RENT_DAG_ID, RENT_RUN
@@ -28,6 +24,10 @@ from tentman.runs.steps import (
     record_invoice_runs,
     resolve_billing_run,
 )
+from tentman_dev.bench import common as bench_common
+from tentman_dev.bench import engines as bench
+from tentman_dev.bench import scale as bench_scale
+from tentman_dev.demo import load_demo_data
 
 
 def tentman(*args, env_extra=None):
@@ -38,7 +38,7 @@ def tentman(*args, env_extra=None):
 
 def test_db_upgrade_applies_the_migrations(pg_admin_uri):
     from support.databases import create_database, drop_database
-    from tentman.dev.local import with_database
+    from tentman_dev.local import with_database
 
     name = create_database(pg_admin_uri, "tentman_cli")
     try:
@@ -53,6 +53,36 @@ def test_db_upgrade_applies_the_migrations(pg_admin_uri):
         assert current.stdout.strip() == f"current: {revision}  head: {revision}"
     finally:
         drop_database(pg_admin_uri, name)
+
+
+def test_version_is_the_package_version():
+    from tentman import __version__
+
+    out = tentman("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"tentman {__version__}"
+
+
+def test_the_production_command_has_no_developer_commands():
+    """`tentman dev …` and `tentman demo load` are `tentman-dev`'s: the wheel does not carry them."""
+    for command in (("dev", "env"), ("demo", "load")):
+        out = tentman(*command)
+        assert out.returncode == 2
+        assert f"invalid choice: '{command[0]}'" in out.stderr
+
+
+def test_dev_command_loads_the_demo_data(db_uri, engine):
+    """`tentman-dev load-demo`, as `make demo` and `make up` run it: once, then left as it is."""
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONN_TENTMAN_DB"}
+    env["AIRFLOW_CONN_TENTMAN_DB"] = db_uri
+    outputs = [
+        subprocess.run([sys.executable, "-m", "tentman_dev", "load-demo"], capture_output=True, text=True, env=env)
+        for _ in range(2)
+    ]
+    assert [out.returncode for out in outputs] == [0, 0], outputs[0].stderr + outputs[1].stderr
+    assert [out.stdout.strip() for out in outputs] == ["Demo data loaded.", "Demo data already present: left as it is."]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM organizations")).scalar_one() > 0
 
 
 def test_missing_connection_is_a_clear_error():
@@ -186,7 +216,7 @@ def test_bench_scale_engine_only_times_the_largest_organization_in_the_populatio
     the engines, then the largest organization alone beside its COPY floor (its own embedded
     PostgreSQL, in a process of its own as `make` runs it)."""
     done = subprocess.run(
-        [sys.executable, "-m", "tentman.dev.bench.scale", "--scale", "0.002", "--engine-only"],
+        [sys.executable, "-m", "tentman_dev.bench.scale", "--scale", "0.002", "--engine-only"],
         capture_output=True,
         text=True,
     )
@@ -237,9 +267,9 @@ def test_demo_utility_statements_bill_as_documented(engine):
 
 @pytest.mark.airflow
 def test_make_demo_runs_both_dags_and_a_second_run_updates_the_same_drafts(pg_admin_uri, tmp_path):
-    """What `make demo` runs (`tentman dev demo`), twice, on fresh databases and a temporary .local."""
+    """What `make demo` runs (`tentman-dev demo`), twice, on fresh databases and a temporary .local."""
     from support.databases import create_database, drop_database
-    from tentman.dev.local import airflow_metadata_uri, with_database
+    from tentman_dev.local import airflow_metadata_uri, with_database
 
     tentman_db, metadata_db = (
         create_database(pg_admin_uri, "tentman_demo"),
@@ -258,7 +288,7 @@ def test_make_demo_runs_both_dags_and_a_second_run_updates_the_same_drafts(pg_ad
         totals = []
         for _ in range(2):
             out = subprocess.run(
-                [sys.executable, "-m", "tentman.cli", "dev", "demo"],
+                [sys.executable, "-m", "tentman_dev", "demo"],
                 env=env,
                 capture_output=True,
                 text=True,

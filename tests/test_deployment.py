@@ -2,7 +2,7 @@
 
 No Docker engine runs here: Debian's `docker-compose` validates and resolves the file offline
 (`docker-compose config`), and the resolved settings are compared with those the live end-to-end
-tests run Airflow with (tentman.dev.airflow_stack.stack_environment).
+tests run Airflow with (tentman_dev.airflow_stack.stack_environment).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tentman.dev.airflow_stack import FAILURE_DETECTION, stack_environment, with_local_settings
-from tentman.dev.local import REPO_ROOT
+from tentman.deployment import FAILURE_DETECTION
+from tentman_dev.airflow_stack import stack_environment, with_local_settings
+from tentman_dev.local import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "docker-compose.yaml"
 SERVICES = {"postgres", "airflow-init", "api-server", "scheduler", "dag-processor", "triggerer"}
@@ -114,9 +115,19 @@ def test_services_volumes_and_healthchecks():
         "CREATE DATABASE airflow OWNER airflow" in postgres_init
         and "CREATE DATABASE tentman OWNER tentman" in postgres_init
     )
-    # The bundle is built into the image with its pinned requirements.
+    # The image is the official one of the pinned Airflow, extended with the wheel (no dev tools).
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    assert "pip install --no-cache-dir -r requirements.lock" in dockerfile
+    pinned = re.search(r"^apache-airflow==(\S+)$", (REPO_ROOT / "requirements.txt").read_text(), re.M).group(1)
+    assert f"ARG AIRFLOW_IMAGE=apache/airflow:{pinned}-python3.11\n" in dockerfile
+    assert re.findall(r"^FROM (.*)$", dockerfile, re.M) == ["${AIRFLOW_IMAGE} AS wheel", "${AIRFLOW_IMAGE}"]
+    assert (
+        '"apache-airflow==${AIRFLOW_VERSION}" \\\n      "$(ls /tmp/dist/tentman_billing-*.whl)[celery,statsd]"'
+        in dockerfile
+    )
+    assert "requirements-dev" not in dockerfile and "-e " not in dockerfile
+    # What compose runs from the image: the DAGs folder it names and the init script.
+    assert "COPY dags /opt/tentman/dags" in dockerfile
+    assert "COPY deploy/airflow-init.sh /opt/tentman/deploy/airflow-init.sh" in dockerfile
     # Airflow imports $AIRFLOW_HOME/config/airflow_local_settings.py: the billing tasks' preload.
     assert "ENV AIRFLOW_HOME=/opt/airflow" in dockerfile
     assert "COPY config/airflow_local_settings.py /opt/airflow/config/airflow_local_settings.py" in dockerfile
@@ -315,8 +326,8 @@ def test_airflow_init_script_migrates_both_databases_and_creates_the_billing_poo
     and an empty TentMan database."""
     from support.databases import create_database, drop_database
     from tentman.db import create_engine_from_uri
-    from tentman.dev.local import with_database
     from tentman.migrate import current_revision, head_revision
+    from tentman_dev.local import with_database
 
     tentman_db = create_database(pg_admin_uri, "tentman_init")
     passwords = tmp_path / "auth" / "passwords.json"

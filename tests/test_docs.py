@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tentman.dev.local import REPO_ROOT
+from tentman_dev.local import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -73,7 +73,7 @@ def test_every_reference_to_a_section_names_one_that_exists():
 
 def test_make_up_variables_are_the_ones_the_docs_describe():
     """The Makefile's `up` takes make variables, not Airflow settings: docs/operations.md says which
-    option of `tentman dev up` each one is."""
+    option of `tentman-dev up` each one is."""
     makefile = (REPO_ROOT / "Makefile").read_text()
     recipe = makefile.split("\nup:", 1)[1].split("\n\n", 1)[0]
     taken = dict(re.findall(r"--([a-z-]+) \$\(or \$\(([A-Z_]+)\),", recipe))
@@ -81,4 +81,4 @@ def test_make_up_variables_are_the_ones_the_docs_describe():
     operations = (REPO_ROOT / "docs" / "operations.md").read_text()
     section = operations.split("\n## Run it locally: `make up`\n", 1)[1].split("\n## ", 1)[0]
     for option, variable in taken.items():
-        assert f"| `{variable}` | `tentman dev up --{option}` |" in section, variable
+        assert f"| `{variable}` | `tentman-dev up --{option}` |" in section, variable

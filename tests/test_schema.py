@@ -26,11 +26,11 @@ from support.factories import add_charge, add_lease, add_organization, add_state
 from support.legacy import build_legacy_install
 from tentman.application_schema import FOREIGN_KEYS, INDEXES, TABLE_NAMES, TABLES, UNIQUE_KEYS, check_contract
 from tentman.db import create_engine_from_uri
-from tentman.dev.local import with_database
 from tentman.engine.organization_settings import billing_settings
 from tentman.engine.proration import prorate
 from tentman.migrate import SchemaNotReady, current_revision, head_revision, upgrade
 from tentman.names import BILLING_SCHEMA, ProrationMethod
+from tentman_dev.local import with_database
 
 # The catalog of the application's tables, to compare before and after: columns, constraints, indexes.
 CATALOG = """
@@ -293,7 +293,7 @@ def test_an_install_behind_0_1_0s_head_is_told_to_take_that_release_first(empty_
 @pytest.mark.airflow
 def test_the_command_reads_the_connection_wherever_airflow_keeps_it(airflow_home, db_uri):
     """No AIRFLOW_CONN_TENTMAN_DB: `tentman db check` finds `tentman_db` in Airflow's metadata database,
-    as it would in a secrets backend (docs/deployment.md "Connect the TentMan database")."""
+    as it would in a secrets backend (docs/deployment.md "3. Connect the TentMan database")."""
     env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONN_TENTMAN_DB"}
     airflow = str(Path(sys.executable).with_name("airflow"))
     missing = subprocess.run([TENTMAN, "db", "check"], capture_output=True, text=True, env=env, timeout=120)

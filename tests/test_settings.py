@@ -23,7 +23,7 @@ def test_every_tentman_variable_read_in_production_is_listed():
     are checked against: every TENTMAN_* name the production code (all but dev/) spells is in it."""
     import re
 
-    from tentman.dev.local import REPO_ROOT
+    from tentman_dev.local import REPO_ROOT
 
     package = REPO_ROOT / "include" / "tentman"
     sources = [

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tentman.dev.airflow_stack import (
+from tentman_dev.airflow_stack import (
     component_commands,
     component_environments,
     executor_class,
     free_port,
     stack_environment,
 )
-from tentman.dev.broker import EmbeddedBroker, ping
+from tentman_dev.broker import EmbeddedBroker, ping
 
 pytestmark = pytest.mark.unit
 
@@ -63,7 +63,7 @@ def test_the_embedded_broker_starts_answers_and_stops(tmp_path):
 
 
 def test_the_sweep_runs_each_size_on_the_executors_that_run_at_it():
-    from tentman.dev.bench.scale import sweep_plan
+    from tentman_dev.bench.scale import sweep_plan
 
     assert sweep_plan([500, 2000, 10000], "local,celery:2000") == [
         (500, "local"), (2000, "local"), (2000, "celery"), (10000, "local"),
@@ -77,7 +77,7 @@ def test_the_sweep_runs_each_size_on_the_executors_that_run_at_it():
 def test_a_resumed_sweep_keeps_only_points_measured_with_the_same_settings(tmp_path):
     import json
 
-    from tentman.dev.bench.sweep import resumable
+    from tentman_dev.bench.sweep import resumable
 
     path = tmp_path / "sweep.json"
     assert resumable(path, leases=5, concurrency=8) == []

@@ -1,4 +1,6 @@
-"""The `tentman` command: schema migrations, demo data, run summaries and the local environment."""
+"""The `tentman` command of a deployment: schema migrations (`tentman db …`), run summaries
+(`tentman runs …`) and `tentman --version`. The developer commands (demo, local stacks) are
+`tentman-dev`'s, which is not part of this distribution."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import logging
 import os
 import sys
 
+from tentman import __version__
 from tentman.names import RENT_DAG_ID
 from tentman.settings import TENTMAN_CONN_ENV
 
@@ -105,19 +108,9 @@ def _runs_summary(args) -> int:
     return 0
 
 
-def _dev_command(name: str):
-    """A `tentman dev …` / `tentman demo …` handler: developer tooling, imported only when it runs."""
-
-    def run(args) -> int:
-        from tentman.dev import commands
-
-        return getattr(commands, name)(args)
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tentman", description="TentMan billing jobs")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="TentMan database schema").add_subparsers(dest="db_command", required=True)
@@ -144,31 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=_db_check)
     db.add_parser("current", help="show the applied and latest revisions").set_defaults(func=_db_current)
 
-    demo = sub.add_parser("demo", help="demo data").add_subparsers(dest="demo_command", required=True)
-    demo.add_parser("load", help="load the demo data set into an empty TentMan DB").set_defaults(
-        func=_dev_command("demo_load")
-    )
-
     runs = sub.add_parser("runs", help="invoice runs").add_subparsers(dest="runs_command", required=True)
     summary = runs.add_parser("summary", help="per-organization summary of a DAG's latest run")
     summary.add_argument("--dag-id", default=RENT_DAG_ID)
     summary.set_defaults(func=_runs_summary)
-
-    dev = sub.add_parser("dev", help="local environment").add_subparsers(dest="dev_command", required=True)
-    dev.add_parser("env", help="print the local environment as shell exports").set_defaults(
-        func=_dev_command("dev_env")
-    )
-    demo_cmd = dev.add_parser("demo", help="what `make demo` runs")
-    demo_cmd.add_argument("--rent-only", dest="with_utility", action="store_false")
-    demo_cmd.set_defaults(func=_dev_command("dev_demo"))
-    up = dev.add_parser("up", help="what `make up` runs: a live local Airflow on demo data")
-    up.add_argument("--port", type=int, default=8080)
-    up.add_argument("--executor", default="local", help="local (LocalExecutor) or celery (CeleryExecutor)")
-    up.add_argument("--workers", type=int, default=2, help="Celery workers (with --executor celery)")
-    up.add_argument("--timeout", type=float, default=240)
-    up.set_defaults(func=_dev_command("dev_up"))
-    dev.add_parser("down", help="stop what `make up` started").set_defaults(func=_dev_command("dev_down"))
-    dev.add_parser("stop-db", help="stop the embedded PostgreSQL").set_defaults(func=_dev_command("dev_stop_db"))
     return parser
 
 

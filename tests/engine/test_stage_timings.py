@@ -11,12 +11,12 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization, add_statement
-from tentman.dev.bench.engines import generate_leases
 from tentman.engine.common import StageTimings
 from tentman.engine.periods import BillingPeriod
 from tentman.engine.rent import RENT_STAGES, generate_rent_invoices
 from tentman.engine.utility import UTILITY_STAGES, generate_utility_invoices
 from tentman.names import ProrationMethod
+from tentman_dev.bench.engines import generate_leases
 
 MAR_2026 = BillingPeriod.for_month(2026, 3)
 DEC_2026 = BillingPeriod.for_month(2026, 12)

@@ -2,7 +2,7 @@
 
 One stack for the module (what `make up EXECUTOR=celery WORKERS=2` starts, plus a second
 scheduler), with the failure-detection settings a billing deployment runs with
-(tentman.dev.airflow_stack.FAILURE_DETECTION). Every scenario ends with the audit: nothing lost,
+(tentman.deployment.FAILURE_DETECTION). Every scenario ends with the audit: nothing lost,
 nothing doubled, no issued invoice changed.
 """
 
@@ -20,9 +20,10 @@ import sqlalchemy as sa
 from support.factories import add_lease, add_organization
 from support.live import Api, live_stack, make_slow, poll
 from support.priority import critical_before_routine
-from tentman.dev.airflow_stack import FAILURE_DETECTION, free_port
-from tentman.dev.broker import EmbeddedBroker
+from tentman.deployment import FAILURE_DETECTION
 from tentman.names import DAG_IDS, RENT_DAG_ID
+from tentman_dev.airflow_stack import free_port
+from tentman_dev.broker import EmbeddedBroker
 
 pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.reliability]
 

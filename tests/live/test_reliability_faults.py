@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization
 from support.live import Api, live_stack, make_slow, poll
-from tentman.dev.local import server_uri, start_embedded_postgres
 from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
+from tentman_dev.local import server_uri, start_embedded_postgres
 
 pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.reliability]
 

@@ -21,9 +21,9 @@ from support.dags import load_dag
 from support.databases import create_database, drop_database
 from support.factories import add_lease
 from tentman.db import create_engine_from_uri
-from tentman.dev.local import REPO_ROOT, with_database
 from tentman.engine.organization_settings import change_billing_settings
 from tentman.names import RENT_DAG_ID, UTILITY_DAG_ID
+from tentman_dev.local import REPO_ROOT, with_database
 
 pytestmark = pytest.mark.airflow
 

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from support.dags import DAGS, load_dag
 from support.databases import create_database, drop_database
 from support.factories import add_charge, add_lease, add_organization, add_statement, inject_invoice_fault
-from tentman.dev.local import with_database
 from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
+from tentman_dev.local import with_database
 
 pytestmark = pytest.mark.airflow
 

@@ -207,7 +207,7 @@ def test_the_documented_backfill_bills_the_organizations_it_names_through_a_hold
     import json
     import shlex
 
-    from tentman.dev.local import REPO_ROOT
+    from tentman_dev.local import REPO_ROOT
 
     operations = (REPO_ROOT / "docs" / "operations.md").read_text()
     section = operations.split("\n## Backfill a range\n", 1)[1].split("\n## ", 1)[0]

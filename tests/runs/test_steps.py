@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from support.databases import create_database, drop_database
 from support.factories import add_lease, add_organization, inject_invoice_fault, invoice_for
 from tentman.db import create_engine_from_uri
-from tentman.dev.local import with_database
 from tentman.engine.periods import BillingPeriod, rent_period_for_run, utility_period_for_run
 from tentman.migrate import SchemaNotReady, head_revision, upgrade
 from tentman.names import RENT_DAG_ID
@@ -23,6 +22,7 @@ from tentman.runs.steps import (
     record_invoice_runs,
     resolve_billing_run,
 )
+from tentman_dev.local import with_database
 
 UTC = UTC
 DAG = RENT_DAG_ID

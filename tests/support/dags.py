@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tentman.dev.local import REPO_ROOT
+from tentman_dev.local import REPO_ROOT
 
 DAGS = REPO_ROOT / "dags"
 

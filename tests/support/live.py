@@ -9,16 +9,16 @@ from pathlib import Path
 
 from support.databases import create_database, drop_database
 from tentman.db import create_engine_from_uri
-from tentman.dev.airflow_stack import (
+from tentman.migrate import upgrade
+from tentman.names import DAG_IDS
+from tentman_dev.airflow_stack import (
     AirflowApi,
     AirflowStack,
     free_port,
     isolated_environment,
     write_passwords,
 )
-from tentman.dev.local import airflow_metadata_uri, with_database
-from tentman.migrate import upgrade
-from tentman.names import DAG_IDS
+from tentman_dev.local import airflow_metadata_uri, with_database
 
 PASSWORDS = {"admin": uuid.uuid4().hex, "viewer": uuid.uuid4().hex}
 

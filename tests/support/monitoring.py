@@ -14,8 +14,8 @@ from functools import cache
 
 import yaml
 
-from tentman.dev.local import REPO_ROOT
 from tentman.orchestration.metrics import METRICS
+from tentman_dev.local import REPO_ROOT
 
 MONITORING = REPO_ROOT / "deploy" / "monitoring"
 STATSD_PREFIX = "airflow"

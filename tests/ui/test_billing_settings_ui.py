@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization
 from support.live import PASSWORDS, Api, live_stack, poll
-from tentman.dev.local import REPO_ROOT
 from tentman.names import BILLING_SETTINGS_AUDIT_TABLE, BILLING_SETTINGS_TABLE, RENT_DAG_ID, UTILITY_DAG_ID
+from tentman_dev.local import REPO_ROOT
 
 pytestmark = pytest.mark.live
 

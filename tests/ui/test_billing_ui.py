@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from support.factories import add_charge, add_lease, add_organization
 from support.live import Api, live_stack
-from tentman.dev.local import REPO_ROOT
 from tentman.names import RENT_DAG_ID
+from tentman_dev.local import REPO_ROOT
 
 pytestmark = pytest.mark.live
 

@@ -10,8 +10,8 @@ import tomllib
 import pytest
 from fastapi.testclient import TestClient
 
-from tentman.dev.local import REPO_ROOT
 from tentman.ui.app import STATIC, VENDOR, VENDOR_URL, create_app
+from tentman_dev.local import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -91,5 +91,5 @@ def test_package_data_ships_every_static_file():
     shipped = {path for pattern in patterns for path in package.glob(pattern) if path.is_file()}
     static_files = {path for path in STATIC.rglob("*") if path.is_file()}
     assert static_files - shipped == set()
-    # The image copies the package tree as it is (and installs it from there).
-    assert "COPY include ./include" in (REPO_ROOT / "Dockerfile").read_text()
+    # The image installs the wheel built from that tree (tests/test_distribution.py opens the wheel).
+    assert "COPY --chown=airflow:root include /tmp/tentman/include" in (REPO_ROOT / "Dockerfile").read_text()

@@ -32,7 +32,12 @@ from urllib.parse import quote
 import sqlalchemy as sa
 
 from tentman.db import create_engine_from_uri
-from tentman.dev.airflow_stack import (
+from tentman.engine.common import StageTimings
+from tentman.engine.periods import BillingPeriod
+from tentman.engine.utility import generate_utility_invoices
+from tentman.migrate import upgrade
+from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
+from tentman_dev.airflow_stack import (
     MAX_MAP_LENGTH,
     AirflowApi,
     AirflowStack,
@@ -41,9 +46,9 @@ from tentman.dev.airflow_stack import (
     isolated_environment,
     write_passwords,
 )
-from tentman.dev.bench.common import bill_rent, copy_floor, rounded_stages, stage_table, timed_phase, vacuum_analyze
-from tentman.dev.broker import EmbeddedBroker
-from tentman.dev.local import (
+from tentman_dev.bench.common import bill_rent, copy_floor, rounded_stages, stage_table, timed_phase, vacuum_analyze
+from tentman_dev.broker import EmbeddedBroker
+from tentman_dev.local import (
     REPO_ROOT,
     airflow_metadata_uri,
     ensure_database,
@@ -51,11 +56,6 @@ from tentman.dev.local import (
     start_embedded_postgres,
     with_database,
 )
-from tentman.engine.common import StageTimings
-from tentman.engine.periods import BillingPeriod
-from tentman.engine.utility import generate_utility_invoices
-from tentman.migrate import upgrade
-from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
 
 MONTH_PERIOD = BillingPeriod.for_month(2026, 3)
 MONTH = MONTH_PERIOD.label
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.sweep:
-        from tentman.dev.bench.sweep import run_sweep
+        from tentman_dev.bench.sweep import run_sweep
 
         sizes = [int(n) for n in args.sweep.split(",")]
         run_sweep(

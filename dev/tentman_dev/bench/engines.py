@@ -21,7 +21,9 @@ import time
 
 import sqlalchemy as sa
 
-from tentman.dev.bench.common import (
+from tentman.engine.common import StageTimings
+from tentman.engine.utility import generate_utility_invoices
+from tentman_dev.bench.common import (
     PERIOD,
     Phase,
     bench_server,
@@ -36,8 +38,6 @@ from tentman.dev.bench.common import (
     timed_phase,
     vacuum_analyze,
 )
-from tentman.engine.common import StageTimings
-from tentman.engine.utility import generate_utility_invoices
 
 
 def generate_leases(conn, organization_id: int, n: int) -> None:

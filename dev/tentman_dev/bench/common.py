@@ -15,12 +15,12 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from tentman.db import create_engine_from_uri
-from tentman.dev.local import ensure_database, server_uri, start_embedded_postgres, with_database
 from tentman.engine.common import StageTimings, stage_clock
 from tentman.engine.periods import BillingPeriod
 from tentman.engine.rent import generate_rent_invoices
 from tentman.migrate import upgrade
 from tentman.names import ProrationMethod
+from tentman_dev.local import ensure_database, server_uri, start_embedded_postgres, with_database
 
 # The month every engine benchmark bills.
 PERIOD = BillingPeriod.for_month(2026, 3)

@@ -1,5 +1,5 @@
-"""The developer commands of the `tentman` CLI: `tentman dev …` (make demo, up, down, env) and
-`tentman demo load`. tentman.cli imports this module only when one of them runs."""
+"""The `tentman-dev` commands: `make demo`, `make up` / `make down`, the local environment and the
+demo data. tentman_dev.cli imports this module only when one of them runs."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tentman.db import UnitOfWork, tentman_engine
-from tentman.dev.airflow_stack import (
+from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
+from tentman_dev.airflow_stack import (
     AirflowStack,
     executor_class,
     free_port,
     stop_detached,
     write_passwords,
 )
-from tentman.dev.broker import BROKER_URL_ENV, BrokerUnavailable, EmbeddedBroker, ping
-from tentman.dev.demo import DEMO_RENT_LOGICAL_DATE, DEMO_UTILITY_LOGICAL_DATE, load_demo_data
-from tentman.dev.local import LOCAL_DIR, local_environment
-from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
+from tentman_dev.broker import BROKER_URL_ENV, BrokerUnavailable, EmbeddedBroker, ping
+from tentman_dev.demo import DEMO_RENT_LOGICAL_DATE, DEMO_UTILITY_LOGICAL_DATE, load_demo_data
+from tentman_dev.local import LOCAL_DIR, local_environment
 
 
 def demo_load(args) -> int:
@@ -55,7 +55,7 @@ def dev_demo(args) -> int:
     tentman = [sys.executable, "-m", "tentman.cli"]
     _run(["airflow", "db", "migrate"], env, "Airflow metadata DB")
     _run(tentman + ["db", "upgrade", "--with-application-tables"], env, "TentMan schema")
-    _run(tentman + ["demo", "load"], env, "Demo data")
+    _run([sys.executable, "-m", "tentman_dev", "load-demo"], env, "Demo data")
     dags = [(RENT_DAG_ID, DEMO_RENT_LOGICAL_DATE)]
     if args.with_utility:
         dags.append((UTILITY_DAG_ID, DEMO_UTILITY_LOGICAL_DATE))
@@ -90,7 +90,7 @@ def dev_up(args) -> int:
     try:
         broker_url = _broker_url(home) if celery else None
     except BrokerUnavailable as exc:
-        print(f"tentman: error: {exc}", file=sys.stderr)
+        print(f"tentman-dev: error: {exc}", file=sys.stderr)
         return 1
     stack = AirflowStack.for_executor(
         local_environment(), home=home, port=args.port, executor=args.executor, broker_url=broker_url,
@@ -106,7 +106,7 @@ def dev_up(args) -> int:
         print(f"`{' '.join(exc.cmd)}` failed:\n{exc.stderr or exc.stdout}", file=sys.stderr)
         return 1
     _run(tentman + ["db", "upgrade", "--with-application-tables"], env, "TentMan schema")
-    _run(tentman + ["demo", "load"], env, "Demo data")
+    _run([sys.executable, "-m", "tentman_dev", "load-demo"], env, "Demo data")
     print("\n==> Starting Airflow: " + ", ".join(stack.commands), flush=True)
     stack.start(detached=True)
     try:

@@ -16,7 +16,9 @@ import uuid
 from pathlib import Path
 
 from tentman.db import create_engine_from_uri
-from tentman.dev.bench.scale import (
+from tentman.migrate import upgrade
+from tentman.names import RENT_DAG_ID
+from tentman_dev.bench.scale import (
     MONTH,
     ProcessSampler,
     generate,
@@ -25,9 +27,7 @@ from tentman.dev.bench.scale import (
     postmaster_pid,
     summarize,
 )
-from tentman.dev.local import ensure_database, server_uri, start_embedded_postgres, with_database
-from tentman.migrate import upgrade
-from tentman.names import RENT_DAG_ID
+from tentman_dev.local import ensure_database, server_uri, start_embedded_postgres, with_database
 
 
 def measure(n: int, leases: int, *, executor: str, workers: int, concurrency: int, timeout: float) -> dict:

