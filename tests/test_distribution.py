@@ -113,6 +113,7 @@ def test_the_sdist_carries_the_licence_and_the_package_only(dist):
     assert {"LICENSE", "pyproject.toml", "README.md", "include/tentman/plugin.py"} <= names
     assert {name.split("/", 1)[0] for name in names} == {
         "LICENSE",
+        "MANIFEST.in",
         "PKG-INFO",
         "README.md",
         "pyproject.toml",
@@ -224,12 +225,23 @@ def test_the_lowest_supported_airflow_parses_and_runs_both_dags(lowest_airflow_v
     airflow_version, tentman_file = versions.stdout.split()
     assert airflow_version == LOWEST_AIRFLOW
     assert tentman_file.startswith(str(lowest_airflow_venv))  # the wheel's package, not the checkout's
-    # tests/orchestration/test_dags.py in that venv: both DAG files parse, and dag.test() runs each
-    # against a real TentMan database and an Airflow 3.2.2 metadata database (migrated by that Airflow).
+    # In that venv: tests/orchestration/test_dags.py (both DAG files parse, and dag.test() runs each
+    # against a real TentMan database and an Airflow 3.2.2 metadata database, migrated by that
+    # Airflow), and test_adoption.py (that venv's `tentman db upgrade` adopts an application-made
+    # database and checks its schema, and both DAGs bill it as the documented role).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TENTMAN_", "PYTHON"))}
     env.update({"PYTHONPATH": str(REPO_ROOT / "dev"), "TENTMAN_TEST_DATABASE_URL": pg_admin_uri})
     run = subprocess.run(
-        [str(python), "-m", "pytest", "tests/orchestration/test_dags.py", "-q", "-p", "no:cacheprovider"],
+        [
+            str(python),
+            "-m",
+            "pytest",
+            "tests/orchestration/test_dags.py",
+            "tests/orchestration/test_adoption.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
