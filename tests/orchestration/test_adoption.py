@@ -127,3 +127,25 @@ def test_both_dags_bill_the_applications_database_as_the_documented_role(adopted
     ]
     assert application_rows(owner) == before
     audited(owner)
+
+
+def test_a_database_without_a_key_billing_relies_on_fails_the_first_task_at_once(adopted):
+    """The idempotency key gone (the application dropped it): no run bills a thing, and no retry waits."""
+    owner, role_uri = adopted
+    assert tentman("db", "upgrade", uri=role_uri).returncode == 0
+    with owner.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE invoices DROP CONSTRAINT uq_invoice_lease_type_period")
+    run = load_dag(RENT_DAG_ID).test(logical_date=datetime(2026, 11, 26, 2, tzinfo=UTC))
+    assert run.state == "failed"
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances(session=session)}
+    # Failed, not up_for_retry: a retry cannot add a unique key.
+    assert states["resolve_billing_period"] == ("failed", 1)
+    assert states["list_organizations"][0] == "upstream_failed"
+    with owner.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM invoices WHERE origin = 'billing'")).scalar() == 0
+    checked = tentman("db", "check", uri=role_uri)
+    assert checked.returncode == 1
+    assert "missing unique key invoices_one_per_lease_type_period on invoices" in checked.stdout
