@@ -142,7 +142,7 @@ def test_both_dags_run_on_a_stock_airflow_with_only_the_documented_steps(
         for dag_id in DAG_IDS:
             stack.airflow("dags", "pause", dag_id)
             details = stack.airflow("dags", "details", dag_id, "--output", "json")
-            assert json.loads(details.stdout.strip().splitlines()[-1])[0]["is_paused"] is True
+            assert str(json.loads(details.stdout.strip().splitlines()[-1])[0]["is_paused"]) == "True"  # a string here
     finally:
         stack.stop()
         engine.dispose()
