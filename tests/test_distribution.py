@@ -11,9 +11,11 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import tomllib
 import zipfile
 from email.parser import Parser
@@ -184,53 +186,62 @@ def dev_pin(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def lowest_airflow_venv(tmp_path_factory, dist) -> Path:
-    """A virtualenv with apache-airflow[postgres]==3.2.2 and the wheel, resolved together by uv,
-    plus the test runner (the DAG tests of this checkout run in it)."""
+def lowest_airflow_venv(tmp_path_factory, dist) -> dict:
+    """A virtualenv holding apache-airflow[postgres]==3.2.2 alone (resolved by uv as of its time),
+    before and after the wheel is installed into it; then the test runner on top (the DAG tests of
+    this checkout run in it)."""
     venv = tmp_path_factory.mktemp("airflow-lowest")
     uv = [sys.executable, "-m", "uv"]
     subprocess.run([*uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True, timeout=120)
-    # Airflow and the wheel as of Airflow's time; then the test tools, pinned as in the dev lock
-    # (newer than that date), on top: they leave what is installed as it is.
-    for packages in (
-        [
-            "--exclude-newer",
-            LOWEST_AIRFLOW_INDEX_DATE,
-            f"apache-airflow[postgres]=={LOWEST_AIRFLOW}",
-            str(dist["wheel"]),
-        ],
-        [dev_pin("pytest"), dev_pin("hypothesis")],
-    ):
-        install = subprocess.run(
-            [*uv, "pip", "install", "-q", "--python", str(venv_python(venv)), *packages],
-            capture_output=True,
-            text=True,
-            timeout=1800,
+
+    def uv_pip(*args: str) -> str:
+        done = subprocess.run(
+            [*uv, "pip", *args, "--python", str(venv_python(venv))], capture_output=True, text=True, timeout=1800
         )
-        assert install.returncode == 0, install.stderr[-3000:]
-    check = subprocess.run([*uv, "pip", "check", "--python", str(venv_python(venv))], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    return venv
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    def versions() -> dict[str, str]:
+        pinned = (line.partition("==") for line in uv_pip("freeze").splitlines() if "==" in line)
+        return {normalized(name): version for name, _, version in pinned}
+
+    as_of_airflow = ["--exclude-newer", LOWEST_AIRFLOW_INDEX_DATE]
+    uv_pip("install", "-q", *as_of_airflow, f"apache-airflow[postgres]=={LOWEST_AIRFLOW}")
+    before = versions()
+    uv_pip("install", "-q", *as_of_airflow, str(dist["wheel"]))
+    after = versions()
+    uv_pip("check")
+    # The test tools, pinned as in the dev lock (newer than that date), on top.
+    uv_pip("install", "-q", dev_pin("pytest"), dev_pin("hypothesis"))
+    return {"venv": venv, "before": before, "after": after}
+
+
+def test_the_wheel_installs_into_the_lowest_supported_airflow_and_moves_nothing(lowest_airflow_venv):
+    before, after = lowest_airflow_venv["before"], lowest_airflow_venv["after"]
+    assert before["apache-airflow"] == LOWEST_AIRFLOW
+    assert {name: after.get(name) for name in before} == before  # added to, never changed
 
 
 def test_the_lowest_supported_airflow_parses_and_runs_both_dags(lowest_airflow_venv, pg_admin_uri):
-    python = venv_python(lowest_airflow_venv)
+    venv = lowest_airflow_venv["venv"]
+    python = venv_python(venv)
     versions = subprocess.run(
         [str(python), "-c", "import airflow, tentman, tentman.plugin; print(airflow.__version__, tentman.__file__)"],
         capture_output=True,
         text=True,
-        cwd=lowest_airflow_venv,
+        cwd=venv,
     )
     assert versions.returncode == 0, versions.stderr
     airflow_version, tentman_file = versions.stdout.split()
     assert airflow_version == LOWEST_AIRFLOW
-    assert tentman_file.startswith(str(lowest_airflow_venv))  # the wheel's package, not the checkout's
+    assert tentman_file.startswith(str(venv))  # the wheel's package, not the checkout's
     # In that venv: tests/orchestration/test_dags.py (both DAG files parse, and dag.test() runs each
     # against a real TentMan database and an Airflow 3.2.2 metadata database, migrated by that
     # Airflow), and test_adoption.py (that venv's `tentman db upgrade` adopts an application-made
     # database and checks its schema, and both DAGs bill it as the documented role).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TENTMAN_", "PYTHON"))}
     env.update({"PYTHONPATH": str(REPO_ROOT / "dev"), "TENTMAN_TEST_DATABASE_URL": pg_admin_uri})
+    inner_basetemp = Path(tempfile.mkdtemp(prefix="tentman-lowest-airflow-")) / "pytest"
     run = subprocess.run(
         [
             str(python),
@@ -241,6 +252,10 @@ def test_the_lowest_supported_airflow_parses_and_runs_both_dags(lowest_airflow_v
             "-q",
             "-p",
             "no:cacheprovider",
+            # Its own temporary root: a second pytest session under /tmp/pytest-of-<user> makes that
+            # folder private again (0700), and the embedded server of this session, running as its own
+            # system user with its data below it, would lose its data directory (PANIC: permission denied).
+            f"--basetemp={inner_basetemp}",
         ],
         cwd=REPO_ROOT,
         env=env,
@@ -248,5 +263,6 @@ def test_the_lowest_supported_airflow_parses_and_runs_both_dags(lowest_airflow_v
         text=True,
         timeout=1800,
     )
+    shutil.rmtree(inner_basetemp.parent, ignore_errors=True)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
     assert re.search(r"\b\d+ passed\b", run.stdout) and " failed" not in run.stdout and "skipped" not in run.stdout
