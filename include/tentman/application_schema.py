@@ -307,7 +307,7 @@ def check_contract(conn: Connection) -> ContractReport:
     catalog = _Catalog(conn)
     for table in TABLES:
         if table.name not in catalog.oids:
-            report.errors.append(f"missing table {table.name}: {_create_table_hint(table.name)}")
+            report.errors.append(f"missing table {table.name}: {_MISSING_TABLE_FIX}")
             continue
         _check_columns(table, catalog, report)
     for key in UNIQUE_KEYS:
@@ -388,11 +388,10 @@ def _check_columns(table: Table, catalog: _Catalog, report: ContractReport) -> N
                 )
 
 
-def _create_table_hint(name: str) -> str:
-    return (
-        f"the application's migrations create it; for a standalone database, "
-        f"`tentman db upgrade --with-application-tables` creates all {len(TABLES)} tables (docs/schema.md has the DDL)"
-    )
+_MISSING_TABLE_FIX = (
+    "the application's migrations create it; for a standalone database, "
+    f"`tentman db upgrade --with-application-tables` creates all {len(TABLES)} tables (docs/schema.md has the DDL)"
+)
 
 
 def _normalized(expression: str | None) -> str:
@@ -403,15 +402,20 @@ def _normalized(expression: str | None) -> str:
     return re.sub(r"[()\s]", "", text)
 
 
+def _table_oids(conn: Connection) -> dict[str, int]:
+    """The application's tables found on the connection's search_path, name -> oid."""
+    rows = conn.execute(
+        sa.text("SELECT name, to_regclass(name)::oid AS oid FROM unnest(CAST(:names AS text[])) AS name"),
+        {"names": list(TABLE_NAMES)},
+    ).all()
+    return {r.name: r.oid for r in rows if r.oid is not None}
+
+
 class _Catalog:
     """The catalog rows of the application's tables, read once per check."""
 
     def __init__(self, conn: Connection):
-        rows = conn.execute(
-            sa.text("SELECT name, to_regclass(name)::oid AS oid FROM unnest(CAST(:names AS text[])) AS name"),
-            {"names": list(TABLE_NAMES)},
-        ).all()
-        self.oids = {r.name: r.oid for r in rows if r.oid is not None}
+        self.oids = _table_oids(conn)
         self.names = {oid: name for name, oid in self.oids.items()}
         oids = list(self.oids.values())
         self._columns: dict[str, dict[str, dict]] = {name: {} for name in self.oids}
@@ -622,7 +626,7 @@ def application_tables_ddl() -> str:
 
 
 def existing_application_tables(conn: Connection) -> list[str]:
-    return list(_Catalog(conn).oids)
+    return list(_table_oids(conn))
 
 
 def create_application_tables(conn: Connection) -> bool:

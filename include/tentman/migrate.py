@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tentman.application_schema import (
     TABLE_NAMES,
+    ContractReport,
     check_contract,
     create_application_tables,
     existing_application_tables,
@@ -117,18 +118,36 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 
+def _revision_difference(conn: Connection) -> str | None:
+    """How the bundle's schema differs from this release's revision, and the fix; None when it does not."""
+    found, needed = _current_revision(conn), head_revision()
+    if found == needed:
+        return None
+    return (
+        f"the TentMan database's billing schema ({BILLING_SCHEMA}) is at revision "
+        f"{found or 'none (never migrated)'}, and this bundle needs revision {needed}: run "
+        "`tentman db upgrade` against that database (the tentman_db connection)"
+    )
+
+
+def schema_report(conn: Connection) -> ContractReport:
+    """What `tentman db check` prints: the revision of the bundle's schema, and the application's
+    tables against the contract."""
+    report = check_contract(conn)
+    difference = _revision_difference(conn)
+    if difference:
+        report.errors.insert(0, difference)
+    return report
+
+
 def check_schema(engine: Engine) -> list[str]:
     """What a run checks first: the bundle's schema at this release's revision, and the application's
     tables as the contract says. Raises SchemaNotReady naming every difference and its fix; returns
     the warnings (missing indexes: billing runs, slower), each with its DDL."""
     with engine.connect() as conn:
-        found, needed = _current_revision(conn), head_revision()
-        if found != needed:
-            raise SchemaNotReady(
-                f"the TentMan database's billing schema ({BILLING_SCHEMA}) is at revision "
-                f"{found or 'none (never migrated)'}, and this bundle needs revision {needed}: run "
-                "`tentman db upgrade` against that database (the tentman_db connection), then run the DAG again"
-            )
+        difference = _revision_difference(conn)
+        if difference:
+            raise SchemaNotReady(f"{difference}, then run the DAG again")
         report = check_contract(conn)
     if not report.holds:
         raise SchemaNotReady(format_report(report) + "\n  (`tentman db check` lists the same)")
