@@ -21,7 +21,7 @@ DEV_PACKAGE = REPO_ROOT / "dev" / "tentman_dev"
 SHARED_MODULES = {"__init__", "names", "settings", "deployment", "db", "migrate", "application_schema", "cli"}
 # Airflow's entry into the package (the plugin of the distribution's entry point).
 AIRFLOW_ENTRY_MODULES = {"plugin"}
-FOLDERS = {"engine", "runs", "orchestration", "ui", "migrations"}
+FOLDERS = {"billing", "runs", "orchestration", "ui", "migrations"}
 
 
 def _module_name(path: Path, package: Path = PACKAGE) -> str:
@@ -76,7 +76,7 @@ def test_every_module_lives_in_a_known_place():
     assert folders == FOLDERS
 
 
-def test_the_engine_imports_neither_airflow_nor_the_layers_above_it():
+def test_the_billing_engines_import_neither_airflow_nor_the_layers_above_it():
     forbidden = (
         "airflow",
         "fastapi",
@@ -87,7 +87,7 @@ def test_the_engine_imports_neither_airflow_nor_the_layers_above_it():
         "tentman.cli",
         "tentman.plugin",
     )
-    assert _violations(_modules("engine"), forbidden) == []
+    assert _violations(_modules("billing"), forbidden) == []
 
 
 def test_the_run_steps_import_neither_airflow_nor_the_ui_nor_tooling():
@@ -106,7 +106,7 @@ def test_the_run_steps_import_neither_airflow_nor_the_ui_nor_tooling():
 def test_shared_modules_import_only_shared_modules():
     modules = _modules()
     shared = {name: modules["tentman" if name == "__init__" else f"tentman.{name}"] for name in SHARED_MODULES}
-    forbidden = ("airflow", "tentman.engine", "tentman.runs", "tentman.orchestration", "tentman.ui", "tentman.plugin")
+    forbidden = ("airflow", "tentman.billing", "tentman.runs", "tentman.orchestration", "tentman.ui", "tentman.plugin")
     cli = {"cli": shared.pop("cli")}
     assert _violations(shared, forbidden) == []
     # The CLI's commands import what they run inside their functions, so `tentman --help` stays cheap.
@@ -119,7 +119,7 @@ def test_shared_modules_import_only_shared_modules():
 
 def test_the_plugin_brings_only_the_ui_to_airflow():
     plugin = {"tentman.plugin": _modules()["tentman.plugin"]}
-    forbidden = ("tentman.engine", "tentman.runs", "tentman.orchestration", "tentman_dev", "tentman.cli")
+    forbidden = ("tentman.billing", "tentman.runs", "tentman.orchestration", "tentman_dev", "tentman.cli")
     assert _violations(plugin, forbidden) == []
 
 
@@ -147,8 +147,8 @@ def test_the_ui_and_the_airflow_glue_stay_apart():
 
 def test_the_check_sees_a_forbidden_import():
     """The checker itself: an engine module importing Airflow is reported, at any depth."""
-    modules = {"tentman.engine.example": _imports_of_source("def f():\n    from airflow.sdk import task\n")}
-    assert _violations(modules, ("airflow",)) == ["tentman.engine.example imports airflow.sdk.task"]
+    modules = {"tentman.billing.example": _imports_of_source("def f():\n    from airflow.sdk import task\n")}
+    assert _violations(modules, ("airflow",)) == ["tentman.billing.example imports airflow.sdk.task"]
     assert _violations(modules, ("airflow",), allow_in_functions=True) == []
 
 

@@ -13,9 +13,9 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from tentman.billing.rent import RENT_STAGES
+from tentman.billing.utility import UTILITY_STAGES, generate_utility_invoices
 from tentman.db import create_engine_from_uri
-from tentman.engine.rent import RENT_STAGES
-from tentman.engine.utility import UTILITY_STAGES, generate_utility_invoices
 from tentman.names import RENT_DAG_ID, RENT_RUN
 from tentman.runs.steps import (
     bill_organization,

@@ -25,9 +25,9 @@ from support.databases import create_database, drop_database
 from support.factories import add_charge, add_lease, add_organization, add_statement
 from support.legacy import build_legacy_install
 from tentman.application_schema import FOREIGN_KEYS, INDEXES, TABLE_NAMES, TABLES, UNIQUE_KEYS, check_contract
+from tentman.billing.organization_settings import billing_settings
+from tentman.billing.proration import prorate
 from tentman.db import create_engine_from_uri
-from tentman.engine.organization_settings import billing_settings
-from tentman.engine.proration import prorate
 from tentman.migrate import SchemaNotReady, current_revision, head_revision, upgrade
 from tentman.names import BILLING_SCHEMA, ProrationMethod
 from tentman_dev.local import with_database

@@ -1,7 +1,7 @@
 """TentMan billing: the package behind the Airflow DAGs. Each folder says where its code runs.
 
 - `names`, `settings`, `deployment`, `db`, `application_schema`, `migrate`, `migrations/`, `cli`: shared;
-- `engine/`: billing rules and set-based SQL over a caller's connection (no Airflow);
+- `billing/`: billing rules and set-based SQL over a caller's connection (no Airflow);
 - `runs/`: the DAG steps as plain functions, `invoice_runs` rows, run summaries (no Airflow);
 - `orchestration/`: the Airflow side — DAG factory, params, alerts, task preload, connection;
 - `ui/`: the "Billing runs" page and API, served by the Airflow plugin;

@@ -20,8 +20,8 @@ from support.application import application_database, tentman, with_user
 from support.dags import load_dag
 from support.databases import create_database, drop_database
 from support.factories import add_lease
+from tentman.billing.organization_settings import change_billing_settings
 from tentman.db import create_engine_from_uri
-from tentman.engine.organization_settings import change_billing_settings
 from tentman.names import RENT_DAG_ID, UTILITY_DAG_ID
 from tentman_dev.local import REPO_ROOT, with_database
 

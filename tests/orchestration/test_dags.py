@@ -357,7 +357,7 @@ def test_the_max_map_length_message_names_the_setting_its_value_and_the_count(ai
 
 
 def test_dag_test_run_honours_each_organizations_billing_settings(engine, tentman_conn):
-    from tentman.engine.organization_settings import change_billing_settings
+    from tentman.billing.organization_settings import change_billing_settings
 
     with engine.begin() as conn:
         held = add_organization(conn, "Held Homes")

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tentman.engine.periods import BillingPeriod
+from tentman.billing.periods import BillingPeriod
 from tentman.names import DEFAULT_PRORATION_METHOD, ProrationMethod, organization_label
 
 pytestmark = pytest.mark.unit

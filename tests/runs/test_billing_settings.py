@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization, add_statement, invoice_for
-from tentman.engine.organization_settings import change_billing_settings
+from tentman.billing.organization_settings import change_billing_settings
 from tentman.names import RENT_DAG_ID, UTILITY_DAG_ID
 from tentman.runs.steps import bill_organization, list_organizations, record_invoice_runs, resolve_billing_run
 

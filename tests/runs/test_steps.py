@@ -10,8 +10,8 @@ import sqlalchemy as sa
 
 from support.databases import create_database, drop_database
 from support.factories import add_lease, add_organization, inject_invoice_fault, invoice_for
+from tentman.billing.periods import BillingPeriod, rent_period_for_run, utility_period_for_run
 from tentman.db import create_engine_from_uri
-from tentman.engine.periods import BillingPeriod, rent_period_for_run, utility_period_for_run
 from tentman.migrate import SchemaNotReady, head_revision, upgrade
 from tentman.names import RENT_DAG_ID
 from tentman.runs.steps import (

@@ -2,7 +2,7 @@
 
 Checks, over the whole TentMan database (or the organizations given):
 - at most one invoice per lease, type and period; totals equal the sum of their lines;
-- every line of a draft rent invoice equals the reference computation (tentman.engine.proration.prorate,
+- every line of a draft rent invoice equals the reference computation (tentman.billing.proration.prorate,
   in Python) from the current lease and charge data, service periods included, and every billable
   lease of a billed organization and period has its invoice (nothing lost);
 - every utility line equals its statement, and every finalized statement is billed exactly once
@@ -20,9 +20,9 @@ from datetime import date
 
 import sqlalchemy as sa
 
-from tentman.engine.common import MAX_AMOUNT
-from tentman.engine.periods import BillingPeriod
-from tentman.engine.proration import prorate
+from tentman.billing.common import MAX_AMOUNT
+from tentman.billing.periods import BillingPeriod
+from tentman.billing.proration import prorate
 from tentman.names import RENT_RUN, ProrationMethod
 
 KNOWN_STATUSES = {"draft", "active", "terminated", "ended"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from tentman.engine.common import StageTimings
+from tentman.billing.common import StageTimings
 
 
 class Meanwhile(StageTimings):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from tentman.billing.common import StageTimings, stage_clock
+from tentman.billing.periods import BillingPeriod
+from tentman.billing.rent import generate_rent_invoices
 from tentman.db import create_engine_from_uri
-from tentman.engine.common import StageTimings, stage_clock
-from tentman.engine.periods import BillingPeriod
-from tentman.engine.rent import generate_rent_invoices
 from tentman.migrate import upgrade
 from tentman.names import ProrationMethod
 from tentman_dev.local import ensure_database, server_uri, start_embedded_postgres, with_database

@@ -21,8 +21,8 @@ import time
 
 import sqlalchemy as sa
 
-from tentman.engine.common import StageTimings
-from tentman.engine.utility import generate_utility_invoices
+from tentman.billing.common import StageTimings
+from tentman.billing.utility import generate_utility_invoices
 from tentman_dev.bench.common import (
     PERIOD,
     Phase,

@@ -31,10 +31,10 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
+from tentman.billing.common import StageTimings
+from tentman.billing.periods import BillingPeriod
+from tentman.billing.utility import generate_utility_invoices
 from tentman.db import create_engine_from_uri
-from tentman.engine.common import StageTimings
-from tentman.engine.periods import BillingPeriod
-from tentman.engine.utility import generate_utility_invoices
 from tentman.migrate import upgrade
 from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
 from tentman_dev.airflow_stack import (

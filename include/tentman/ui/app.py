@@ -23,8 +23,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from tentman.billing.periods import BillingPeriod
 from tentman.db import UnitOfWork
-from tentman.engine.periods import BillingPeriod
 from tentman.names import (
     BILLING_MONTH_PATTERN,
     DEFAULT_PRORATION_METHOD,
@@ -299,7 +299,7 @@ def trends(months: int = Query(12, ge=1, le=60), conn=Depends(read_only)) -> Tre
 
 @router.post("/api/preview", dependencies=[trigger_rent], summary="What a rent run would write, written nowhere")
 def preview(body: PreviewRequest) -> dict:
-    from tentman.engine.preview import preview_rent
+    from tentman.billing.preview import preview_rent
 
     period = BillingPeriod.parse(body.billing_month)
     with UnitOfWork(_engine(), read_only=True) as uow:
@@ -325,7 +325,7 @@ def preview(body: PreviewRequest) -> dict:
 
 
 def _own_proration_method(conn, organization_id: int) -> ProrationMethod:
-    from tentman.engine.organization_settings import billing_settings
+    from tentman.billing.organization_settings import billing_settings
 
     return billing_settings(conn, organization_id).effective_proration_method
 

@@ -10,7 +10,7 @@ Roles that have it out of the box:
 - FAB auth manager: Op and Admin (`can edit on Variables`, or a custom role with it); not User or Viewer.
 
 Everyone who may read DAG runs may read the settings. Every change is written with its audit row
-in one transaction (tentman.engine.organization_settings); `updated_by` is the Airflow user name.
+in one transaction (tentman.billing.organization_settings); `updated_by` is the Airflow user name.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field, StrictBool
 
-from tentman.db import UnitOfWork
-from tentman.engine.organization_settings import (
+from tentman.billing.organization_settings import (
     UnknownOrganization,
     billing_settings,
     change_billing_settings,
     settings_audit,
 )
+from tentman.db import UnitOfWork
 from tentman.names import BILLING_SETTINGS_TABLE, DEFAULT_PRORATION_METHOD, RENT_RUN, UTILITY_RUN, ProrationMethod
 from tentman.ui.app import _engine, current_user, read_only, read_runs
 

@@ -90,7 +90,7 @@ def upgrade() -> None:
         -- Proration of a monthly amount over `days` days of a `period_days`-day month, rounded
         -- half-up to the cent (round() on numeric rounds half away from zero; amounts billed here
         -- are never negative). A plain SQL function, so the planner inlines it into the engine's
-        -- set-based statements. tentman.engine.proration.prorate is the same rule in Python.
+        -- set-based statements. tentman.billing.proration.prorate is the same rule in Python.
         CREATE FUNCTION {PRORATE_FUNCTION}(amount numeric, days integer, period_days integer, method text)
         RETURNS numeric
         LANGUAGE sql IMMUTABLE PARALLEL SAFE

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from support.factories import add_organization
-from tentman.engine.organization_settings import (
+from tentman.billing.organization_settings import (
     BillingSettings,
     UnknownOrganization,
     billing_settings,

@@ -21,7 +21,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tentman.engine.common import (
+from tentman.billing.common import (
     MAX_AMOUNT,
     InsertFast,
     OrganizationBillingResult,
@@ -31,7 +31,7 @@ from tentman.engine.common import (
     start_organization_billing,
     write_isolating_bad_leases,
 )
-from tentman.engine.periods import BillingPeriod
+from tentman.billing.periods import BillingPeriod
 from tentman.names import UTILITY_INVOICE
 
 

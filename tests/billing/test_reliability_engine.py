@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from support.audit import snapshot_finalized
 from support.factories import add_charge, add_lease, add_organization, invoice_for, lines
-from tentman.engine.periods import BillingPeriod
-from tentman.engine.proration import prorate
-from tentman.engine.rent import generate_rent_invoices
-from tentman.engine.utility import generate_utility_invoices
+from tentman.billing.periods import BillingPeriod
+from tentman.billing.proration import prorate
+from tentman.billing.rent import generate_rent_invoices
+from tentman.billing.utility import generate_utility_invoices
 from tentman.names import BILLING_SCHEMA, PRORATE_FUNCTION, ProrationMethod
 
 pytestmark = pytest.mark.reliability

@@ -11,10 +11,10 @@ import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization, add_statement, invoice_for, lines
 from support.meanwhile import Meanwhile
-from tentman.engine.common import lock_organization
-from tentman.engine.periods import BillingPeriod
-from tentman.engine.rent import generate_rent_invoices
-from tentman.engine.utility import generate_utility_invoices
+from tentman.billing.common import lock_organization
+from tentman.billing.periods import BillingPeriod
+from tentman.billing.rent import generate_rent_invoices
+from tentman.billing.utility import generate_utility_invoices
 from tentman.names import ProrationMethod
 
 DEC = BillingPeriod.for_month(2026, 12)

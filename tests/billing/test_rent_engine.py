@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from support.factories import add_charge, add_lease, add_organization, invoice_for, invoices, lines
 from support.meanwhile import Meanwhile
-from tentman.engine.periods import BillingPeriod
-from tentman.engine.rent import generate_rent_invoices
+from tentman.billing.periods import BillingPeriod
+from tentman.billing.rent import generate_rent_invoices
 from tentman.names import ProrationMethod
 
 FEB_2026 = BillingPeriod.for_month(2026, 2)  # 28 days

@@ -11,10 +11,10 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization, add_statement
-from tentman.engine.common import StageTimings
-from tentman.engine.periods import BillingPeriod
-from tentman.engine.rent import RENT_STAGES, generate_rent_invoices
-from tentman.engine.utility import UTILITY_STAGES, generate_utility_invoices
+from tentman.billing.common import StageTimings
+from tentman.billing.periods import BillingPeriod
+from tentman.billing.rent import RENT_STAGES, generate_rent_invoices
+from tentman.billing.utility import UTILITY_STAGES, generate_utility_invoices
 from tentman.names import ProrationMethod
 from tentman_dev.bench.engines import generate_leases
 

@@ -8,10 +8,10 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from support.factories import add_charge, add_lease, add_organization, invoice_for, lines
+from tentman.billing.periods import BillingPeriod
+from tentman.billing.preview import preview_rent
+from tentman.billing.rent import generate_rent_invoices
 from tentman.db import UnitOfWork
-from tentman.engine.periods import BillingPeriod
-from tentman.engine.preview import preview_rent
-from tentman.engine.rent import generate_rent_invoices
 from tentman.names import ProrationMethod
 
 MARCH = BillingPeriod.for_month(2026, 3)

@@ -13,9 +13,9 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tentman.engine.common import lock_organization
-from tentman.engine.periods import BillingPeriod
-from tentman.engine.rent import generate_rent_invoices
+from tentman.billing.common import lock_organization
+from tentman.billing.periods import BillingPeriod
+from tentman.billing.rent import generate_rent_invoices
 from tentman.names import RENT_INVOICE, ProrationMethod
 
 MAX_PREVIEW_LEASES = 500
