@@ -374,7 +374,7 @@ def _check_columns(table: Table, catalog: _Catalog, report: ContractReport) -> N
             refused = [v for v in column.written_values if f"'{v}'" not in check["definition"]]
             if refused:
                 report.errors.append(
-                    f"CHECK {check['name']} on {where} refuses {', '.join(repr(v) for v in refused)}, which billing "
+                    f"CHECK {check['name']} on {where} refuses {', '.join(repr(str(v)) for v in refused)}, which billing "
                     f"writes (it accepts: {check['definition']}); billing writes {', '.join(column.written_values)}"
                 )
     if table.billing_inserts:

@@ -1,7 +1,8 @@
 """One home for every name the billing bundle shares with itself and with other TentMan services.
 
-DAG ids, run and invoice types, proration method names, the billing-month format and how an
-organization is labelled. Other services and our acceptance checks rely on these exact values.
+DAG and task ids, the values billing writes into the application's tables (run types and
+statuses, invoice types and statuses, line types), proration method names, the billing-month
+format and how an organization is labelled. Other services and our acceptance checks rely on these exact values.
 Imported when DAG files are parsed: standard library only.
 """
 
@@ -21,18 +22,70 @@ BILLING_SETTINGS_TABLE = f"{BILLING_SCHEMA}.organization_billing_settings"
 BILLING_SETTINGS_AUDIT_TABLE = f"{BILLING_SCHEMA}.organization_billing_settings_audit"
 PRORATE_FUNCTION = f"{BILLING_SCHEMA}.tentman_prorate"
 
-# `invoice_runs.run_type` of each DAG, and the `invoices.invoice_type` a run of that type writes.
-RENT_RUN = "monthly_rent"
-UTILITY_RUN = "utility"
-RUN_TYPES = (RENT_RUN, UTILITY_RUN)
-RENT_INVOICE = "rent"
-UTILITY_INVOICE = "utility"
-INVOICE_TYPE_OF_RUN = {RENT_RUN: RENT_INVOICE, UTILITY_RUN: UTILITY_INVOICE}
-RUN_TYPE_OF_DAG = {RENT_DAG_ID: RENT_RUN, UTILITY_DAG_ID: UTILITY_RUN}
+# The task ids of both DAGs, in the order they run. Alerts, the page, the benchmarks and the tests
+# find the tasks by these ids; the operators and the REST API show them.
+RESOLVE_PERIOD_TASK = "resolve_billing_period"
+LIST_ORGANIZATIONS_TASK = "list_organizations"
+BILL_ORGANIZATION_TASK = "bill_organization"
+RECORD_RUNS_TASK = "record_invoice_runs"
+TASK_IDS = (RESOLVE_PERIOD_TASK, LIST_ORGANIZATIONS_TASK, BILL_ORGANIZATION_TASK, RECORD_RUNS_TASK)
 
-# `invoice_runs.status` values. ON_HOLD: the organization is on billing hold and the run did not bill it.
-ON_HOLD = "on_hold"
-RUN_STATUSES = ("running", "completed", "completed_with_errors", "failed", ON_HOLD)
+
+# The values billing writes into the application's CHECK-constrained text columns. The CHECK lists
+# of the application's tables (tentman.application_schema) are built from these, and
+# tests/test_names.py reads them back from the database, so the code and the database cannot drift.
+class RunType(enum.StrEnum):
+    """`invoice_runs.run_type`: which DAG wrote the run."""
+
+    MONTHLY_RENT = "monthly_rent"
+    UTILITY = "utility"
+
+
+class RunStatus(enum.StrEnum):
+    """`invoice_runs.status`: how one organization's part of a run ended (or that it is running)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+    # The organization is on billing hold: the run did not bill it.
+    ON_HOLD = "on_hold"
+
+
+class InvoiceType(enum.StrEnum):
+    """`invoices.invoice_type`."""
+
+    RENT = "rent"
+    UTILITY = "utility"
+
+
+class InvoiceStatus(enum.StrEnum):
+    """`invoices.status`. Billing writes and rewrites drafts only; the others are the application's."""
+
+    DRAFT = "draft"
+    ISSUED = "issued"
+    PAID = "paid"
+    VOID = "void"
+
+
+class LineType(enum.StrEnum):
+    """`invoice_lines.line_type`."""
+
+    RENT = "rent"
+    RECURRING_CHARGE = "recurring_charge"
+    UTILITY = "utility"
+
+
+RENT_RUN = RunType.MONTHLY_RENT
+UTILITY_RUN = RunType.UTILITY
+RUN_TYPES = tuple(t.value for t in RunType)
+RENT_INVOICE = InvoiceType.RENT
+UTILITY_INVOICE = InvoiceType.UTILITY
+# The invoice type a run of each type writes.
+INVOICE_TYPE_OF_RUN = {RunType.MONTHLY_RENT: InvoiceType.RENT, RunType.UTILITY: InvoiceType.UTILITY}
+RUN_TYPE_OF_DAG = {RENT_DAG_ID: RunType.MONTHLY_RENT, UTILITY_DAG_ID: RunType.UTILITY}
+ON_HOLD = RunStatus.ON_HOLD
+RUN_STATUSES = tuple(s.value for s in RunStatus)
 
 
 def invoice_type_sql(run_type_column: str) -> str:
