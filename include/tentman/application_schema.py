@@ -371,10 +371,10 @@ def _check_columns(table: Table, catalog: _Catalog, report: ContractReport) -> N
         for check in catalog.checks(table.name, column.name):
             if "'" not in check["definition"]:
                 continue  # not a list of values (a length, a pattern): nothing billing writes is in question
-            refused = [v for v in column.written_values if f"'{v}'" not in check["definition"]]
+            refused = [str(v) for v in column.written_values if f"'{v}'" not in check["definition"]]
             if refused:
                 report.errors.append(
-                    f"CHECK {check['name']} on {where} refuses {', '.join(repr(str(v)) for v in refused)}, which billing "
+                    f"CHECK {check['name']} on {where} refuses {', '.join(repr(v) for v in refused)}, which billing "
                     f"writes (it accepts: {check['definition']}); billing writes {', '.join(column.written_values)}"
                 )
     if table.billing_inserts:
