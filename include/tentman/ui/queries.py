@@ -37,6 +37,8 @@ INVOICES_OF_RUN = f"""
           AND i.billing_period_start = r.billing_period_start AND i.status <> :void
     ) amounts
 """
+# What INVOICES_OF_RUN binds, for the statements that use it.
+INVOICES_OF_RUN_PARAMS = {"void": InvoiceStatus.VOID}
 
 
 def list_runs(
@@ -44,8 +46,8 @@ def list_runs(
     *,
     organization_id: int | None,
     period_start: date | None,
-    status: str | None,
-    run_type: str | None,
+    status: RunStatus | None,
+    run_type: RunType | None,
     limit: int,
     offset: int,
 ) -> tuple[int, list[sa.Row]]:
@@ -68,7 +70,7 @@ def list_runs(
             ORDER BY r.started_at DESC, r.id DESC
             """
         ),
-        {**params, "limit": limit, "offset": offset, "void": InvoiceStatus.VOID},
+        {**params, **INVOICES_OF_RUN_PARAMS, "limit": limit, "offset": offset},
     ).all()
     return total, rows
 
@@ -83,7 +85,7 @@ def get_run(conn: Connection, run_id: int) -> sa.Row | None:
             WHERE r.id = :id
             """
         ),
-        {"id": run_id, "void": InvoiceStatus.VOID},
+        {**INVOICES_OF_RUN_PARAMS, "id": run_id},
     ).one_or_none()
 
 
