@@ -8,7 +8,7 @@ import contextlib
 
 from support.live import PASSWORDS
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package (make's Debian packages install it)
+CHROMIUM = "/usr/bin/chromium"  # Debian's package, which `make test` installs
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 # What Chromium would otherwise fetch from the internet by itself: off for the offline test.
 OFFLINE_ARGS = ["--disable-quic", "--disable-component-update", "--disable-sync"]
