@@ -1,8 +1,9 @@
 """Airflow plugin: the "Billing runs" page (runs, errors, trends, preview) and its JSON API.
 
-The FastAPI app is mounted by the api-server under /tentman (OpenAPI at /tentman/docs); the page
-is added to the Airflow UI's navigation as an external view. Every endpoint checks the Airflow
-user's permissions itself: plugin apps get no authentication from Airflow otherwise.
+The FastAPI app is mounted by the api-server under /tentman (API docs at /tentman/docs, OpenAPI at
+/tentman/openapi.json); the page is added to the Airflow UI's navigation as an external view. Every
+endpoint checks the Airflow user's permissions itself (tentman.ui.deps): plugin apps get no
+authentication from Airflow otherwise.
 
 Airflow finds the plugin through the `airflow.plugins` entry point of the tentman-billing
 distribution. plugins/tentman_billing_plugin.py offers it to folder-based deployments, where the

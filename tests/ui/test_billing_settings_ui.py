@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization
 from support.live import PASSWORDS, Api, live_stack, poll
+from support.pages import BillingRunsPage, chromium
 from tentman.names import BILLING_SETTINGS_AUDIT_TABLE, BILLING_SETTINGS_TABLE, RENT_DAG_ID, UTILITY_DAG_ID
 from tentman_dev.local import REPO_ROOT
 
@@ -238,92 +239,55 @@ def test_the_documented_command_changes_the_settings(ui):
         plugin(ui["stack"], "admin").put(f"/api/organizations/{org}/billing-settings", json={"billing_hold": False})
 
 
-def _log_in(browser, base: str, user: str):
-    page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-    page.goto(f"{base}/tentman/ui/")
-    page.wait_for_url("**/auth/login**")
-    page.fill("input[name=username]", user)
-    page.fill("input[name=password]", PASSWORDS[user])
-    page.click("button[type=submit]")
-    page.wait_for_url("**/tentman/ui/**", timeout=60_000)
-    page.wait_for_selector("#organizations-table >> text=Harbor View", timeout=60_000)
-    return page
-
-
-def _save(page, organization_id: int, *, hold: bool, reason: str = "", method: str = "") -> None:
-    form = "#settings-form"
-    page.select_option(f"{form} select[name=organization_id]", str(organization_id))
-    page.set_checked(f"{form} input[name=billing_hold]", hold)
-    page.fill(f"{form} input[name=hold_reason]", reason)
-    page.select_option(f"{form} select[name=proration_method]", method)
-    # The previous save's message goes first, so the one waited for is this save's.
-    page.eval_on_selector("#settings-result", "el => { el.className = ''; el.textContent = ''; }")
-    page.click(f"{form} button[type=submit]")
-    page.wait_for_selector("#settings-result.ok >> text=Saved by admin", timeout=30_000)
+def _log_in(browser, base: str, user: str) -> BillingRunsPage:
+    billing_runs = BillingRunsPage.log_in(browser.new_context(viewport={"width": 1400, "height": 1100}), base, user)
+    billing_runs.organizations.wait_for("Harbor View")
+    return billing_runs
 
 
 def test_browser_admin_edits_viewer_cannot_and_the_next_run_honours_it(ui):
-    """Headless Chromium (Debian's package) driven by Playwright."""
-    from playwright.sync_api import sync_playwright
-
+    """Headless Chromium driven by Playwright: an admin holds one organization and sets another's
+    method in the form, a viewer sees them and may not change them, and a run from Airflow's own
+    trigger form bills accordingly."""
     artifacts = REPO_ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    base, engine, harbor, dune = ui["stack"].base_url, ui["engine"], ui["harbor"], ui["dune"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
+    base, engine, harbor, dune, admin = ui["stack"].base_url, ui["engine"], ui["harbor"], ui["dune"], ui["admin"]
+    with chromium() as browser:
+        billing_runs = _log_in(browser, base, "admin")
+        organizations = billing_runs.organizations
+        organizations.wait_for_form()
+        # A form that would hold without a reason is refused, naming the value; nothing is written.
+        organizations.fill(dune, hold=True, reason="")
+        organizations.submit(then_see=".error-box >> text=hold_reason '' is empty")
+        assert written(engine, dune) == (0, 0)
+
+        organizations.save(dune, hold=True, reason=HOLD)
+        organizations.save(harbor, hold=False, method="ThirtyDayMonth")
+        organizations.wait_for_row(harbor, "ThirtyDayMonth")
+        row = organizations.row_text(dune)
+        assert "on hold" in row and HOLD in row and "admin" in row
+
+        viewer = _log_in(browser, base, "viewer")
+        viewer.organizations.wait_for_read_only_note()
+        assert not viewer.organizations.has_form()
+        assert HOLD in viewer.organizations.row_text(dune)
+        # The same request the form sends, from the viewer's session: refused.
+        assert viewer.organizations.put_from_this_session(dune, {"billing_hold": False}) == 403
+        viewer.screenshot(artifacts / "organizations-viewer.png")
+
+        # A run for all organizations, as a schedule or backfill would start it, from Airflow's own
+        # trigger form: its proration method is left at "each organization's own".
+        billing_runs.trigger_dag_with_defaults(
+            RENT_DAG_ID, "2026-12", defaults_shown="Each organization's own (else ActualDaysInMonth)"
         )
-        try:
-            page = _log_in(browser, base, "admin")
-            page.wait_for_selector("#settings-form")
-            # A form that would hold without a reason is refused, naming the value; nothing is written.
-            page.select_option("#settings-form select[name=organization_id]", str(dune))
-            page.set_checked("#settings-form input[name=billing_hold]", True)
-            page.fill("#settings-form input[name=hold_reason]", "")
-            page.click("#settings-form button[type=submit]")
-            page.wait_for_selector("#settings-result.error-box >> text=hold_reason '' is empty", timeout=30_000)
-            assert written(engine, dune) == (0, 0)
-
-            _save(page, dune, hold=True, reason=HOLD)
-            _save(page, harbor, hold=False, method="ThirtyDayMonth")
-            page.wait_for_selector(f"#organizations-table tr[data-organization-id='{harbor}'] >> text=ThirtyDayMonth")
-            row = page.inner_text(f"#organizations-table tr[data-organization-id='{dune}']")
-            assert "on hold" in row and HOLD in row and "admin" in row
-
-            viewer = _log_in(browser, base, "viewer")
-            viewer.wait_for_selector("#settings-read-only")
-            assert viewer.locator("#settings-form").count() == 0
-            assert HOLD in viewer.inner_text(f"#organizations-table tr[data-organization-id='{dune}']")
-            # The same request the form sends, from the viewer's session: refused.
-            status = viewer.evaluate(
-                """org => fetch(`/tentman/api/organizations/${org}/billing-settings`, {method: "PUT",
-                     credentials: "same-origin", headers: {"Content-Type": "application/json"},
-                     body: JSON.stringify({billing_hold: false})}).then(r => r.status)""",
-                dune,
-            )
-            assert status == 403
-            viewer.screenshot(path=str(artifacts / "organizations-viewer.png"), full_page=True)
-
-            # A run for all organizations, as a schedule or backfill would start it, from Airflow's own
-            # trigger form: its proration method is left at "each organization's own".
-            page.goto(f"{base}/dags/{RENT_DAG_ID}")
-            page.get_by_role("button", name="Trigger").first.click()
-            dialog = page.get_by_role("dialog")
-            dialog.get_by_text("Each organization's own (else ActualDaysInMonth)").wait_for(timeout=30_000)
-            dialog.locator("#element_billing_month").fill("2026-12")
-            dialog.get_by_role("button", name="Trigger").click()
-            admin = ui["admin"]
-            poll(lambda: admin.client.get(f"/dags/{RENT_DAG_ID}/dagRuns").json()["total_entries"] == 1, 60, what="run")
-            (run,) = admin.client.get(f"/dags/{RENT_DAG_ID}/dagRuns").json()["dag_runs"]
-            assert run["conf"]["proration_method"] is None and run["conf"]["organization_ids"] is None
-            assert admin.wait(RENT_DAG_ID, run["dag_run_id"])["state"] == "success"
-            page.goto(f"{base}/tentman/ui/")
-            page.wait_for_selector(f"#organizations-table tr[data-organization-id='{dune}'] >> text=on_hold")
-            page.wait_for_selector(f"#runs-table >> text=billing hold: {HOLD}")
-            page.screenshot(path=str(artifacts / "organizations-admin.png"), full_page=True)
-        finally:
-            browser.close()
+        poll(lambda: admin.client.get(f"/dags/{RENT_DAG_ID}/dagRuns").json()["total_entries"] == 1, 60, what="run")
+        (run,) = admin.client.get(f"/dags/{RENT_DAG_ID}/dagRuns").json()["dag_runs"]
+        assert run["conf"]["proration_method"] is None and run["conf"]["organization_ids"] is None
+        assert admin.wait(RENT_DAG_ID, run["dag_run_id"])["state"] == "success"
+        billing_runs.reload()
+        organizations.wait_for_row(dune, "on_hold")
+        billing_runs.wait_for_run(f"billing hold: {HOLD}", timeout=30_000)
+        billing_runs.screenshot(artifacts / "organizations-admin.png")
 
     with engine.connect() as conn:
         rows = {

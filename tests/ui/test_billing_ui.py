@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from support.factories import add_charge, add_lease, add_organization
-from support.live import Api, live_stack
+from support.live import PASSWORDS, Api, live_stack
+from support.pages import OFFLINE_ARGS, BillingRunsPage, chromium
 from tentman.names import RENT_DAG_ID
 from tentman_dev.local import REPO_ROOT
 
@@ -68,8 +69,6 @@ def plugin(stack, token: str | None = None) -> httpx.Client:
 
 
 def token(stack, user: str) -> str:
-    from support.live import PASSWORDS
-
     return httpx.post(f"{stack.base_url}/auth/token", json={"username": user, "password": PASSWORDS[user]}).json()[
         "access_token"
     ]
@@ -240,13 +239,9 @@ def test_the_page_is_served_to_a_logged_in_user(ui):
     assert runs.status_code == 200 and runs.json()["total"] >= 2
 
 
-def test_browser_sees_runs_charts_and_api_docs_with_no_network(ui, tmp_path):
-    """Headless Chromium (Debian's package) driven by Playwright, as a property manager would, with
-    every request to another host than the stack's aborted (and recorded): an offline deployment."""
-    from playwright.sync_api import sync_playwright
-
-    from support.live import PASSWORDS
-
+def test_browser_sees_runs_charts_and_api_docs_with_no_network(ui):
+    """Headless Chromium driven by Playwright, as a property manager would, with every request to
+    another host than the stack's aborted (and recorded): an offline deployment."""
     artifacts = REPO_ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     base = ui["stack"].base_url
@@ -261,81 +256,44 @@ def test_browser_sees_runs_charts_and_api_docs_with_no_network(ui, tmp_path):
             outside.append(route.request.url)
             route.abort()
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.route("**/*", only_the_stack)
-            page = context.new_page()
-            page.goto(f"{base}/tentman/ui/")
-            page.wait_for_url("**/auth/login**")  # not logged in yet: Airflow's login page
-            page.fill("input[name=username]", "admin")
-            page.fill("input[name=password]", PASSWORDS["admin"])
-            page.click("button[type=submit]")
-            page.wait_for_url("**/tentman/ui/**", timeout=60_000)
-            page.wait_for_selector("#runs-table >> text=Shaky Estates", timeout=60_000)
-            runs = page.inner_text("#runs-table tbody")
-            assert "Harbor View" in runs and "completed_with_errors" in runs
-            assert f"lease {ui['broken']}: monthly_rent -10.00 is negative" in runs
-            headers = page.inner_text("#runs-table thead")
-            assert "Drafted invoices" in headers and "Other invoices of the period" in headers
-            # Harbor View's November run: drafted 2 for 3,660.00; its issued invoice apart, labelled.
-            november = page.locator("#runs-table tbody tr", has_text="2026-11").filter(has_text="Harbor View").first
-            cells = november.locator("td").all_inner_texts()
-            assert cells[9:12] == ["2", "3,660.00", "1 · 1,650.00 (issued, left alone by this run)"], cells
+    with chromium(*OFFLINE_ARGS) as browser:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.route("**/*", only_the_stack)
+        billing_runs = BillingRunsPage.log_in(context, base, "admin")
+        billing_runs.wait_for_run("Shaky Estates")
+        runs = billing_runs.runs_text()
+        assert "Harbor View" in runs and "completed_with_errors" in runs
+        assert f"lease {ui['broken']}: monthly_rent -10.00 is negative" in runs
+        headers = billing_runs.runs_headers()
+        assert "Drafted invoices" in headers and "Other invoices of the period" in headers
+        # Harbor View's November run: drafted 2 for 3,660.00; its issued invoice apart, labelled.
+        cells = billing_runs.run_cells("2026-11", "Harbor View")
+        assert cells[9:12] == ["2", "3,660.00", "1 · 1,650.00 (issued, left alone by this run)"], cells
 
-            # The charts: ECharts' SVG renderer, so legends and axes are text in the DOM.
-            page.select_option("#trend-months", "24")
-            page.wait_for_selector("#chart-amount svg text >> text=Rent (USD)", timeout=30_000)
+        # The charts: legends, axes with their units, month labels and value ticks.
+        billing_runs.show_months(24, then_see="Rent (USD)")
+        amount = billing_runs.chart_texts("chart-amount")
+        assert {"Rent (USD)", "Utility (USD)", "Amount (USD)", "Billing month"} <= amount
+        assert {"Rent", "Utility", "Invoices", "Billing month"} <= billing_runs.chart_texts("chart-invoices")
+        failures = billing_runs.chart_texts("chart-failures")
+        assert {"Rent", "Utility", "Organizations failed (%)", "0%", "100%"} <= failures
+        durations = billing_runs.chart_texts("chart-durations")
+        assert {"Rent", "Utility", "Seconds", f"Harbor View #{ui['good']}"} <= durations
+        assert any(re.fullmatch(r"\d{4}-\d{2}", t) for t in amount)  # month labels
+        assert any(re.fullmatch(r"[\d,]+", t) and t != "0" for t in amount)  # value ticks
 
-            def texts(chart: str) -> set[str]:
-                return {t.strip() for t in page.locator(f"#{chart} svg text").all_text_contents()}
+        # Hover November's rent bar: the tooltip shows the month's exact amount (the API's decimal string).
+        tooltip = billing_runs.hover_amount_bar("2026-11", until_tooltip_has="USD 6,210.00")
+        assert "Rent (USD): USD 6,210.00 (4 invoices)" in tooltip
+        billing_runs.screenshot(artifacts / "billing-runs.png")
 
-            assert {"Rent (USD)", "Utility (USD)", "Amount (USD)", "Billing month"} <= texts("chart-amount")
-            assert {"Rent", "Utility", "Invoices", "Billing month"} <= texts("chart-invoices")
-            assert {"Rent", "Utility", "Organizations failed (%)", "0%", "100%"} <= texts("chart-failures")
-            assert {"Rent", "Utility", "Seconds", f"Harbor View #{ui['good']}"} <= texts("chart-durations")
-            assert any(re.fullmatch(r"\d{4}-\d{2}", t) for t in texts("chart-amount"))  # month labels
-            assert any(re.fullmatch(r"[\d,]+", t) and t != "0" for t in texts("chart-amount"))  # value ticks
+        # The API docs: Swagger UI from the bundle renders every operation, with no network.
+        paths = billing_runs.open_api_docs()
+        assert {"/api/runs", "/api/runs/{run_id}", "/api/organizations", "/api/trends", "/api/preview"} <= paths
+        billing_runs.screenshot(artifacts / "api-docs-offline.png", full_page=False)
 
-            # Hover November's rent bar: the tooltip shows the month's exact amount (the API's decimal string).
-            x, y = page.evaluate(
-                """() => {
-                    const chart = window.billingCharts["chart-amount"], option = chart.getOption();
-                    const i = option.xAxis[0].data.indexOf("2026-11");
-                    return chart.convertToPixel({seriesIndex: 0}, [i, option.series[0].data[i].value / 2]);
-                }"""
-            )
-            box = page.locator("#chart-amount").bounding_box()
-            page.mouse.move(box["x"] + x, box["y"] + y)
-            tooltip = page.locator("#chart-amount div", has_text="USD 6,210.00").last
-            tooltip.wait_for(timeout=10_000)
-            assert "Rent (USD): USD 6,210.00 (4 invoices)" in tooltip.inner_text()
-            page.screenshot(path=str(artifacts / "billing-runs.png"), full_page=True)
-
-            # The API docs: Swagger UI from the bundle renders every operation, with no network.
-            page.goto(f"{base}/tentman/docs")
-            page.wait_for_selector(".opblock-summary-path", timeout=60_000)
-            paths = set(page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.dataset.path)"))
-            assert {"/api/runs", "/api/runs/{run_id}", "/api/organizations", "/api/trends", "/api/preview"} <= paths
-            page.screenshot(path=str(artifacts / "api-docs-offline.png"))
-
-            page.goto(f"{base}/plugin/billing-runs")  # the same page inside the Airflow UI's navigation
-            page.frame_locator("iframe").locator("#runs-table >> text=Shaky Estates").first.wait_for(timeout=60_000)
-            page.screenshot(path=str(artifacts / "billing-runs-in-airflow.png"))
-        finally:
-            browser.close()
+        billing_runs.open_in_airflow_navigation(showing_run="Shaky Estates")
+        billing_runs.screenshot(artifacts / "billing-runs-in-airflow.png", full_page=False)
     assert outside == []  # nothing was even attempted outside the stack
     assert {
         "/tentman/static/vendor/echarts/echarts.common.min.js",

@@ -10,7 +10,8 @@ import tomllib
 import pytest
 from fastapi.testclient import TestClient
 
-from tentman.ui.app import STATIC, VENDOR, VENDOR_URL, create_app
+from tentman.ui.app import create_app
+from tentman.ui.page import STATIC, VENDOR, VENDOR_URL
 from tentman_dev.local import REPO_ROOT
 
 pytestmark = pytest.mark.unit

@@ -1,15 +1,20 @@
-"""Per-organization summary of a DAG's latest run (`tentman runs summary`, `make demo`)."""
+"""Per-organization summary of a DAG's latest run (`tentman runs summary`, which `make demo` prints)."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tentman.names import invoice_type_sql
+from tentman.names import InvoiceStatus, invoice_type_sql
 
 
 def run_summary(conn: Connection, dag_id: str) -> list[sa.Row]:
-    """Per-organization `invoice_runs` rows of the DAG's latest run, with the invoices they show."""
+    """Per-organization `invoice_runs` rows of the DAG's latest run, with the drafts of their period.
+
+    `period_drafts` and `period_draft_total` count every draft invoice of the organization, type and
+    period, whichever run or the app wrote it; not the "drafted invoices" of the Billing runs page,
+    which are the ones linked to one run (tentman.ui.queries).
+    """
     return list(
         conn.execute(
             sa.text(
@@ -21,22 +26,22 @@ def run_summary(conn: Connection, dag_id: str) -> list[sa.Row]:
                 SELECT r.dag_run_id, r.organization_id, o.name, r.run_type, r.billing_period_start,
                        r.status, r.total_leases, r.success_count, r.skipped_count, r.failure_count,
                        r.errors,
-                       d.draft_invoices, d.draft_total
+                       d.period_drafts, d.period_draft_total
                 FROM invoice_runs r
                 JOIN organizations o ON o.id = r.organization_id
                 CROSS JOIN LATERAL (
-                    SELECT count(*) AS draft_invoices, coalesce(sum(i.total), 0) AS draft_total
+                    SELECT count(*) AS period_drafts, coalesce(sum(i.total), 0) AS period_draft_total
                     FROM invoices i
                     WHERE i.organization_id = r.organization_id
                       AND i.invoice_type = {invoice_type_sql("r.run_type")}
                       AND i.billing_period_start = r.billing_period_start
-                      AND i.status = 'draft'
+                      AND i.status = :draft
                 ) d
                 WHERE r.dag_id = :dag_id AND r.dag_run_id = (SELECT dag_run_id FROM latest)
                 ORDER BY r.organization_id
                 """
             ),
-            {"dag_id": dag_id},
+            {"dag_id": dag_id, "draft": InvoiceStatus.DRAFT},
         )
     )
 
@@ -53,8 +58,8 @@ def format_summary(rows: list[sa.Row]) -> str:
     for r in rows:
         lines.append(
             f"{(r.name or '')[:28] + ' #' + str(r.organization_id):<32} {r.status:<22} {r.total_leases:>6} "
-            f"{r.success_count:>4} {r.skipped_count:>4} {r.failure_count:>4} {r.draft_invoices:>6} "
-            f"{r.draft_total:>12}"
+            f"{r.success_count:>4} {r.skipped_count:>4} {r.failure_count:>4} {r.period_drafts:>6} "
+            f"{r.period_draft_total:>12}"
         )
         for error in r.errors:
             lease = error.get("lease_id")

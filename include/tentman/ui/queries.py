@@ -1,4 +1,4 @@
-"""Read-only queries behind the "Billing runs" page: bounded, paginated, one statement each."""
+"""Read-only queries behind the "Billing runs" page: bounded and paginated, set-based SQL with bound values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import date
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tentman.names import invoice_type_sql
+from tentman.names import BILLING_SETTINGS_TABLE, InvoiceStatus, RunStatus, RunType, invoice_type_sql
 
 RUN_COLUMNS = """
     r.id, r.dag_id, r.dag_run_id, r.organization_id, o.name AS organization_name, r.run_type,
@@ -17,9 +17,10 @@ RUN_COLUMNS = """
 """
 
 # The organization's invoices of the run's type and period (void ones left out), split into the
-# ones this run drafted (linked to it by invoice_run_id: the engine links every draft it created,
-# updated or found unchanged) and the others (issued or paid ones it left alone, drafts of another
-# run or of the app). One index range scan per run row on invoices_org_type_period_idx.
+# ones this run drafted (linked to it by invoice_run_id: both engines link every draft they create
+# or update, rent also the ones it finds unchanged) and the others (issued or paid ones it left
+# alone, drafts of another run or of the app). Not every draft of the period, then: that is what
+# tentman.runs.summary counts. One index range scan per run row on invoices_org_type_period_idx.
 INVOICES_OF_RUN = f"""
     CROSS JOIN LATERAL (
         SELECT count(*) FILTER (WHERE i.invoice_run_id = r.id) AS drafted_invoices,
@@ -33,9 +34,11 @@ INVOICES_OF_RUN = f"""
         FROM invoices i
         WHERE i.organization_id = r.organization_id
           AND i.invoice_type = {invoice_type_sql("r.run_type")}
-          AND i.billing_period_start = r.billing_period_start AND i.status <> 'void'
+          AND i.billing_period_start = r.billing_period_start AND i.status <> :void
     ) amounts
 """
+# What INVOICES_OF_RUN binds, for the statements that use it.
+INVOICES_OF_RUN_PARAMS = {"void": InvoiceStatus.VOID}
 
 
 def list_runs(
@@ -43,8 +46,8 @@ def list_runs(
     *,
     organization_id: int | None,
     period_start: date | None,
-    status: str | None,
-    run_type: str | None,
+    status: RunStatus | None,
+    run_type: RunType | None,
     limit: int,
     offset: int,
 ) -> tuple[int, list[sa.Row]]:
@@ -67,7 +70,7 @@ def list_runs(
             ORDER BY r.started_at DESC, r.id DESC
             """
         ),
-        {**params, "limit": limit, "offset": offset},
+        {**params, **INVOICES_OF_RUN_PARAMS, "limit": limit, "offset": offset},
     ).all()
     return total, rows
 
@@ -82,7 +85,7 @@ def get_run(conn: Connection, run_id: int) -> sa.Row | None:
             WHERE r.id = :id
             """
         ),
-        {"id": run_id},
+        {**INVOICES_OF_RUN_PARAMS, "id": run_id},
     ).one_or_none()
 
 
@@ -105,11 +108,11 @@ def invoices_per_month(conn: Connection, since: date) -> list[sa.Row]:
             """
             SELECT billing_period_start, invoice_type, currency, count(*) AS invoices, sum(total) AS amount
             FROM invoices
-            WHERE billing_period_start >= :since AND status <> 'void'
+            WHERE billing_period_start >= :since AND status <> :void
             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
             """
         ),
-        {"since": since},
+        {"since": since, "void": InvoiceStatus.VOID},
     ).all()
 
 
@@ -119,7 +122,7 @@ def failure_rate_per_month(conn: Connection, since: date) -> list[sa.Row]:
             """
             SELECT billing_period_start, run_type,
                    count(*) AS runs,
-                   count(*) FILTER (WHERE status = 'failed') AS failed_runs,
+                   count(*) FILTER (WHERE status = :failed) AS failed_runs,
                    coalesce(sum(total_leases), 0) AS leases,
                    coalesce(sum(failure_count), 0) AS failed_leases
             FROM invoice_runs
@@ -127,7 +130,7 @@ def failure_rate_per_month(conn: Connection, since: date) -> list[sa.Row]:
             GROUP BY 1, 2 ORDER BY 1, 2
             """
         ),
-        {"since": since},
+        {"since": since, "failed": RunStatus.FAILED},
     ).all()
 
 
@@ -151,4 +154,37 @@ def durations(conn: Connection, since: date, organizations_limit: int = 10) -> l
             """
         ),
         {"since": since, "n": organizations_limit},
+    ).all()
+
+
+# The organization's latest invoice_runs row of the run type bound as :{name}, as one JSON object.
+_LAST_RUN = """
+    LEFT JOIN LATERAL (
+        SELECT r.dag_run_id, r.status, r.billing_period_start, r.billing_period_end, r.proration_method,
+               r.started_at, r.completed_at
+        FROM invoice_runs r
+        WHERE r.organization_id = o.id AND r.run_type = :{name}
+        ORDER BY r.started_at DESC, r.id DESC LIMIT 1
+    ) {name} ON true
+"""
+
+
+def organizations_with_settings(conn: Connection, limit: int = 5000) -> list[sa.Row]:
+    """Each organization with its billing settings (the defaults when it has none) and its last run of each type."""
+    return conn.execute(
+        sa.text(
+            f"""
+            SELECT o.id AS organization_id, o.name, o.is_active,
+                   coalesce(s.billing_hold, false) AS billing_hold, s.hold_reason, s.proration_method,
+                   s.updated_at, s.updated_by,
+                   to_jsonb(rent) AS last_rent_run, to_jsonb(utility) AS last_utility_run
+            FROM organizations o
+            LEFT JOIN {BILLING_SETTINGS_TABLE} s ON s.organization_id = o.id
+            {_LAST_RUN.format(name="rent")}
+            {_LAST_RUN.format(name="utility")}
+            ORDER BY o.name, o.id
+            LIMIT :limit
+            """
+        ),
+        {"rent": RunType.MONTHLY_RENT, "utility": RunType.UTILITY, "limit": limit},
     ).all()

@@ -1,0 +1,97 @@
+"""The page's queries on a real database, without Airflow: what a run drafted apart from the period's
+other invoices, void ones left out, failed runs counted; and the CLI summary's drafts of the period."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from support.factories import add_lease, add_organization
+from tentman.names import RENT_DAG_ID, RunStatus, RunType
+from tentman.runs.summary import run_summary
+from tentman.ui import queries
+
+NOVEMBER = date(2026, 11, 1)
+
+
+def add_run(conn, organization_id: int, dag_run_id: str, status: str, started_at: str) -> int:
+    return conn.execute(
+        sa.text(
+            "INSERT INTO invoice_runs (organization_id, run_type, billing_period_start, billing_period_end, status, "
+            "errors, dag_id, dag_run_id, started_at, completed_at) "
+            "VALUES (:org, 'monthly_rent', '2026-11-01', '2026-11-30', :status, '[]', :dag, :run, "
+            "CAST(:started AS timestamptz), CAST(:started AS timestamptz) + interval '3 seconds') RETURNING id"
+        ),
+        {"org": organization_id, "status": status, "dag": RENT_DAG_ID, "run": dag_run_id, "started": started_at},
+    ).scalar_one()
+
+
+def add_invoice(conn, organization_id: int, status: str, total: str, run_id: int | None) -> None:
+    lease = add_lease(conn, organization_id, date(2025, 1, 1), None, total)
+    conn.execute(
+        sa.text(
+            "INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, billing_period_end, "
+            "status, currency, subtotal, total, due_date, invoice_run_id) "
+            "VALUES (:org, :lease, 'rent', '2026-11-01', '2026-11-30', :status, 'USD', :total, :total, '2026-11-01', "
+            ":run)"
+        ),
+        {"org": organization_id, "lease": lease, "status": status, "total": total, "run": run_id},
+    )
+
+
+def test_a_runs_drafted_invoices_are_the_ones_linked_to_it_and_the_summary_counts_every_draft(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn, "Harbor View")
+        earlier = add_run(conn, org, "r1", "failed", "2026-11-02T02:00:00Z")
+        latest = add_run(conn, org, "r2", "completed", "2026-11-03T02:00:00Z")
+        add_invoice(conn, org, "draft", "100.00", latest)
+        add_invoice(conn, org, "void", "999.00", latest)  # void: counted nowhere
+        add_invoice(conn, org, "issued", "50.00", None)
+        add_invoice(conn, org, "draft", "20.00", earlier)  # a draft of another run
+
+    with engine.connect() as conn:
+        total, rows = queries.list_runs(
+            conn, organization_id=org, period_start=NOVEMBER, status=None, run_type=None, limit=10, offset=0
+        )
+        assert total == 2 and [r.id for r in rows] == [latest, earlier]
+        row = rows[0]
+        assert (row.drafted_invoices, row.drafted_amount) == (1, Decimal("100.00"))
+        assert (row.other_invoices, row.other_amount, sorted(row.other_statuses)) == (
+            2,
+            Decimal("70.00"),
+            ["draft", "issued"],
+        )
+        assert (row.invoices, row.amount_billed) == (3, Decimal("170.00"))
+        assert queries.get_run(conn, earlier).drafted_amount == Decimal("20.00")
+        failed = queries.list_runs(
+            conn,
+            organization_id=None,
+            period_start=None,
+            status=RunStatus.FAILED,
+            run_type=RunType.MONTHLY_RENT,
+            limit=10,
+            offset=0,
+        )
+        assert [r.id for r in failed[1]] == [earlier]
+
+        (month,) = queries.failure_rate_per_month(conn, NOVEMBER)
+        assert (month.runs, month.failed_runs) == (2, 1)
+        (invoiced,) = queries.invoices_per_month(conn, NOVEMBER)
+        assert (invoiced.invoices, invoiced.amount) == (3, Decimal("170.00"))
+
+        (settings,) = queries.organizations_with_settings(conn)
+        assert (settings.billing_hold, settings.last_rent_run["dag_run_id"], settings.last_utility_run) == (
+            False,
+            "r2",
+            None,
+        )
+
+        # `tentman runs summary` of the latest run: every draft of the period, whichever run wrote it.
+        (summary,) = run_summary(conn, RENT_DAG_ID)
+        assert (summary.dag_run_id, summary.period_drafts, summary.period_draft_total) == (
+            "r2",
+            2,
+            Decimal("120.00"),
+        )
