@@ -100,6 +100,9 @@ def priority_weight(run_type: str, environ: Mapping[str, str] | None = None) -> 
     return weight
 
 
+# The default schedules (cron, UTC): the DAGs and their docs read them from here. The rent DAG's
+# missed-run alert (deploy/monitoring/alert-rules.yml) and the docs that state them are copies,
+# checked against these by tests/test_deployment.py and tests/orchestration/test_dags.py.
 RENT_SCHEDULE = "0 2 26 * *"
 UTILITY_SCHEDULE = "0 3 * * 1"
 

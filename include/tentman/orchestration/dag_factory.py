@@ -172,6 +172,25 @@ def record_invoice_runs_task(run: dict | None, organization_ids: list[int] | Non
         raise AirflowFailException(str(exc)) from exc
 
 
+CRON_WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+
+
+def schedule_in_words(schedule: str | None) -> str:
+    """How a DAG's doc states its schedule, read from the one that runs: a monthly or weekly cron in
+    words (with the cron), any other cron as it is; all in UTC."""
+    if schedule is None:
+        return "only when triggered (no schedule)"
+    fields = schedule.split()
+    if len(fields) == 5 and fields[0].isdigit() and fields[1].isdigit():
+        minute, hour, day, month, weekday = fields
+        at = f"at {int(hour):02d}:{int(minute):02d} UTC"
+        if day.isdigit() and (month, weekday) == ("*", "*"):
+            return f"{at} on day {int(day)} of every month (cron `{schedule}`)"
+        if weekday.isdigit() and (day, month) == ("*", "*"):
+            return f"{at} every {CRON_WEEKDAYS[int(weekday) % 7]} (cron `{schedule}`)"
+    return f"on the cron schedule `{schedule}` (UTC)"
+
+
 def build_billing_dag(
     *, dag_id: str, run_type: str, schedule: str | None, params: dict[str, Param], doc_md: str, tags: list[str]
 ) -> DAG:
