@@ -141,8 +141,8 @@ def utility_due_days() -> int:
 
 # Every TENTMAN_* variable this package reads, in the order docs/deployment.md lists them. Each
 # must reach every Airflow component: docker-compose.yaml passes each one from `.env` (empty when
-# unset, and empty means the default above; tests/test_deployment.py checks both), `.env.example`
-# lists each one.
+# unset, which means the default above — except the pool, which compose opts into;
+# tests/test_deployment.py checks both), `.env.example` lists each one.
 ENVIRONMENT_VARIABLES = (
     "TENTMAN_ORG_TASK_RETRIES",
     "TENTMAN_ORG_TASK_RETRY_DELAY_SECONDS",

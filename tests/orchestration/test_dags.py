@@ -33,7 +33,7 @@ pytestmark = pytest.mark.airflow
 
 
 # What parsing a DAG file may import of the package: names, settings and the Airflow glue that
-# declares the DAG — never the engine, the run steps, SQLAlchemy or a database connection.
+# declares the DAG — never the billing engines, the run steps, SQLAlchemy or a database connection.
 PARSE_TIME_MODULES = {
     "tentman",
     "tentman.names",

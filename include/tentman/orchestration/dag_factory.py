@@ -135,7 +135,7 @@ def bill_organization_task(organization_id: int, run: dict) -> dict:
 
 
 def _organization_task_settings(policy: OrganizationTaskPolicy) -> dict:
-    """Retries, backoff, concurrency and pool of the organization tasks (from the environment)."""
+    """Retries, retry delays, concurrency and pool of the organization tasks (from the environment)."""
     return {
         "retries": policy.retries,
         "retry_delay": policy.retry_delay,
