@@ -48,7 +48,7 @@ def bill_organization(
     key = RunKey(dag_id, dag_run_id, organization_id)
     if settings.billing_hold:
         if run.organization_ids is None:
-            return _hold_organization(engine, run, key, label=label, settings=settings, method=method)
+            return _skip_organization_on_hold(engine, run, key, label=label, settings=settings, method=method)
         log.warning(
             "%s is on billing hold (%s); billing it because this run names it in organization_ids",
             label,
@@ -98,7 +98,7 @@ def _dry_run_organization(
     return {**result.to_dict(), "proration_method": method}
 
 
-def _hold_organization(
+def _skip_organization_on_hold(
     engine: Engine, run: BillingRun, key: RunKey, *, label: str, settings: BillingSettings, method: str | None
 ) -> dict:
     """An organization on hold, in a run for all organizations: nothing billed, its row says so
