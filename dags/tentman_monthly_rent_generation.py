@@ -1,7 +1,14 @@
 """Airflow DAG `tentman_monthly_rent_generation`: monthly rent invoices for every organization."""
 
-from tentman.names import RENT_DAG_ID, RENT_RUN
-from tentman.orchestration.dag_factory import build_billing_dag
+from tentman.names import (
+    BILLING_MONTH_FORMAT,
+    DEFAULT_PRORATION_METHOD,
+    RECORD_RUNS_TASK,
+    RENT_DAG_ID,
+    RENT_RUN,
+    RunStatus,
+)
+from tentman.orchestration.dag_factory import build_billing_dag, schedule_in_words
 from tentman.orchestration.params import (
     billing_month_param,
     dry_run_param,
@@ -10,32 +17,34 @@ from tentman.orchestration.params import (
 )
 from tentman.settings import rent_schedule
 
-DOC_MD = """
+SCHEDULE = rent_schedule()  # settings.RENT_SCHEDULE unless TENTMAN_RENT_SCHEDULE is set
+
+DOC_MD = f"""
 # Monthly rent generation
 
-Drafts **next month's** rent invoices for every active organization: the run of the 26th bills
-the following month (the Jan 26 run bills February). Runs at 02:00 UTC on the 26th.
+Drafts **next month's** rent invoices for every active organization: a run bills the month after
+its logical date (the January run bills February). Runs {schedule_in_words(SCHEDULE)}.
 
 * One mapped task per organization (labelled with its name); each retries with exponential
   backoff, and one organization failing never stops the others.
 * Idempotent: re-running, clearing a task or backfilling updates the draft invoices the job owns
   and never duplicates one. Issued, paid and void invoices are never touched.
-* `record_invoice_runs` writes one `invoice_runs` row per organization (counts, errors) and fails
+* `{RECORD_RUNS_TASK}` writes one `invoice_runs` row per organization (counts, errors) and fails
   the run if any organization failed.
 
 * An organization on billing hold (its billing settings, on the "Billing runs" page) is not
-  billed by a run for all organizations: its `invoice_runs` row says `on_hold`. A run that names
-  it in `organization_ids` bills it.
+  billed by a run for all organizations: its `invoice_runs` row says `{RunStatus.ON_HOLD.value}`. A run
+  that names it in `organization_ids` bills it.
 
-**Params**: `billing_month` (`YYYY-MM`, empty = from the run date), `organization_ids` (empty = all
-active), `proration_method` (empty = each organization's own, else `ActualDaysInMonth`), `dry_run`
-(compute and report, write nothing).
+**Params**: `billing_month` (`{BILLING_MONTH_FORMAT}`, empty = from the run date), `organization_ids`
+(empty = all active), `proration_method` (empty = each organization's own, else
+`{DEFAULT_PRORATION_METHOD.value}`), `dry_run` (compute and report, write nothing).
 """
 
 dag = build_billing_dag(
     dag_id=RENT_DAG_ID,
     run_type=RENT_RUN,
-    schedule=rent_schedule(),  # "0 2 26 * *" (UTC) unless TENTMAN_RENT_SCHEDULE is set
+    schedule=SCHEDULE,
     tags=["rent"],
     doc_md=DOC_MD,
     params={

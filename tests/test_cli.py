@@ -17,13 +17,10 @@ from tentman.billing.rent import RENT_STAGES
 from tentman.billing.utility import UTILITY_STAGES, generate_utility_invoices
 from tentman.db import create_engine_from_uri
 from tentman.names import RENT_DAG_ID, RENT_RUN
-from tentman.runs.steps import (
-    bill_organization,
-    list_organizations,
-    organization_labels,
-    record_invoice_runs,
-    resolve_billing_run,
-)
+from tentman.runs.bill import bill_organization
+from tentman.runs.organizations import list_organizations, organization_labels
+from tentman.runs.record import record_invoice_runs
+from tentman.runs.resolve import resolve_billing_period
 from tentman_dev.bench import common as bench_common
 from tentman_dev.bench import engines as bench
 from tentman_dev.bench import scale as bench_scale
@@ -95,7 +92,7 @@ def test_demo_data_bills_as_documented(engine, db_uri):
     with engine.begin() as conn:
         assert load_demo_data(conn) is True
         assert load_demo_data(conn) is False  # loading twice changes nothing
-    run = resolve_billing_run(
+    run = resolve_billing_period(
         engine,
         run_type=RENT_RUN,
         params={"billing_month": "2026-12"},
@@ -235,7 +232,7 @@ def test_bench_scale_engine_only_times_the_largest_organization_in_the_populatio
 def test_demo_utility_statements_bill_as_documented(engine):
     with engine.begin() as conn:
         load_demo_data(conn)
-    run = resolve_billing_run(
+    run = resolve_billing_period(
         engine,
         run_type="utility",
         params={},

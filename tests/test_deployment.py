@@ -371,13 +371,13 @@ def test_airflow_components_preload_the_billing_tasks_imports():
     component does first — loads what a billing task would otherwise import in each task process."""
     code = (
         "import sys, airflow.settings\n"
-        "print(sorted(m for m in ('psycopg', 'sqlalchemy.dialects.postgresql.psycopg', 'tentman.runs.steps', "
+        "print(sorted(m for m in ('psycopg', 'sqlalchemy.dialects.postgresql.psycopg', 'tentman.runs.bill', "
         "'tentman.orchestration.dag_factory') if m in sys.modules))\n"
     )
     env = with_local_settings({"PATH": os.environ["PATH"]})
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == str(
-        ["psycopg", "sqlalchemy.dialects.postgresql.psycopg", "tentman.orchestration.dag_factory", "tentman.runs.steps"]
+        ["psycopg", "sqlalchemy.dialects.postgresql.psycopg", "tentman.orchestration.dag_factory", "tentman.runs.bill"]
     )
 
 
@@ -500,7 +500,7 @@ def test_the_mapping_names_every_metric_the_way_the_exporter_would():
     from support.monitoring import map_statsd_name
 
     assert map_statsd_name("airflow.tentman.leases_billed", "counter") == ("tentman_leases_billed_total", {})
-    assert map_statsd_name("airflow.tentman.billing_duration", "observer") == ("tentman_engine_duration_seconds", {})
+    assert map_statsd_name("airflow.tentman.engine_duration", "observer") == ("tentman_engine_duration_seconds", {})
     assert map_statsd_name("airflow.dagrun.duration.failed", "observer") == (
         "airflow_dagrun_duration_seconds",
         {"state": "failed"},

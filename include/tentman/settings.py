@@ -100,6 +100,9 @@ def priority_weight(run_type: str, environ: Mapping[str, str] | None = None) -> 
     return weight
 
 
+# The default schedules (cron, UTC): the DAGs and their docs read them from here. The rent DAG's
+# missed-run alert (deploy/monitoring/alert-rules.yml) and the docs that state them are copies,
+# checked against these by tests/test_deployment.py and tests/orchestration/test_dags.py.
 RENT_SCHEDULE = "0 2 26 * *"
 UTILITY_SCHEDULE = "0 3 * * 1"
 
@@ -138,8 +141,8 @@ def utility_due_days() -> int:
 
 # Every TENTMAN_* variable this package reads, in the order docs/deployment.md lists them. Each
 # must reach every Airflow component: docker-compose.yaml passes each one from `.env` (empty when
-# unset, and empty means the default above; tests/test_deployment.py checks both), `.env.example`
-# lists each one.
+# unset, which means the default above — except the pool, which compose opts into;
+# tests/test_deployment.py checks both), `.env.example` lists each one.
 ENVIRONMENT_VARIABLES = (
     "TENTMAN_ORG_TASK_RETRIES",
     "TENTMAN_ORG_TASK_RETRY_DELAY_SECONDS",

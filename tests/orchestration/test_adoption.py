@@ -22,7 +22,7 @@ from support.databases import create_database, drop_database
 from support.factories import add_lease
 from tentman.billing.organization_settings import change_billing_settings
 from tentman.db import create_engine_from_uri
-from tentman.names import RENT_DAG_ID, UTILITY_DAG_ID
+from tentman.names import LIST_ORGANIZATIONS_TASK, RENT_DAG_ID, RESOLVE_PERIOD_TASK, UTILITY_DAG_ID
 from tentman_dev.local import REPO_ROOT, with_database
 
 pytestmark = pytest.mark.airflow
@@ -142,8 +142,8 @@ def test_a_database_without_a_key_billing_relies_on_fails_the_first_task_at_once
     with create_session() as session:
         states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances(session=session)}
     # Failed, not up_for_retry: a retry cannot add a unique key.
-    assert states["resolve_billing_period"] == ("failed", 1)
-    assert states["list_organizations"][0] == "upstream_failed"
+    assert states[RESOLVE_PERIOD_TASK] == ("failed", 1)
+    assert states[LIST_ORGANIZATIONS_TASK][0] == "upstream_failed"
     with owner.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM invoices WHERE origin = 'billing'")).scalar() == 0
     checked = tentman("db", "check", uri=role_uri)

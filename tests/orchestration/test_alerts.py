@@ -11,7 +11,7 @@ import pytest
 from support.dags import load_dag
 from support.factories import add_lease, add_organization, inject_invoice_fault
 from support.sinks import HttpSink, SmtpSink
-from tentman.names import RENT_DAG_ID
+from tentman.names import BILL_ORGANIZATION_TASK, RECORD_RUNS_TASK, RENT_DAG_ID
 
 pytestmark = pytest.mark.airflow
 
@@ -57,7 +57,7 @@ def test_failed_organization_and_failed_run_are_alerted_by_email_and_webhook(eng
     # One alert for the organization (after its retries), one for the failed aggregation.
     hooks = [r["json"] for r in http.requests]
     assert [r["path"] for r in http.requests] == ["/hooks/billing", "/hooks/billing"]
-    assert [h["task_id"] for h in hooks] == ["bill_organization", "record_invoice_runs"]
+    assert [h["task_id"] for h in hooks] == [BILL_ORGANIZATION_TASK, RECORD_RUNS_TASK]
     for hook in hooks:
         assert hook["dag_id"] == RENT_DAG_ID and hook["billing_period"] == "2026-02"
         assert hook["organizations"] == [f"Broken Estates (#{broken})"]
@@ -103,6 +103,6 @@ def test_bad_params_alert_names_the_run_level_failure(engine, sinks):
     )
     assert dag_run.state == "failed"
     (hook,) = [r["json"] for r in http.requests]
-    assert hook["task_id"] == "record_invoice_runs" and hook["billing_period"] is None
+    assert hook["task_id"] == RECORD_RUNS_TASK and hook["billing_period"] is None
     assert hook["organizations"] == [] and "billing period could not be resolved" in hook["error"]
     assert "none (run level)" in hook["text"]

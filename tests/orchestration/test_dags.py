@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -14,14 +15,25 @@ import sqlalchemy as sa
 from support.dags import DAGS, load_dag
 from support.databases import create_database, drop_database
 from support.factories import add_charge, add_lease, add_organization, add_statement, inject_invoice_fault
-from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
-from tentman_dev.local import with_database
+from tentman.names import (
+    BILL_ORGANIZATION_TASK,
+    DAG_IDS,
+    DEFAULT_PRORATION_METHOD,
+    LIST_ORGANIZATIONS_TASK,
+    RECORD_RUNS_TASK,
+    RENT_DAG_ID,
+    RESOLVE_PERIOD_TASK,
+    TASK_IDS,
+    UTILITY_DAG_ID,
+)
+from tentman.settings import RENT_SCHEDULE, UTILITY_SCHEDULE
+from tentman_dev.local import REPO_ROOT, with_database
 
 pytestmark = pytest.mark.airflow
 
 
 # What parsing a DAG file may import of the package: names, settings and the Airflow glue that
-# declares the DAG — never the engine, the run steps, SQLAlchemy or a database connection.
+# declares the DAG — never the billing engines, the run steps, SQLAlchemy or a database connection.
 PARSE_TIME_MODULES = {
     "tentman",
     "tentman.names",
@@ -56,33 +68,78 @@ def test_rent_dag_definition(airflow_home, monkeypatch):
     from airflow.sdk import CronTriggerTimetable
 
     assert isinstance(dag.timetable, CronTriggerTimetable)
-    assert dag.timetable.expression == "0 2 26 * *" and str(dag.timetable.timezone) == "UTC"
+    assert dag.timetable.expression == RENT_SCHEDULE and str(dag.timetable.timezone) == "UTC"
     assert dag.catchup is False and dag.max_active_runs == 1
     assert {"tentman", "billing", "rent"} <= set(dag.tags)
     assert "Monthly rent generation" in dag.doc_md
+    # The doc states the schedule the DAG runs on, and the default proration method, from their definitions.
+    assert "Runs at 02:00 UTC on day 26 of every month (cron `0 2 26 * *`)." in " ".join(dag.doc_md.split())
+    assert f"else\n`{DEFAULT_PRORATION_METHOD.value}`" in dag.doc_md
     assert set(dag.params.keys()) == {"billing_month", "organization_ids", "proration_method", "dry_run"}
     # Null: each organization's own method (its billing settings), else ActualDaysInMonth.
     assert dag.params["proration_method"] is None and dag.params["dry_run"] is False
-    assert [t.task_id for t in dag.topological_sort()] == [
-        "resolve_billing_period",
-        "list_organizations",
-        "bill_organization",
-        "record_invoice_runs",
-    ]
-    org_task = dag.get_task("bill_organization")
+    assert [t.task_id for t in dag.topological_sort()] == list(TASK_IDS)
+    org_task = dag.get_task(BILL_ORGANIZATION_TASK)
     assert org_task.retries == 10
     assert org_task.retry_delay == timedelta(minutes=1)
     assert org_task.retry_exponential_backoff == 2.0
     assert org_task.max_retry_delay == timedelta(hours=1)
     assert org_task.max_active_tis_per_dagrun == 5
     assert org_task.pool == "default_pool"  # the billing pool is opt-in: a stock Airflow has no other
-    assert dag.get_task("list_organizations").pool == "default_pool"
+    assert dag.get_task(LIST_ORGANIZATIONS_TASK).pool == "default_pool"
     # What `astro dev init`'s DAG tests check of every DAG: tags, and default_args retries of at least 2.
     assert dag.default_args["retries"] >= 2 and dag.default_args["owner"] == "billing"
-    assert dag.get_task("list_organizations").retries == dag.default_args["retries"]
-    assert dag.get_task("record_invoice_runs").trigger_rule == "all_done"
+    assert dag.get_task(LIST_ORGANIZATIONS_TASK).retries == dag.default_args["retries"]
+    assert dag.get_task(RECORD_RUNS_TASK).trigger_rule == "all_done"
     # Critical before routine: every rent task waits in the queue with weight 100, utility's with 1.
     assert {(t.priority_weight, str(t.weight_rule)) for t in dag.tasks} == {(100, "absolute")}
+
+
+@pytest.mark.parametrize(
+    "schedule, words",
+    [
+        ("0 2 26 * *", "at 02:00 UTC on day 26 of every month (cron `0 2 26 * *`)"),
+        ("30 7 1 * *", "at 07:30 UTC on day 1 of every month (cron `30 7 1 * *`)"),
+        ("0 3 * * 1", "at 03:00 UTC every Monday (cron `0 3 * * 1`)"),
+        ("0 3 * * 7", "at 03:00 UTC every Sunday (cron `0 3 * * 7`)"),
+        ("* * * * *", "on the cron schedule `* * * * *` (UTC)"),
+        ("0 2 26 1 *", "on the cron schedule `0 2 26 1 *` (UTC)"),
+        ("0 2 * * 1-5", "on the cron schedule `0 2 * * 1-5` (UTC)"),
+        ("@daily", "on the cron schedule `@daily` (UTC)"),
+        (None, "only when triggered (no schedule)"),
+    ],
+)
+def test_the_dag_docs_state_the_schedule_in_words(schedule, words):
+    from tentman.orchestration.dag_factory import schedule_in_words
+
+    assert schedule_in_words(schedule) == words
+
+
+# A cron between backticks, as the docs write one.
+CRON_IN_DOCS = re.compile(r"`((?:[0-9*/,-]+ ){4}[0-9*/,-]+)`")
+
+
+def _default_schedules_named_in(text: str) -> list[str]:
+    """The default schedules of the DAGs (or their schedule variables) that `text` names, rent's first."""
+    names = {
+        RENT_SCHEDULE: (RENT_DAG_ID, "TENTMAN_RENT_SCHEDULE"),
+        UTILITY_SCHEDULE: (UTILITY_DAG_ID, "TENTMAN_UTILITY_SCHEDULE"),
+    }
+    return [schedule for schedule, named_by in names.items() if any(name in text for name in named_by)]
+
+
+def test_the_docs_state_the_default_schedules_of_the_settings():
+    """README and docs/ copy the default schedules (prose cannot read tentman.settings): each cron they
+    state is the default of the DAG or variable its line names (else the line before)."""
+    stated = []
+    for path in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]:
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if crons := CRON_IN_DOCS.findall(line):
+                named = _default_schedules_named_in(line) or _default_schedules_named_in(lines[number - 1])
+                assert crons == named, f"{path.name}:{number + 1}: {line}"
+                stated += crons
+    assert {RENT_SCHEDULE, UTILITY_SCHEDULE} <= set(stated)
 
 
 def test_retry_and_concurrency_are_configurable(airflow_home, monkeypatch):
@@ -92,7 +149,7 @@ def test_retry_and_concurrency_are_configurable(airflow_home, monkeypatch):
     monkeypatch.setenv("TENTMAN_BILLING_POOL", "tentman_billing")
     monkeypatch.setenv("TENTMAN_RENT_PRIORITY_WEIGHT", "7")
     dag = load_dag(RENT_DAG_ID)
-    org_task = dag.get_task("bill_organization")
+    org_task = dag.get_task(BILL_ORGANIZATION_TASK)
     assert (org_task.retries, org_task.max_active_tis_per_dagrun, org_task.pool) == (3, 16, "tentman_billing")
     assert (org_task.priority_weight, str(org_task.weight_rule)) == (7, "absolute")
     assert type(dag.timetable).__name__ == "NullTimetable"  # "manual": no schedule
@@ -160,14 +217,14 @@ def test_dag_test_run_bills_every_organization_and_records_a_failing_one(engine,
 
     assert dag_run.state == "failed"  # organization B failed: the run says so
     states = _states(dag_run)
-    assert states[("resolve_billing_period", -1)][0] == "success"
-    assert states[("list_organizations", -1)][0] == "success"
-    assert {k[1]: v for k, v in states.items() if k[0] == "bill_organization"} == {
+    assert states[(RESOLVE_PERIOD_TASK, -1)][0] == "success"
+    assert states[(LIST_ORGANIZATIONS_TASK, -1)][0] == "success"
+    assert {k[1]: v for k, v in states.items() if k[0] == BILL_ORGANIZATION_TASK} == {
         0: ("success", f"Alpha Homes (#{a})"),
         1: ("failed", f"Broken Estates (#{b})"),
         2: ("success", f"Cedar Lofts (#{c})"),
     }
-    assert states[("record_invoice_runs", -1)][0] == "failed"
+    assert states[(RECORD_RUNS_TASK, -1)][0] == "failed"
 
     with engine.connect() as conn:
         totals = dict(
@@ -202,8 +259,8 @@ def test_an_unmigrated_tentman_database_fails_the_first_task_at_once(pg_admin_ur
         states = _states(run)
         assert run.state == "failed"
         # Failed, not up_for_retry: no retry can migrate a schema.
-        assert states[("resolve_billing_period", -1)][0] == "failed"
-        assert states[("list_organizations", -1)][0] == "upstream_failed"
+        assert states[(RESOLVE_PERIOD_TASK, -1)][0] == "failed"
+        assert states[(LIST_ORGANIZATIONS_TASK, -1)][0] == "upstream_failed"
     finally:
         drop_database(pg_admin_uri, name)
 
@@ -225,16 +282,13 @@ def test_dag_test_rerun_is_idempotent_and_bad_params_write_nothing(engine, tentm
         assert conn.execute(sa.text("SELECT count(*) FROM invoice_lines")).scalar() == 10
     # One XCom per task: a dict-returning TaskFlow task would otherwise also push one XCom per key,
     # each an API call, which at 2,000 organizations is half of Airflow's cost per task.
-    assert _xcom_keys(dag_run) == {
-        (task_id, "return_value")
-        for task_id in ("resolve_billing_period", "list_organizations", "bill_organization", "record_invoice_runs")
-    }
+    assert _xcom_keys(dag_run) == {(task_id, "return_value") for task_id in TASK_IDS}
     # Every organization task pulls the whole list to find its own item: ids only, nothing more.
-    assert _xcom_value(dag_run, "list_organizations") == [a]
+    assert _xcom_value(dag_run, LIST_ORGANIZATIONS_TASK) == [a]
 
     bad = dag.test(logical_date=datetime(2026, 2, 26, 2, tzinfo=UTC), run_conf={"organization_ids": [4242]})
     assert bad.state == "failed"
-    assert _states(bad)[("resolve_billing_period", -1)][0] == "failed"
+    assert _states(bad)[(RESOLVE_PERIOD_TASK, -1)][0] == "failed"
     with engine.connect() as conn:
         assert (
             conn.execute(sa.text("SELECT count(*) FROM invoices WHERE billing_period_start = '2026-03-01'")).scalar()
@@ -255,12 +309,13 @@ def test_utility_dag_definition(airflow_home, monkeypatch):
     ):
         monkeypatch.delenv(name, raising=False)
     dag = load_dag(UTILITY_DAG_ID)
-    assert dag.timetable.expression == "0 3 * * 1" and str(dag.timetable.timezone) == "UTC"
+    assert dag.timetable.expression == UTILITY_SCHEDULE and str(dag.timetable.timezone) == "UTC"
     assert dag.catchup is False and dag.max_active_runs == 1
     assert {"tentman", "billing", "utility"} <= set(dag.tags)
     assert "Utility billing" in dag.doc_md
+    assert "Runs at 03:00 UTC every Monday (cron `0 3 * * 1`)." in " ".join(dag.doc_md.split())
     assert set(dag.params.keys()) == {"billing_month", "organization_ids", "dry_run"}
-    org_task = dag.get_task("bill_organization")
+    org_task = dag.get_task(BILL_ORGANIZATION_TASK)
     assert (
         org_task.retries,
         org_task.retry_delay,
@@ -268,7 +323,7 @@ def test_utility_dag_definition(airflow_home, monkeypatch):
         org_task.max_retry_delay,
         org_task.max_active_tis_per_dagrun,
     ) == (10, timedelta(minutes=1), 2.0, timedelta(hours=1), 5)
-    assert dag.get_task("record_invoice_runs").trigger_rule == "all_done"
+    assert dag.get_task(RECORD_RUNS_TASK).trigger_rule == "all_done"
     assert {(t.priority_weight, str(t.weight_rule)) for t in dag.tasks} == {(1, "absolute")}
 
 
@@ -289,7 +344,7 @@ def test_utility_dag_test_run_bills_each_statement_once(engine, tentman_conn):
     # The Monday run of Dec 7, 2026 bills December.
     first = dag.test(logical_date=datetime(2026, 12, 7, 3, tzinfo=UTC))
     assert first.state == "failed"
-    assert _states(first)[("bill_organization", 1)] == ("failed", f"Broken Estates (#{b})")
+    assert _states(first)[(BILL_ORGANIZATION_TASK, 1)] == ("failed", f"Broken Estates (#{b})")
     with engine.begin() as conn:
         conn.execute(sa.text(f"DROP TRIGGER test_fault_{b} ON invoices"))
     second = dag.test(logical_date=datetime(2026, 12, 14, 3, tzinfo=UTC))
@@ -340,7 +395,7 @@ def test_more_organizations_than_max_map_length_fail_the_listing_in_words(engine
     run = load_dag(RENT_DAG_ID).test(logical_date=datetime(2026, 1, 26, 2, tzinfo=UTC))
     states = _states(run)
     assert run.state == "failed"
-    assert states[("list_organizations", -1)][0] == "failed"  # at once: retrying cannot shrink the list
+    assert states[(LIST_ORGANIZATIONS_TASK, -1)][0] == "failed"  # at once: retrying cannot shrink the list
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM invoices")).scalar() == 0
 
@@ -377,12 +432,12 @@ def test_dag_test_run_honours_each_organizations_billing_settings(engine, tentma
 
     assert dag_run.state == "success"  # the hold does not fail the run
     states = _states(dag_run)
-    assert {k[1]: v[0] for k, v in states.items() if k[0] == "bill_organization"} == {
+    assert {k[1]: v[0] for k, v in states.items() if k[0] == BILL_ORGANIZATION_TASK} == {
         0: "success",
         1: "success",
         2: "success",
     }
-    assert states[("record_invoice_runs", -1)][0] == "success"
+    assert states[(RECORD_RUNS_TASK, -1)][0] == "success"
     with engine.connect() as conn:
         totals = dict(conn.execute(sa.text("SELECT lease_id, total FROM invoices")).all())
         runs = {r.organization_id: r for r in conn.execute(sa.text("SELECT * FROM invoice_runs"))}

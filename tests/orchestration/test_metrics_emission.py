@@ -98,7 +98,7 @@ def test_a_billed_organization_sends_every_metric_with_its_tags(udp):
         ("airflow.tentman.statements_billed", "counter", 0),
         ("airflow.tentman.amount_drafted", "counter", 29703.23),
         ("airflow.tentman.invoice_runs", "counter", 1),
-        ("airflow.tentman.billing_duration", "observer", 1500),
+        ("airflow.tentman.engine_duration", "observer", 1500),
     }
     for line in lines:
         extra = {"status": "completed_with_errors"} if line.name.endswith("invoice_runs") else {}
@@ -120,7 +120,7 @@ def test_a_failed_attempt_is_counted_and_a_dry_run_sends_nothing(udp):
     metrics.emit_organization_failure(tags=TAGS, engine_seconds=0.25)
     assert [(line.name, line.value) for line in map(parse_statsd_line, _received(udp))] == [
         ("airflow.tentman.organization_failures", 1),
-        ("airflow.tentman.billing_duration", 250),
+        ("airflow.tentman.engine_duration", 250),
     ]
     metrics.emit_organization_result(RESULT, tags=TAGS, engine_seconds=1, dry_run=True)
     assert _received(udp) == []
@@ -168,5 +168,5 @@ def test_opentelemetry_records_the_same_metrics_with_the_tags_as_attributes():
     assert recorded[("airflow.tentman.organization_failures", None)] == (attributes, 1)
     assert recorded[("airflow.tentman.invoice_runs", "completed_with_errors")][1] == 1
     # Engine time: a histogram of both attempts, in ms (OTel's unit for Airflow's timers).
-    assert recorded[("airflow.tentman.billing_duration", None)] == (attributes, (2, 2000.0))
+    assert recorded[("airflow.tentman.engine_duration", None)] == (attributes, (2, 2000.0))
     assert {name for name, _ in recorded} == {f"airflow.{m.name}" for m in metrics.METRICS}

@@ -11,14 +11,17 @@ import sqlalchemy as sa
 from support.factories import add_lease, add_organization, add_statement, invoice_for
 from tentman.billing.organization_settings import change_billing_settings
 from tentman.names import RENT_DAG_ID, UTILITY_DAG_ID
-from tentman.runs.steps import bill_organization, list_organizations, record_invoice_runs, resolve_billing_run
+from tentman.runs.bill import bill_organization
+from tentman.runs.organizations import list_organizations
+from tentman.runs.record import record_invoice_runs
+from tentman.runs.resolve import resolve_billing_period
 
 HOLD = "dispute over the March statement"
 
 
 def resolve(engine, params, run_type="monthly_rent"):
     moment = datetime(2026, 2, 26, 2, tzinfo=UTC)  # rent: March 2026; utility: February 2026
-    return resolve_billing_run(engine, run_type=run_type, params=params, logical_date=moment, run_after=moment)
+    return resolve_billing_period(engine, run_type=run_type, params=params, logical_date=moment, run_after=moment)
 
 
 def run_all(engine, run, dag_run_id, dag_id=RENT_DAG_ID):
@@ -100,7 +103,7 @@ def test_a_run_naming_the_organization_bills_it_with_a_warning(engine, caplog):
     held, other, held_lease, _ = two_organizations(engine)
     set_settings(engine, held, hold=True, reason=HOLD)
     run = resolve(engine, {"organization_ids": [held]})
-    with caplog.at_level("WARNING", logger="tentman.runs.steps"):
+    with caplog.at_level("WARNING", logger="tentman.runs.bill"):
         results, summary = run_all(engine, run, "r1")
     assert [s["status"] for s in summary] == ["completed"]
     assert draft(engine, held_lease).total == Decimal("1000.00")

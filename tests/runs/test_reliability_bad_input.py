@@ -14,7 +14,10 @@ import sqlalchemy as sa
 from support.audit import snapshot_finalized
 from support.factories import add_charge, add_lease, add_organization, add_statement, invoice_for
 from tentman.names import RENT_DAG_ID
-from tentman.runs.steps import bill_organization, list_organizations, record_invoice_runs, resolve_billing_run
+from tentman.runs.bill import bill_organization
+from tentman.runs.organizations import list_organizations
+from tentman.runs.record import BillingRunFailed, record_invoice_runs
+from tentman.runs.resolve import resolve_billing_period
 
 pytestmark = pytest.mark.reliability
 
@@ -23,17 +26,22 @@ MARCH = date(2026, 3, 1)
 DAG = RENT_DAG_ID
 
 
-def run_rent(engine, params=None, run_type="monthly_rent", run_id="r1"):
-    """One whole DAG run's steps in-process; returns {organization id: invoice_runs row}."""
-    run = resolve_billing_run(
-        engine, run_type=run_type, params=params or {}, logical_date=RUN_AFTER, run_after=RUN_AFTER
+def run_rent(engine, params=None, run_id="r1", *, failing=()):
+    """One whole DAG run's steps in-process; returns {organization id: invoice_runs row}.
+
+    `failing`: the labels of the organizations expected to fail, which fails the run with
+    BillingRunFailed naming them; any other exception fails the test."""
+    run = resolve_billing_period(
+        engine, run_type="monthly_rent", params=params or {}, logical_date=RUN_AFTER, run_after=RUN_AFTER
     )
     orgs = list_organizations(engine, run)
     results = [bill_organization(engine, run, o, dag_id=DAG, dag_run_id=run_id) for o in orgs]
-    try:
+    if failing:
+        with pytest.raises(BillingRunFailed) as failed:
+            record_invoice_runs(engine, run, orgs, results, dag_id=DAG, dag_run_id=run_id)
+        assert failed.value.organizations == list(failing)
+    else:
         record_invoice_runs(engine, run, orgs, results, dag_id=DAG, dag_run_id=run_id)
-    except Exception:
-        pass  # an organization-level failure fails the run; its row says why
     with engine.connect() as conn:
         return {
             r.organization_id: r
@@ -121,7 +129,7 @@ def test_leases_with_no_organization_are_reported_and_never_billed(engine, org_w
     with engine.begin() as conn:
         orphan = add_lease(conn, None, date(2025, 1, 1), None, "700.00")
         dangling = add_lease(conn, 987654, date(2025, 1, 1), None, "700.00")
-    with caplog.at_level("WARNING", logger="tentman.runs.steps"):
+    with caplog.at_level("WARNING", logger="tentman.runs.organizations"):
         rows = run_rent(engine)
     assert set(rows) == {org} and rows[org].errors == []
     warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -185,7 +193,7 @@ def test_bad_utility_statements(engine, org_with_good_lease, audited, case):
             "lease of another organization": (other_lease, Decimal("3.00"), date(2026, 2, 1), date(2026, 2, 28)),
         }[case]
         bad = add_statement(conn, org, lease, amount, start, end)
-    run = resolve_billing_run(
+    run = resolve_billing_period(
         engine,
         run_type="utility",
         params={"organization_ids": [org]},
@@ -251,7 +259,8 @@ def test_organization_currency_that_is_not_a_currency(engine, audited, currency)
         add_lease(conn, bad_org, date(2025, 1, 1))
         good_org = add_organization(conn, "Fine")
         good = add_lease(conn, good_org, date(2025, 1, 1), None, "1000.00")
-    rows = run_rent(engine)
+    # The organization fails, so the run does; the other is billed all the same.
+    rows = run_rent(engine, failing=[f"Bad Currency (#{bad_org})"])
     assert rows[bad_org].status == "failed" and rows[bad_org].errors[0]["lease_id"] is None
     assert "expected a 3-letter upper-case ISO 4217 code such as 'USD'" in rows[bad_org].errors[0]["error"]
     assert rows[good_org].status == "completed"
@@ -288,7 +297,9 @@ def test_bad_parameters_are_refused_and_nothing_is_written(
     engine, org_with_good_lease, audited, params, message, refused_at_trigger
 ):
     with pytest.raises(ValueError) as err:
-        resolve_billing_run(engine, run_type="monthly_rent", params=params, logical_date=RUN_AFTER, run_after=RUN_AFTER)
+        resolve_billing_period(
+            engine, run_type="monthly_rent", params=params, logical_date=RUN_AFTER, run_after=RUN_AFTER
+        )
     assert message in str(err.value)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM invoices")).scalar() == 0

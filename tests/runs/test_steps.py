@@ -14,14 +14,10 @@ from tentman.billing.periods import BillingPeriod, rent_period_for_run, utility_
 from tentman.db import create_engine_from_uri
 from tentman.migrate import SchemaNotReady, head_revision, upgrade
 from tentman.names import RENT_DAG_ID
-from tentman.runs.steps import (
-    BillingRunFailed,
-    bill_organization,
-    list_organizations,
-    organization_labels,
-    record_invoice_runs,
-    resolve_billing_run,
-)
+from tentman.runs.bill import bill_organization
+from tentman.runs.organizations import list_organizations, organization_labels
+from tentman.runs.record import BillingRunFailed, record_invoice_runs
+from tentman.runs.resolve import resolve_billing_period
 from tentman_dev.local import with_database
 
 UTC = UTC
@@ -63,7 +59,7 @@ def test_bad_billing_month_is_named(bad):
 
 
 def resolve(engine, params, logical_date=utc(2026, 2, 26, 2), run_type="monthly_rent"):
-    return resolve_billing_run(
+    return resolve_billing_period(
         engine, run_type=run_type, params=params, logical_date=logical_date, run_after=utc(2026, 2, 26, 2)
     )
 
@@ -74,7 +70,7 @@ def test_resolve_from_logical_date_and_from_run_after(engine):
     # No method of its own: each organization is billed with its own, else ActualDaysInMonth.
     assert run.proration_method is None and run.dry_run is False and run.organization_ids is None
     # A manual run has no logical date: its run_after decides.
-    manual = resolve_billing_run(
+    manual = resolve_billing_period(
         engine, run_type="monthly_rent", params={}, logical_date=None, run_after=utc(2026, 5, 3)
     )
     assert manual.billing_period_start == "2026-06-01"
@@ -228,8 +224,8 @@ def test_organization_task_that_never_finished_is_marked_failed(engine):
 
 def test_scheduled_run_starting_late_logs_a_warning_naming_both_dates(engine, caplog):
     logical = utc(2026, 1, 26, 2)
-    with caplog.at_level("WARNING", logger="tentman.runs.steps"):
-        run = resolve_billing_run(
+    with caplog.at_level("WARNING", logger="tentman.runs.resolve"):
+        run = resolve_billing_period(
             engine,
             run_type="monthly_rent",
             params={},
@@ -242,8 +238,8 @@ def test_scheduled_run_starting_late_logs_a_warning_naming_both_dates(engine, ca
     (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
     assert "2026-01-29T08:00:00+00:00" in record.getMessage() and "2026-01-26T02:00:00+00:00" in record.getMessage()
     caplog.clear()
-    with caplog.at_level("WARNING", logger="tentman.runs.steps"):
-        resolve_billing_run(
+    with caplog.at_level("WARNING", logger="tentman.runs.resolve"):
+        resolve_billing_period(
             engine,
             run_type="monthly_rent",
             params={},

@@ -36,7 +36,7 @@ from tentman.billing.periods import BillingPeriod
 from tentman.billing.utility import generate_utility_invoices
 from tentman.db import create_engine_from_uri
 from tentman.migrate import upgrade
-from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
+from tentman.names import BILL_ORGANIZATION_TASK, DAG_IDS, RECORD_RUNS_TASK, RENT_DAG_ID, UTILITY_DAG_ID
 from tentman_dev.airflow_stack import (
     MAX_MAP_LENGTH,
     AirflowApi,
@@ -178,7 +178,7 @@ def run_dag(api, dag_id: str, conf: dict, timeout: float) -> dict:
     # task instance), which would be measured as Airflow's overhead. The figures come from the run's
     # own start and end dates, not from when we noticed.
     deadline = time.monotonic() + timeout
-    last_task = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/record_invoice_runs"
+    last_task = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{RECORD_RUNS_TASK}"
     while time.monotonic() < deadline:
         response = api.client.get(last_task)
         if response.status_code == 200 and response.json()["state"] in ("success", "failed", "upstream_failed"):
@@ -210,7 +210,7 @@ def ui_timings(api, base_url: str, dag_id: str, run_id: str) -> dict[str, float]
         "grid_ti_summaries": (f"/ui/grid/ti_summaries/{dag_id}", {"run_ids": run_id}),
         "mapped_instances_page": (
             f"/api/v2/dags/{dag_id}/dagRuns/{run_path}/taskInstances",
-            {"task_id": "bill_organization", "limit": 50},
+            {"task_id": BILL_ORGANIZATION_TASK, "limit": 50},
         ),
         "billing_runs_page": ("/tentman/api/runs", {"billing_month": MONTH, "limit": 50}),
         "billing_runs_with_errors": ("/tentman/api/runs", {"billing_month": MONTH, "status": "completed_with_errors"}),
@@ -309,7 +309,7 @@ def summarize(
 ) -> dict:
     run = outcome["run"]
     wall = _seconds(run["start_date"], run["end_date"])
-    mapped = [t for t in outcome["task_instances"] if t["task_id"] == "bill_organization"]
+    mapped = [t for t in outcome["task_instances"] if t["task_id"] == BILL_ORGANIZATION_TASK]
     with engine.connect() as conn:
         engine_s = conn.execute(
             sa.text(
@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                 for label, size in (("largest", max(sizes)), ("median", sorted(sizes)[len(sizes) // 2])):
                     xcom = (
                         api.client.get(
-                            f"/dags/{RENT_DAG_ID}/dagRuns/{rent['run']['dag_run_id']}/taskInstances/bill_organization/xcomEntries/return_value",
+                            f"/dags/{RENT_DAG_ID}/dagRuns/{rent['run']['dag_run_id']}/taskInstances/{BILL_ORGANIZATION_TASK}/xcomEntries/return_value",
                             params={"map_index": sizes.index(size), "deserialize": True},
                         )
                         .json()

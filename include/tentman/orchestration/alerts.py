@@ -7,7 +7,7 @@ Two channels, each switched on by an Airflow connection and off when it is not d
 - a generic JSON webhook, Slack-compatible (the payload has a `text` field): connection
   `tentman_alert_webhook`, whose URI is the webhook address (or extra `url`).
 
-Imported by the DAG files at parse time: only `airflow.sdk` at module level.
+Imported by the DAG files at parse time: only `airflow.sdk` and tentman.names at module level.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import urllib.request
 from html import escape
 
 from airflow.sdk import BaseNotifier
+
+from tentman.names import BILL_ORGANIZATION_TASK, RESOLVE_PERIOD_TASK
 
 SMTP_CONN_ID = "tentman_alert_smtp"
 WEBHOOK_CONN_ID = "tentman_alert_webhook"
@@ -40,7 +42,7 @@ def describe_failure(context) -> dict:
     dag_id = context["dag"].dag_id
     period = None
     try:
-        run = ti.xcom_pull(task_ids="resolve_billing_period")
+        run = ti.xcom_pull(task_ids=RESOLVE_PERIOD_TASK)
         if run:
             period = run["billing_period_start"][:7]
     except Exception:  # the period may be what failed
@@ -48,7 +50,7 @@ def describe_failure(context) -> dict:
     exception = context.get("exception")
     cause = getattr(exception, "__cause__", None)
     organizations = list(getattr(cause, "organizations", None) or [])
-    if not organizations and ti.task_id == "bill_organization":
+    if not organizations and ti.task_id == BILL_ORGANIZATION_TASK:
         label = context.get("organization_label") or getattr(ti, "rendered_map_index", None)
         organizations = [label or f"map index {ti.map_index}"]
     error = str(exception) if exception is not None else "unknown error (see the task log)"

@@ -1,8 +1,8 @@
 """Builds the billing DAGs: resolve period → list organizations → bill each (mapped) → record runs.
 
 Imported by the DAG files at parse time, so only `airflow.sdk`, pendulum and this package's cheap
-modules (names, settings, params, alerts) are imported at module level; each task imports the
-steps it runs (tentman.runs.steps, SQLAlchemy, psycopg, the engines) when it runs.
+modules (names, settings, alerts) are imported at module level; each task imports the step it
+runs (a module of tentman.runs, and through it SQLAlchemy, psycopg and the engines) when it runs.
 
 The task functions are named `*_task` so that they are not mistaken for the steps they call.
 """
@@ -15,6 +15,7 @@ import pendulum
 from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from tentman.names import BILL_ORGANIZATION_TASK, LIST_ORGANIZATIONS_TASK, RECORD_RUNS_TASK, RESOLVE_PERIOD_TASK
 from tentman.orchestration.alerts import BillingFailureNotifier
 from tentman.settings import PRIORITY_WEIGHT_RULE, OrganizationTaskPolicy, organization_task_policy, priority_weight
 
@@ -34,18 +35,18 @@ def _tentman_engine():
 # the `-> dict` annotation and push one extra XCom per key — 15 more API calls per organization
 # task, about half of Airflow's per-task cost at 2,000 organizations.
 @task(
-    task_id="resolve_billing_period",
+    task_id=RESOLVE_PERIOD_TASK,
     task_display_name="Resolve billing period",
     multiple_outputs=False,
 )
 def resolve_billing_period_task(run_type: str) -> dict:
     from tentman.migrate import SchemaNotReady
-    from tentman.runs.steps import resolve_billing_run
+    from tentman.runs.resolve import resolve_billing_period
 
     context = get_current_context()
     dag_run = context["dag_run"]
     try:
-        run = resolve_billing_run(
+        run = resolve_billing_period(
             _tentman_engine(),
             run_type=run_type,
             params=dict(context["params"]),
@@ -63,11 +64,12 @@ def resolve_billing_period_task(run_type: str) -> dict:
     return run.to_dict()
 
 
-@task(task_id="list_organizations", task_display_name="List organizations")
+@task(task_id=LIST_ORGANIZATIONS_TASK, task_display_name="List organizations")
 def list_organizations_task(run: dict) -> list[int]:
     from airflow.sdk.configuration import conf
 
-    from tentman.runs.steps import BillingRun, list_organizations
+    from tentman.runs.billing_run import BillingRun
+    from tentman.runs.organizations import list_organizations
 
     organizations = list_organizations(_tentman_engine(), BillingRun.from_dict(run))
     max_map_length = conf.getint("core", "max_map_length", fallback=1024)
@@ -83,12 +85,12 @@ def too_many_organizations_message(organizations: int, max_map_length: int) -> s
         f"{organizations:,} organizations to bill, one mapped task each, but Airflow's [core] max_map_length is "
         f"{max_map_length:,}: set AIRFLOW__CORE__MAX_MAP_LENGTH (or [core] max_map_length) to at least "
         f"{organizations:,} on every Airflow component (the api-server enforces it), restart them, then clear "
-        "this run's list_organizations task. Nothing was billed."
+        f"this run's {LIST_ORGANIZATIONS_TASK} task. Nothing was billed."
     )
 
 
 @task(
-    task_id="bill_organization",
+    task_id=BILL_ORGANIZATION_TASK,
     task_display_name="Bill organization",
     multiple_outputs=False,
     retry_exponential_backoff=2.0,
@@ -101,7 +103,9 @@ def bill_organization_task(organization_id: int, run: dict) -> dict:
 
     from tentman.names import organization_label
     from tentman.orchestration import metrics
-    from tentman.runs.steps import BillingRun, bill_organization, organization_labels
+    from tentman.runs.bill import bill_organization
+    from tentman.runs.billing_run import BillingRun
+    from tentman.runs.organizations import organization_labels
 
     context = get_current_context()
     # Shown as the mapped instance's label in the UI and in alerts: "Acme Homes (#3)"; the bare
@@ -131,7 +135,7 @@ def bill_organization_task(organization_id: int, run: dict) -> dict:
 
 
 def _organization_task_settings(policy: OrganizationTaskPolicy) -> dict:
-    """Retries, backoff, concurrency and pool of the organization tasks (from the environment)."""
+    """Retries, retry delays, concurrency and pool of the organization tasks (from the environment)."""
     return {
         "retries": policy.retries,
         "retry_delay": policy.retry_delay,
@@ -142,13 +146,14 @@ def _organization_task_settings(policy: OrganizationTaskPolicy) -> dict:
 
 
 @task(
-    task_id="record_invoice_runs",
+    task_id=RECORD_RUNS_TASK,
     task_display_name="Record invoice runs",
     trigger_rule="all_done",
     on_failure_callback=[BillingFailureNotifier()],
 )
 def record_invoice_runs_task(run: dict | None, organization_ids: list[int] | None, results) -> list[dict]:
-    from tentman.runs.steps import BillingRun, BillingRunFailed, record_invoice_runs
+    from tentman.runs.billing_run import BillingRun
+    from tentman.runs.record import BillingRunFailed, record_invoice_runs
 
     context = get_current_context()
     try:
@@ -165,6 +170,25 @@ def record_invoice_runs_task(run: dict | None, organization_ids: list[int] | Non
         # Fails the DAG run on purpose (an all_done leaf that succeeds would mark it
         # successful); retrying would only repeat the verdict.
         raise AirflowFailException(str(exc)) from exc
+
+
+CRON_WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+
+
+def schedule_in_words(schedule: str | None) -> str:
+    """How a DAG's doc states its schedule, read from the one that runs: a monthly or weekly cron in
+    words (with the cron), any other cron as it is; all in UTC."""
+    if schedule is None:
+        return "only when triggered (no schedule)"
+    fields = schedule.split()
+    if len(fields) == 5 and fields[0].isdigit() and fields[1].isdigit():
+        minute, hour, day, month, weekday = fields
+        at = f"at {int(hour):02d}:{int(minute):02d} UTC"
+        if day.isdigit() and (month, weekday) == ("*", "*"):
+            return f"{at} on day {int(day)} of every month (cron `{schedule}`)"
+        if weekday.isdigit() and (day, month) == ("*", "*"):
+            return f"{at} every {CRON_WEEKDAYS[int(weekday) % 7]} (cron `{schedule}`)"
+    return f"on the cron schedule `{schedule}` (UTC)"
 
 
 def build_billing_dag(

@@ -27,7 +27,10 @@ TASK_MODULES = (
     # What the tasks import when they run: the Airflow connection's engine, the run steps and,
     # through them, both engines (rent, utility and what they share), periods and proration.
     "tentman.orchestration.connection",
-    "tentman.runs.steps",
+    "tentman.runs.resolve",
+    "tentman.runs.organizations",
+    "tentman.runs.bill",
+    "tentman.runs.record",
 )
 
 

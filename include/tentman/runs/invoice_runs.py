@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 from tentman.billing.common import OrganizationBillingResult
 from tentman.billing.periods import BillingPeriod
-from tentman.names import ON_HOLD
+from tentman.names import RunStatus
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,15 @@ def open_invoice_run(
     period: BillingPeriod,
     proration_method: str | None,
 ) -> int:
-    """Create the organization's row in status 'running', or reset it when the task re-runs."""
+    """Create the organization's row, running, or reset it when the task re-runs."""
     return _write_invoice_run(
-        conn, key, run_type=run_type, period=period, proration_method=proration_method, status="running", errors=[]
+        conn,
+        key,
+        run_type=run_type,
+        period=period,
+        proration_method=proration_method,
+        status=RunStatus.RUNNING,
+        errors=[],
     )
 
 
@@ -45,13 +51,19 @@ def record_on_hold(
     proration_method: str | None,
     error: dict,
 ) -> int:
-    """The organization's row says 'on_hold': zero counts, the hold as its one error, complete.
+    """The organization's row says it is on hold: zero counts, the hold as its one error, complete.
 
     A re-run of the task (cleared after the hold was set) turns its earlier row into this one; the
     invoices that earlier attempt wrote stay as they are, like every draft of an organization on hold.
     """
     return _write_invoice_run(
-        conn, key, run_type=run_type, period=period, proration_method=proration_method, status=ON_HOLD, errors=[error]
+        conn,
+        key,
+        run_type=run_type,
+        period=period,
+        proration_method=proration_method,
+        status=RunStatus.ON_HOLD,
+        errors=[error],
     )
 
 
@@ -62,10 +74,10 @@ def _write_invoice_run(
     run_type: str,
     period: BillingPeriod,
     proration_method: str | None,
-    status: str,
+    status: RunStatus,
     errors: list[dict],
 ) -> int:
-    """Insert or reset the organization's row of the run, with zero counts; complete unless 'running'."""
+    """Insert or reset the organization's row of the run, with zero counts; complete unless running."""
     return conn.execute(
         sa.text(
             """
@@ -73,7 +85,7 @@ def _write_invoice_run(
                                       proration_method, status, errors, dag_id, dag_run_id,
                                       started_at, completed_at)
             VALUES (:org, :run_type, :p0, :p1, :method, :status, CAST(:errors AS jsonb), :dag_id, :dag_run_id,
-                    now(), CASE WHEN :status <> 'running' THEN now() END)
+                    now(), CASE WHEN :status <> :running THEN now() END)
             ON CONFLICT (dag_id, dag_run_id, organization_id) DO UPDATE
             SET run_type = excluded.run_type,
                 billing_period_start = excluded.billing_period_start,
@@ -92,6 +104,7 @@ def _write_invoice_run(
             "p1": period.end,
             "method": proration_method,
             "status": status,
+            "running": RunStatus.RUNNING,
             "errors": json.dumps(errors),
             "dag_id": key.dag_id,
             "dag_run_id": key.dag_run_id,
@@ -129,10 +142,14 @@ def note_attempt_error(conn: Connection, invoice_run_id: int, error: str) -> Non
         sa.text(
             """
             UPDATE invoice_runs SET errors = CAST(:errors AS jsonb)
-            WHERE id = :id AND status = 'running'
+            WHERE id = :id AND status = :running
             """
         ),
-        {"id": invoice_run_id, "errors": json.dumps([{"lease_id": None, "error": error}])},
+        {
+            "id": invoice_run_id,
+            "running": RunStatus.RUNNING,
+            "errors": json.dumps([{"lease_id": None, "error": error}]),
+        },
     )
 
 
@@ -146,11 +163,11 @@ def fail_unfinished_invoice_runs(
     period: BillingPeriod,
     proration_method: str | None,
 ) -> None:
-    """Mark 'failed' every listed organization whose row is missing or still 'running'.
+    """Mark failed every listed organization whose row is missing or still running.
 
-    Called by the aggregation task once all organization tasks are done: a row left 'running'
-    belongs to a task that failed after its retries. Finished rows ('completed', …, 'on_hold')
-    are left as they are.
+    Called by the aggregation task once all organization tasks are done: a row left running
+    belongs to a task that failed after its retries. Finished rows (completed, …, on hold) are
+    left as they are.
     """
     conn.execute(
         sa.text(
@@ -158,7 +175,7 @@ def fail_unfinished_invoice_runs(
             INSERT INTO invoice_runs (organization_id, run_type, billing_period_start, billing_period_end,
                                       proration_method, status, errors, dag_id, dag_run_id,
                                       started_at, completed_at)
-            SELECT o.id, :run_type, :p0, :p1, :method, 'failed',
+            SELECT o.id, :run_type, :p0, :p1, :method, :failed,
                    jsonb_build_array(jsonb_build_object(
                        'lease_id', NULL,
                        'error', 'the billing task of this organization failed after its retries; '
@@ -167,13 +184,13 @@ def fail_unfinished_invoice_runs(
             FROM organizations o
             WHERE o.id = ANY(:orgs)
             ON CONFLICT (dag_id, dag_run_id, organization_id) DO UPDATE
-            SET status = 'failed',
+            SET status = :failed,
                 completed_at = now(),
                 errors = CASE
                     WHEN jsonb_array_length(invoice_runs.errors) > 0 THEN invoice_runs.errors
                     ELSE excluded.errors
                 END
-            WHERE invoice_runs.status = 'running'
+            WHERE invoice_runs.status = :running
             """
         ),
         {
@@ -184,6 +201,8 @@ def fail_unfinished_invoice_runs(
             "method": proration_method,
             "dag_id": dag_id,
             "dag_run_id": dag_run_id,
+            "failed": RunStatus.FAILED,
+            "running": RunStatus.RUNNING,
         },
     )
 
