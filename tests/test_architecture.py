@@ -145,6 +145,71 @@ def test_the_ui_and_the_airflow_glue_stay_apart():
     assert _violations(_modules("ui"), ("tentman.runs", "tentman_dev")) == []
 
 
+def _package_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module → the package's modules it imports (at any depth in the file)."""
+    modules = _modules(package=package)
+    graph = {}
+    for module, imports in modules.items():
+        targets = set()
+        for imported, _ in imports:
+            # `from a.b import c` is module a.b.c when that is a module, else a name of module a.b.
+            target = imported if imported in modules else imported.rpartition(".")[0]
+            if target in modules and target != module:
+                targets.add(target)
+        graph[module] = targets
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle, once each, as the modules along it (first module repeated at the end)."""
+    found = set()
+
+    def walk(path: list[str]) -> None:
+        for target in sorted(graph.get(path[-1], ())):
+            if target in path:
+                circle = path[path.index(target) :]
+                start = circle.index(min(circle))
+                found.add(tuple(circle[start:] + circle[:start]))
+            else:
+                walk([*path, target])
+
+    for module in graph:
+        walk([module])
+    return [[*circle, circle[0]] for circle in sorted(found)]
+
+
+@pytest.mark.parametrize("package", [PACKAGE, DEV_PACKAGE], ids=["tentman", "tentman_dev"])
+def test_the_import_graph_has_no_circles(package):
+    """Not even through an import inside a function, which only hides a circle until it bites."""
+    assert _cycles(_package_graph(package)) == []
+
+
+def _private_imports(modules: dict[str, list[tuple[str, bool]]]) -> list[str]:
+    return [
+        f"{module} imports {imported}"
+        for module, imports in modules.items()
+        for imported, _ in imports
+        if imported.startswith(("tentman.", "tentman_dev."))
+        and (name := imported.rpartition(".")[2]).startswith("_")
+        and not name.startswith("__")
+        and imported.rpartition(".")[0] != module
+    ]
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A leading underscore says "this module's own": another module needing it means it is shared
+    and deserves a public name (or belongs elsewhere). Tests included."""
+    modules = _modules() | _modules(package=DEV_PACKAGE)
+    modules |= {str(path): _imports(path) for path in sorted((REPO_ROOT / "tests").rglob("*.py"))}
+    assert _private_imports(modules) == []
+
+
+def test_the_checks_see_a_circle_and_a_private_import():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    modules = {"tentman.ui.x": [("tentman.ui.app._engine", True), ("tentman.__version__", False)]}
+    assert _private_imports(modules) == ["tentman.ui.x imports tentman.ui.app._engine"]
+
+
 def test_the_check_sees_a_forbidden_import():
     """The checker itself: an engine module importing Airflow is reported, at any depth."""
     modules = {"tentman.billing.example": _imports_of_source("def f():\n    from airflow.sdk import task\n")}

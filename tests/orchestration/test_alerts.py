@@ -85,9 +85,9 @@ def test_alerts_are_off_without_connections(engine, db_uri, airflow_home, monkey
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, value)
-    from tentman.orchestration.alerts import SMTP_CONN_ID, WEBHOOK_CONN_ID, _connection
+    from tentman.orchestration.alerts import SMTP_CONN_ID, WEBHOOK_CONN_ID, alert_connection
 
-    assert _connection(SMTP_CONN_ID) is None and _connection(WEBHOOK_CONN_ID) is None
+    assert alert_connection(SMTP_CONN_ID) is None and alert_connection(WEBHOOK_CONN_ID) is None
     with engine.begin() as conn:
         broken = add_organization(conn, "Broken Estates")
         add_lease(conn, broken, date(2025, 1, 1))

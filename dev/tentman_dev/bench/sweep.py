@@ -18,7 +18,7 @@ from pathlib import Path
 from tentman.db import create_engine_from_uri
 from tentman.migrate import upgrade
 from tentman.names import RENT_DAG_ID
-from tentman_dev.bench.scale import (
+from tentman_dev.bench.pipeline import (
     MONTH,
     ProcessSampler,
     generate,

@@ -27,7 +27,8 @@ WEBHOOK_CONN_ID = "tentman_alert_webhook"
 log = logging.getLogger(__name__)
 
 
-def _connection(conn_id: str):
+def alert_connection(conn_id: str):
+    """The Airflow connection of an alert channel, or None: the channel is off."""
     from airflow.sdk import Connection
 
     try:
@@ -90,7 +91,7 @@ class BillingFailureNotifier(BaseNotifier):
                 log.exception("Could not send the billing alert by %s", channel)
 
     def _send_email(self, alert: dict, context) -> None:
-        conn = _connection(self.smtp_conn_id)
+        conn = alert_connection(self.smtp_conn_id)
         if conn is None:
             return
         recipients = [r.strip() for r in str(conn.extra_dejson.get("to", "")).split(",") if r.strip()]
@@ -120,7 +121,7 @@ class BillingFailureNotifier(BaseNotifier):
         ).notify(context)
 
     def _send_webhook(self, alert: dict, context) -> None:
-        conn = _connection(self.webhook_conn_id)
+        conn = alert_connection(self.webhook_conn_id)
         if conn is None:
             return
         url = conn.extra_dejson.get("url") or _webhook_url(conn)
