@@ -11,9 +11,9 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization, add_statement
-from tentman.billing.common import StageTimings
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.rent import RENT_STAGES, generate_rent_invoices
+from tentman.billing.timing import StageTimings
 from tentman.billing.utility import UTILITY_STAGES, generate_utility_invoices
 from tentman.names import ProrationMethod
 from tentman_dev.bench.engines import generate_leases

@@ -21,7 +21,7 @@ import time
 
 import sqlalchemy as sa
 
-from tentman.billing.common import StageTimings
+from tentman.billing.timing import StageTimings
 from tentman.billing.utility import generate_utility_invoices
 from tentman_dev.bench.common import (
     PERIOD,

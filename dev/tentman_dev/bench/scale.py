@@ -31,8 +31,8 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from tentman.billing.common import StageTimings
 from tentman.billing.periods import BillingPeriod
+from tentman.billing.timing import StageTimings
 from tentman.billing.utility import generate_utility_invoices
 from tentman.db import create_engine_from_uri
 from tentman.migrate import upgrade

@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from tentman.billing.common import OrganizationBillingResult
 from tentman.billing.organization_settings import BillingSettings, billing_settings
 from tentman.billing.periods import BillingPeriod, rent_period_for_run, utility_period_for_run
 from tentman.billing.rent import generate_rent_invoices
+from tentman.billing.results import OrganizationBillingResult
 from tentman.billing.utility import default_due_date, generate_utility_invoices
 from tentman.db import UnitOfWork
 from tentman.migrate import check_schema
