@@ -17,8 +17,8 @@ What a difference means:
   a CHECK that refuses a value billing writes);
 - a warning: billing is right but slow (a missing index), and runs.
 
-docs/schema.md says the same for people; tests/test_schema.py holds both to the code, and tests/test_names.py
-holds the CHECK lists to the vocabulary of tentman.names.
+docs/schema.md says the same for people; tests/test_schema.py checks databases against the contract, and
+tests/test_names.py holds the CHECK lists below to the vocabulary of tentman.names.
 """
 
 from __future__ import annotations

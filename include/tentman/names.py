@@ -100,7 +100,7 @@ BILLING_MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
 
 
 class ProrationMethod(enum.StrEnum):
-    """How a partial month is billed (the rules are in tentman.billing.proration)."""
+    """How a partial month is billed: the SQL function PRORATE_FUNCTION (migration 0005) applies it."""
 
     ACTUAL_DAYS_IN_MONTH = "ActualDaysInMonth"
     THIRTY_DAY_MONTH = "ThirtyDayMonth"
