@@ -467,8 +467,9 @@ _WRITE_STAGES = (
 
 
 def _write_batch(conn: Connection, params: dict, clock: StageClock) -> Counter[str]:
+    """Write the batch's invoices (StagedRun.write_batch); its counts are read from the staging tables."""
     run_stages(conn, _WRITE_STAGES, params, clock)
-    return Counter()  # the counts are read from the staging tables
+    return Counter()
 
 
 _PENDING_LEASE_IDS = """

@@ -77,6 +77,7 @@ def generate_utility_invoices(
 
 
 def _write_batch(conn: Connection, params: dict, clock: StageClock) -> Counter[str]:
+    """Bill the batch's pending statements (StagedRun.write_batch); counts the statements billed."""
     with clock.stage("bill_statements"):
         (billed,), another_writer_billed = _BILL.execute(conn, params)
     if billed.lines != billed.linked:
