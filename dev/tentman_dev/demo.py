@@ -13,6 +13,13 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tentman.billing.leases import LeaseStatus
+from tentman.names import InvoiceStatus, InvoiceType, StatementStatus
+
+# The statuses the demo's leases and statements have.
+ACTIVE, NOT_STARTED = LeaseStatus.ACTIVE, LeaseStatus.DRAFT
+FINALIZED, NOT_FINAL = StatementStatus.FINALIZED, StatementStatus.DRAFT
+
 DEMO_RENT_LOGICAL_DATE = "2026-11-26T02:00:00+00:00"
 DEMO_UTILITY_LOGICAL_DATE = "2026-12-07T03:00:00+00:00"
 
@@ -27,14 +34,14 @@ ORGANIZATIONS = [
 # Hand-picked leases of Harbor View: every case the rent run must get right.
 # id, org, unit, tenant, start, end, rent, status
 SPECIAL_LEASES = [
-    (101, 1, "101", "Alice Moreau", date(2025, 6, 1), None, Decimal("1500.00"), "active"),
-    (102, 1, "102", "Bruno Silva", date(2026, 12, 10), None, Decimal("1800.00"), "active"),  # moves in
-    (103, 1, "103", "Chloe Martin", date(2024, 1, 1), date(2026, 12, 20), Decimal("1200.00"), "active"),  # moves out
+    (101, 1, "101", "Alice Moreau", date(2025, 6, 1), None, Decimal("1500.00"), ACTIVE),
+    (102, 1, "102", "Bruno Silva", date(2026, 12, 10), None, Decimal("1800.00"), ACTIVE),  # moves in
+    (103, 1, "103", "Chloe Martin", date(2024, 1, 1), date(2026, 12, 20), Decimal("1200.00"), ACTIVE),  # moves out
     (104, 1, "104", "Dmitri Volkov", date(2023, 3, 1), date(2026, 10, 31), Decimal("1300.00"), "terminated"),
-    (105, 1, "105", "Emma Novak", date(2025, 2, 1), None, Decimal("-50.00"), "active"),  # bad data
-    (106, 1, "106", "Farid Haddad", date(2024, 9, 1), None, Decimal("1650.00"), "active"),  # invoice issued
-    (107, 1, "107", "Grace Liu", date(2027, 1, 1), None, Decimal("1400.00"), "draft"),  # not started
-    (108, 1, "108", "Hugo Weber", date(2026, 12, 5), date(2026, 12, 18), Decimal("2000.00"), "active"),  # short stay
+    (105, 1, "105", "Emma Novak", date(2025, 2, 1), None, Decimal("-50.00"), ACTIVE),  # bad data
+    (106, 1, "106", "Farid Haddad", date(2024, 9, 1), None, Decimal("1650.00"), ACTIVE),  # invoice issued
+    (107, 1, "107", "Grace Liu", date(2027, 1, 1), None, Decimal("1400.00"), NOT_STARTED),  # not started
+    (108, 1, "108", "Hugo Weber", date(2026, 12, 5), date(2026, 12, 18), Decimal("2000.00"), ACTIVE),  # short stay
 ]
 
 # id, lease, type, description, amount, start, end
@@ -50,10 +57,10 @@ GENERATED_LEASES_PER_ORG = {1: 12, 2: 20, 3: 16}
 # Utility statements (utility run of December 2026).
 # id, org, lease, type, period start, period end, amount, status, finalized_at
 UTILITY_STATEMENTS = [
-    (5001, 1, 101, "water", date(2026, 11, 1), date(2026, 11, 30), Decimal("42.17"), "finalized", "2026-12-02"),
-    (5002, 1, 101, "electricity", date(2026, 11, 1), date(2026, 11, 30), Decimal("88.40"), "finalized", "2026-12-02"),
-    (5003, 1, 102, "water", date(2026, 10, 1), date(2026, 10, 31), Decimal("19.95"), "finalized", "2026-12-03"),  # late
-    (5004, 1, 103, "gas", date(2026, 11, 1), date(2026, 11, 30), Decimal("31.00"), "draft", None),  # not final
+    (5001, 1, 101, "water", date(2026, 11, 1), date(2026, 11, 30), Decimal("42.17"), FINALIZED, "2026-12-02"),
+    (5002, 1, 101, "electricity", date(2026, 11, 1), date(2026, 11, 30), Decimal("88.40"), FINALIZED, "2026-12-02"),
+    (5003, 1, 102, "water", date(2026, 10, 1), date(2026, 10, 31), Decimal("19.95"), FINALIZED, "2026-12-03"),  # late
+    (5004, 1, 103, "gas", date(2026, 11, 1), date(2026, 11, 30), Decimal("31.00"), NOT_FINAL, None),  # not final
     (
         5005,
         1,
@@ -62,10 +69,10 @@ UTILITY_STATEMENTS = [
         date(2026, 10, 1),
         date(2026, 10, 31),
         Decimal("27.30"),
-        "finalized",
+        FINALIZED,
         "2026-11-20",
     ),  # moved out
-    (5006, 1, 106, "electricity", date(2026, 11, 1), date(2026, 11, 30), None, "finalized", "2026-12-02"),  # bad
+    (5006, 1, 106, "electricity", date(2026, 11, 1), date(2026, 11, 30), None, FINALIZED, "2026-12-02"),  # bad
     (
         5007,
         2,
@@ -74,10 +81,10 @@ UTILITY_STATEMENTS = [
         date(2026, 11, 1),
         date(2026, 11, 30),
         Decimal("15.00"),
-        "finalized",
+        FINALIZED,
         "2026-12-01",
     ),  # no lease
-    (5008, 1, 101, "water", date(2026, 12, 1), date(2026, 12, 31), Decimal("40.00"), "finalized", "2026-12-01"),
+    (5008, 1, 101, "water", date(2026, 12, 1), date(2026, 12, 31), Decimal("40.00"), FINALIZED, "2026-12-01"),
     (
         5009,
         1,
@@ -86,7 +93,7 @@ UTILITY_STATEMENTS = [
         date(2026, 12, 5),
         date(2026, 12, 18),
         Decimal("-12.50"),
-        "finalized",
+        FINALIZED,
         "2026-12-04",
     ),  # credit
 ]
@@ -116,7 +123,7 @@ def _generated_leases() -> tuple[list[tuple], list[tuple]]:
             rent = Decimal(rng.randrange(90000, 320000, 500)) / 100
             unit = f"{_UNITS[n % 4]}{n // 4 + 1:02d}"
             tenant = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
-            leases.append((lease_id, org_id, unit, tenant, start, end, rent, "active"))
+            leases.append((lease_id, org_id, unit, tenant, start, end, rent, ACTIVE))
             if rng.random() < 0.4:
                 charge_id += 1
                 charges.append((charge_id, lease_id, "parking", f"Parking space {unit}", Decimal("65.00"), start, None))
@@ -163,10 +170,11 @@ def load_demo_data(conn: Connection) -> bool:
             """
             INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, billing_period_end,
                                   status, currency, subtotal, total, due_date)
-            VALUES (1, 106, 'rent', DATE '2026-12-01', DATE '2026-12-31', 'issued', 'USD', 1650.00, 1650.00,
+            VALUES (1, 106, :rent, DATE '2026-12-01', DATE '2026-12-31', :issued, 'USD', 1650.00, 1650.00,
                     DATE '2026-12-01')
             """
-        )
+        ),
+        {"rent": InvoiceType.RENT, "issued": InvoiceStatus.ISSUED},
     )
     _load_utility_statements(conn)
     # Explicit ids were inserted: move the identity sequences past them.

@@ -100,7 +100,7 @@ BILLING_MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
 
 
 class ProrationMethod(enum.StrEnum):
-    """How a partial month is billed (the rules are in tentman.billing.proration)."""
+    """How a partial month is billed: the SQL function PRORATE_FUNCTION (migration 0005) applies it."""
 
     ACTUAL_DAYS_IN_MONTH = "ActualDaysInMonth"
     THIRTY_DAY_MONTH = "ThirtyDayMonth"
@@ -125,3 +125,12 @@ DEFAULT_PRORATION_METHOD = ProrationMethod.ACTUAL_DAYS_IN_MONTH
 def organization_label(name: str | None, organization_id: int) -> str:
     """How an organization is shown in task labels, logs and alerts: "Acme Homes (#3)"."""
     return f"{name or 'organization'} (#{organization_id})"
+
+
+# --- Added on branch `engines`: the application's statuses of a utility statement, which billing reads
+# (its engine bills finalized statements; the contract's pending-statements index names the same value).
+class StatementStatus(enum.StrEnum):
+    """`utility_statements.status`, the application's: billing bills the finalized statements."""
+
+    DRAFT = "draft"
+    FINALIZED = "finalized"

@@ -9,9 +9,9 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization, add_statement
-from tentman.billing.common import STAGING_TEMP_BUFFERS
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.rent import generate_rent_invoices
+from tentman.billing.staging import STAGING_TEMP_BUFFERS
 from tentman.billing.utility import generate_utility_invoices
 from tentman.names import ProrationMethod
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization, add_statement, invoice_for, lines
 from support.meanwhile import Meanwhile
-from tentman.billing.common import lock_organization
+from tentman.billing.locking import lock_organization
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.rent import generate_rent_invoices
 from tentman.billing.utility import generate_utility_invoices

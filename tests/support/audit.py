@@ -20,7 +20,7 @@ from datetime import date
 
 import sqlalchemy as sa
 
-from tentman.billing.common import MAX_AMOUNT
+from tentman.application_schema import MAX_AMOUNT
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.proration import prorate
 from tentman.names import RENT_RUN, ProrationMethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from tentman.billing.common import StageTimings
+from tentman.billing.timing import StageTimings
 
 
 class Meanwhile(StageTimings):

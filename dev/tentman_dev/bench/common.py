@@ -14,9 +14,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tentman.billing.common import StageTimings, stage_clock
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.rent import generate_rent_invoices
+from tentman.billing.timing import StageTimings, stage_clock
 from tentman.db import create_engine_from_uri
 from tentman.migrate import upgrade
 from tentman.names import ProrationMethod

@@ -21,8 +21,10 @@ import time
 
 import sqlalchemy as sa
 
-from tentman.billing.common import StageTimings
+from tentman.billing.leases import LeaseStatus
+from tentman.billing.timing import StageTimings
 from tentman.billing.utility import generate_utility_invoices
+from tentman.names import InvoiceType, LineType, StatementStatus
 from tentman_dev.bench.common import (
     PERIOD,
     Phase,
@@ -50,11 +52,11 @@ def generate_leases(conn, organization_id: int, n: int) -> None:
                    CASE WHEN g % 20 = 0 THEN DATE '2026-03-01' + (g % 27) ELSE DATE '2025-01-01' END,
                    CASE WHEN g % 20 = 10 THEN DATE '2026-03-02' + (g % 27) END,
                    800 + (g % 2000) + (g % 100) / 100.0,
-                   'active'
+                   :active
             FROM generate_series(1, :n) AS g
             """
         ),
-        {"org": organization_id, "n": n},
+        {"org": organization_id, "n": n, "active": LeaseStatus.ACTIVE},
     )
     conn.execute(
         sa.text(
@@ -77,21 +79,22 @@ def generate_statements(conn, organization_id: int, n: int) -> None:
             INSERT INTO utility_statements (organization_id, lease_id, utility_type, period_start, period_end,
                                             amount, status, finalized_at)
             SELECT :org, l.id, CASE WHEN g % 2 = 0 THEN 'water' ELSE 'electricity' END,
-                   DATE '2026-02-01', DATE '2026-02-28', 10 + (l.id % 9000) / 100.0, 'finalized', now()
+                   DATE '2026-02-01', DATE '2026-02-28', 10 + (l.id % 9000) / 100.0, :finalized, now()
             FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM leases WHERE organization_id = :org) l
             JOIN generate_series(1, :n) g ON l.rn = g
             """
         ),
-        {"org": organization_id, "n": n},
+        {"org": organization_id, "n": n, "finalized": StatementStatus.FINALIZED},
     )
 
 
 def utility_output(organization_id: int) -> dict[str, str]:
     """The rows a utility run writes for the organization, by table: WHERE clauses for the floors."""
-    invoices = f"organization_id = {int(organization_id)} AND invoice_type = 'utility'"
+    invoices = f"organization_id = {int(organization_id)} AND invoice_type = '{InvoiceType.UTILITY}'"
     return {
         "invoices": invoices,
-        "invoice_lines": f"line_type = 'utility' AND invoice_id IN (SELECT id FROM invoices WHERE {invoices})",
+        "invoice_lines": f"line_type = '{LineType.UTILITY}' AND invoice_id IN "
+        f"(SELECT id FROM invoices WHERE {invoices})",
         "utility_statements": f"organization_id = {int(organization_id)} AND invoice_line_id IS NOT NULL",
     }
 

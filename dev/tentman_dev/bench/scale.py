@@ -26,7 +26,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tentman.billing.common import StageTimings
+from tentman.billing.timing import StageTimings
 from tentman.billing.utility import generate_utility_invoices
 from tentman.db import create_engine_from_uri
 from tentman.migrate import upgrade

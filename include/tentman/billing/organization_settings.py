@@ -20,7 +20,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tentman.billing.common import lock_organization
+from tentman.billing.locking import lock_organization
 from tentman.names import (
     BILLING_SETTINGS_AUDIT_TABLE,
     BILLING_SETTINGS_TABLE,

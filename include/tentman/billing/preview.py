@@ -1,8 +1,9 @@
 """Preview of a rent run: what it would write, per lease, beside the current draft.
 
-It runs the very engine the DAG runs (`generate_rent_invoices`, as the `dry_run` path does) on the
-caller's transaction, after reading the current drafts under the same organization lock. The
-caller rolls that transaction back (a UnitOfWork that is never committed): nothing is written.
+It runs the very engine the DAG runs (`plan_rent_invoices`: `generate_rent_invoices`, as the
+`dry_run` path does, and what it planned per lease) on the caller's transaction, after reading the
+current drafts under the same organization lock. The caller rolls that transaction back (a UnitOfWork
+that is never committed): nothing is written.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tentman.billing.common import lock_organization
+from tentman.billing.leases import LeaseOutcome
+from tentman.billing.locking import lock_organization
 from tentman.billing.periods import BillingPeriod
-from tentman.billing.rent import generate_rent_invoices
-from tentman.names import RENT_INVOICE, ProrationMethod
+from tentman.billing.rent import PlannedLease, plan_rent_invoices
+from tentman.names import InvoiceStatus, InvoiceType, LineType, ProrationMethod
 
 MAX_PREVIEW_LEASES = 500
 
@@ -35,17 +37,16 @@ def preview_rent(
     Writes on `conn`'s transaction, which the caller must roll back.
     """
     limit = max(1, min(limit, MAX_PREVIEW_LEASES))
-    lock_organization(conn, RENT_INVOICE, organization_id)
+    lock_organization(conn, InvoiceType.RENT, organization_id)
     current_invoices, current_lines = _current_drafts(conn, organization_id, period)
-    result = generate_rent_invoices(
+    result, leases = plan_rent_invoices(
         conn,
         organization_id=organization_id,
         period=period,
         proration_method=proration_method,
-        invoice_run_id=None,
+        limit=limit,
+        offset=offset,
     )
-    leases = _staged_leases(conn, limit, offset) if result.organization_error is None else []
-    new_lines = _staged_lines(conn, [row.lease_id for row in leases])
     return {
         "organization_id": organization_id,
         "billing_period_start": period.start.isoformat(),
@@ -56,24 +57,25 @@ def preview_rent(
         "offset": offset,
         "leases": [
             _lease_preview(
-                row,
-                current_invoices.get(row.lease_id),
-                current_lines.get(row.lease_id, []),
-                new_lines.get(row.lease_id, []),
+                lease,
+                current_invoices.get(lease.lease_id),
+                current_lines.get(lease.lease_id, []),
+                [_line(line) for line in lease.lines],
             )
-            for row in leases
+            for lease in leases
         ],
     }
 
 
-def _line(row) -> dict:
+def _line(line) -> dict:
+    """A line as the page shows it: a current one (a row) or a planned one."""
     return {
-        "line_type": row.line_type,
-        "source_id": row.source_id,
-        "description": row.description,
-        "service_period_start": row.service_period_start.isoformat() if row.service_period_start else None,
-        "service_period_end": row.service_period_end.isoformat() if row.service_period_end else None,
-        "amount": str(row.amount),
+        "line_type": line.line_type,
+        "source_id": line.source_id,
+        "description": line.description,
+        "service_period_start": line.service_period_start.isoformat() if line.service_period_start else None,
+        "service_period_end": line.service_period_end.isoformat() if line.service_period_end else None,
+        "amount": str(line.amount),
     }
 
 
@@ -86,11 +88,12 @@ def _current_drafts(conn: Connection, organization_id: int, period: BillingPerio
             SELECT i.lease_id, i.id AS invoice_id, i.status, i.total, l.line_type, l.source_id,
                    l.description, l.service_period_start, l.service_period_end, l.amount
             FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id
-            WHERE i.organization_id = :org AND i.invoice_type = :invoice_type AND i.billing_period_start = :p0
+            WHERE i.organization_id = :organization_id AND i.invoice_type = :invoice_type
+              AND i.billing_period_start = :period_start
             ORDER BY i.lease_id, l.line_type DESC, l.source_id
             """
         ),
-        {"org": organization_id, "invoice_type": RENT_INVOICE, "p0": period.start},
+        {"organization_id": organization_id, "invoice_type": InvoiceType.RENT, "period_start": period.start},
     ):
         invoices[row.lease_id] = {"invoice_id": row.invoice_id, "status": row.status, "total": str(row.total)}
         if row.line_type is not None:
@@ -98,47 +101,20 @@ def _current_drafts(conn: Connection, organization_id: int, period: BillingPerio
     return invoices, lines
 
 
-def _staged_leases(conn: Connection, limit: int, offset: int) -> list[sa.Row]:
-    """A page of the leases the engine just staged, with their outcome and new total."""
-    return conn.execute(
-        sa.text(
-            """
-            SELECT l.lease_id, l.unit_label, l.error, t.total, t.outcome
-            FROM tm_rent_lease l LEFT JOIN tm_rent_target t ON t.lease_id = l.lease_id
-            ORDER BY l.lease_id LIMIT :limit OFFSET :offset
-            """
-        ),
-        {"limit": limit, "offset": offset},
-    ).all()
-
-
-def _staged_lines(conn: Connection, lease_ids: list[int]) -> dict[int, list[dict]]:
-    """The lines the engine computed for these leases: {lease: lines}."""
-    lines = defaultdict(list)
-    if not lease_ids:
-        return lines
-    for row in conn.execute(
-        sa.text("SELECT * FROM tm_rent_line WHERE lease_id = ANY(:ids) ORDER BY lease_id, line_type DESC, source_id"),
-        {"ids": lease_ids},
-    ):
-        lines[row.lease_id].append(_line(row))
-    return lines
-
-
-def _lease_preview(row, before: dict | None, before_lines: list[dict], after_lines: list[dict]) -> dict:
+def _lease_preview(lease: PlannedLease, before: dict | None, before_lines: list[dict], after_lines: list[dict]) -> dict:
     """One lease of the preview: its new lines and total beside the current draft, and the changes."""
-    skipped = before is not None and before["status"] != "draft"
-    unchanged_by_run = bool(row.error) or skipped
-    new_total = None if unchanged_by_run else str(row.total if row.total is not None else Decimal("0.00"))
+    skipped = before is not None and before["status"] != InvoiceStatus.DRAFT
+    unchanged_by_run = bool(lease.error) or skipped
+    new_total = None if unchanged_by_run else str(lease.total if lease.total is not None else Decimal("0.00"))
     if new_total is not None and before is not None:
         difference = str(Decimal(new_total) - Decimal(before["total"]))
     else:
         difference = new_total
     return {
-        "lease_id": row.lease_id,
-        "unit_label": row.unit_label,
-        "outcome": "failed" if row.error else (row.outcome or "skipped"),
-        "error": row.error,
+        "lease_id": lease.lease_id,
+        "unit_label": lease.unit_label,
+        "outcome": (LeaseOutcome.FAILED if lease.error else (lease.outcome or LeaseOutcome.SKIPPED)).value,
+        "error": lease.error,
         "lines": [] if unchanged_by_run else after_lines,
         "total": new_total,
         "current": before,
@@ -153,7 +129,7 @@ def _changes(before: list[dict], after: list[dict]) -> list[dict]:
     old = {(line["line_type"], line["source_id"]): line for line in before}
     new = {(line["line_type"], line["source_id"]): line for line in after}
     changes = []
-    for key in sorted(old.keys() | new.keys(), key=lambda k: (k[0] != "rent", k[0], k[1])):
+    for key in sorted(old.keys() | new.keys(), key=lambda k: (k[0] != LineType.RENT, k[0], k[1])):
         if key not in old:
             changes.append({"change": "added", **new[key]})
         elif key not in new:

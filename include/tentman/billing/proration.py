@@ -1,8 +1,8 @@
 """Proration of a monthly amount over part of a month.
 
-The billing engine prorates in SQL (the `tentman_billing.tentman_prorate` function created by the migrations, so
-a whole organization is billed in a few set-based statements). `prorate` below is the same rule in
-Python: the reference the tests and the preview compare the SQL path against.
+The billing engine prorates in SQL (the `tentman_billing.tentman_prorate` function created by migration
+0005, so a whole organization is billed in a few set-based statements). `prorate` below is the same rule
+in Python: the reference the tests compare the SQL function against.
 """
 
 from __future__ import annotations

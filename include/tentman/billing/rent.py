@@ -2,36 +2,46 @@
 
 Set-based: an organization is billed with a fixed number of SQL statements whatever its size (the
 leases in scope, their lines and the existing invoices are staged in temporary tables), never one
-round trip per lease. All work happens on the caller's connection and transaction; the caller
-commits (or, for a dry run, rolls back).
+round trip per lease. All work happens on the caller's transaction; the caller commits (or, for a
+dry run or the page's preview, rolls back).
 
-Rules (see docs/billing-rules.md):
-- leases with status 'active' whose occupancy overlaps the period are billed;
-- one draft 'rent' invoice per lease and period: a 'rent' line plus one 'recurring_charge' line
-  per active charge overlapping the occupied days, each prorated over its own days;
+Rules (see docs/billing-rules.md, "Rent"):
+- leases with status `active` whose occupancy overlaps the period are billed;
+- one draft rent invoice per lease and period: a rent line plus one recurring-charge line per
+  active charge overlapping the occupied days, each prorated over its own days;
 - a re-run recomputes each draft in place; issued/paid/void invoices are never touched (skipped);
 - a lease with bad data is recorded as a failure with its reason and the rest is billed.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tentman.billing.common import (
-    MAX_AMOUNT,
-    InsertFast,
-    OrganizationBillingResult,
-    StageTimings,
-    analyze_staging,
-    stage_clock,
-    start_organization_billing,
-    write_isolating_bad_leases,
-)
+from tentman.application_schema import MAX_AMOUNT
+from tentman.billing.leases import OUTCOME_BINDS, LeaseOutcome, LeaseStatus
 from tentman.billing.periods import BillingPeriod
-from tentman.names import PRORATE_FUNCTION, RENT_INVOICE, ProrationMethod
+from tentman.billing.results import OrganizationBillingResult
+from tentman.billing.staged_run import StagedRun, run_stages
+from tentman.billing.staging import InsertFast, analyze_staging
+from tentman.billing.timing import StageClock, StageTimings, stage_clock
+from tentman.names import PRORATE_FUNCTION, InvoiceStatus, InvoiceType, LineType, ProrationMethod
+
+# The vocabulary the statements below read, bound by these names.
+_VOCABULARY = {
+    "rent_invoice": InvoiceType.RENT.value,
+    "draft": InvoiceStatus.DRAFT.value,
+    "rent_line": LineType.RENT.value,
+    "recurring_charge_line": LineType.RECURRING_CHARGE.value,
+    "active": LeaseStatus.ACTIVE.value,
+    "lease_statuses": [status.value for status in LeaseStatus],
+    **OUTCOME_BINDS,
+}
 
 
 def generate_rent_invoices(
@@ -50,60 +60,110 @@ def generate_rent_invoices(
     `timings`, when given, receives the seconds of each stage (RENT_STAGES).
     """
     clock = stage_clock(timings)
-    with clock.stage("lock"):
-        result, currency = start_organization_billing(conn, RENT_INVOICE, organization_id)
-    if currency is None:
-        return result
-
     params = {
-        "org": organization_id,
-        "p0": period.start,
-        "p1": period.end,
+        "organization_id": organization_id,
+        "period_start": period.start,
+        "period_end": period.end,
         "period_days": period.days,
-        "method": proration_method.value,
-        "currency": currency,
-        "due": period.start,  # rent is due on the first day of the month it pays for
-        "run_id": invoice_run_id,
+        "proration_method": proration_method.value,
+        "due_date": period.start,  # rent is due on the first day of the month it pays for
+        "invoice_run_id": invoice_run_id,
         "max_amount": MAX_AMOUNT,
+        **_VOCABULARY,
     }
-    for name, statements in _STAGES:
-        with clock.stage(name):
-            for statement in statements:
-                conn.execute(sa.text(statement), params)
-
-    def write_batch(lo: int, hi: int) -> None:
-        batch = {**params, "lo": lo, "hi": hi}
-        for name, statement in _WRITE_STAGES:
-            with clock.stage(name):
-                if isinstance(statement, InsertFast):
-                    statement.execute(conn, batch)  # the rows it skipped are found by the next stage
-                else:
-                    conn.execute(sa.text(statement), batch)
-
-    write_isolating_bad_leases(
-        conn,
-        write_batch,
-        lambda: list(conn.execute(sa.text(_PENDING_LEASE_IDS)).scalars()),
-        lambda lease_id, reason: conn.execute(sa.text(_RECORD_WRITE_FAILURE), {"lease": lease_id, "reason": reason}),
-    )
-
-    with clock.stage("counts"):
-        counts = conn.execute(sa.text(_COUNTS), params).one()
-        errors = conn.execute(
-            sa.text("SELECT lease_id, error FROM tm_rent_lease WHERE error IS NOT NULL ORDER BY lease_id")
-        ).all()
-    result.total_leases = counts.total
-    result.failure_count = counts.failed
-    result.skipped_count = counts.skipped
-    result.success_count = counts.total - counts.failed - counts.skipped
-    result.invoices_created = counts.created
-    result.invoices_updated = counts.updated
-    result.invoices_unchanged = counts.unchanged
-    result.amount_billed = counts.amount_billed or Decimal("0.00")
-    result.errors = [{"lease_id": row.lease_id, "error": row.error} for row in errors]
-    with clock.stage("delete_stale_drafts"):
-        result.stale_drafts_removed = conn.execute(sa.text(_DELETE_STALE_DRAFTS), params).rowcount
+    result, _ = _RENT.bill(conn, organization_id, params, clock)
+    if result.organization_error is None:
+        with clock.stage("delete_stale_drafts"):
+            result.stale_drafts_removed = conn.execute(sa.text(_DELETE_STALE_DRAFTS), params).rowcount
     return result
+
+
+@dataclass(frozen=True)
+class PlannedLine:
+    """A line rent billing computed for a lease."""
+
+    line_type: str
+    source_id: int
+    description: str
+    service_period_start: date | None
+    service_period_end: date | None
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class PlannedLease:
+    """A lease in scope of a rent run: what the run did with it, its new total and lines."""
+
+    lease_id: int
+    unit_label: str
+    # Why the lease was not billed (its outcome is then failed).
+    error: str | None
+    total: Decimal | None
+    outcome: LeaseOutcome | None
+    # As computed, also for a lease the run then did not write (skipped or failed on its total).
+    lines: tuple[PlannedLine, ...]
+
+
+def plan_rent_invoices(
+    conn: Connection,
+    *,
+    organization_id: int,
+    period: BillingPeriod,
+    proration_method: ProrationMethod,
+    limit: int,
+    offset: int,
+) -> tuple[OrganizationBillingResult, list[PlannedLease]]:
+    """Bill as a run without an id would, and return its result and a page of its leases, by id.
+
+    Writes on `conn`'s transaction, which the caller must roll back (the page's preview).
+    """
+    result = generate_rent_invoices(
+        conn,
+        organization_id=organization_id,
+        period=period,
+        proration_method=proration_method,
+        invoice_run_id=None,
+    )
+    if result.organization_error is not None:
+        return result, []
+    leases = conn.execute(sa.text(_PLANNED_LEASES), {"limit": limit, "offset": offset}).all()
+    lines: dict[int, list[PlannedLine]] = {row.lease_id: [] for row in leases}
+    for row in conn.execute(sa.text(_PLANNED_LINES), {"lease_ids": list(lines)}):
+        lines[row.lease_id].append(
+            PlannedLine(
+                row.line_type,
+                row.source_id,
+                row.description,
+                row.service_period_start,
+                row.service_period_end,
+                row.amount,
+            )
+        )
+    planned = [
+        PlannedLease(
+            row.lease_id,
+            row.unit_label,
+            row.error,
+            row.total,
+            None if row.outcome is None else LeaseOutcome(row.outcome),
+            tuple(lines[row.lease_id]),
+        )
+        for row in leases
+    ]
+    return result, planned
+
+
+_PLANNED_LEASES = """
+SELECT l.lease_id, l.unit_label, l.error, t.total, t.outcome
+FROM tm_rent_lease l LEFT JOIN tm_rent_target t ON t.lease_id = l.lease_id
+ORDER BY l.lease_id LIMIT :limit OFFSET :offset
+"""
+
+# The rent line first, then the charges.
+_PLANNED_LINES = """
+SELECT lease_id, line_type, source_id, description, service_period_start, service_period_end, amount
+FROM tm_rent_line WHERE lease_id = ANY(:lease_ids) ORDER BY lease_id, line_type DESC, source_id
+"""
 
 
 # Stage 1: the leases in scope, with the reason each one cannot be billed (null = billable).
@@ -113,12 +173,13 @@ CREATE TEMP TABLE tm_rent_lease ON COMMIT DROP AS
 SELECT l.id AS lease_id,
        coalesce(l.unit_label, '') AS unit_label,
        l.monthly_rent,
-       greatest(l.start_date, CAST(:p0 AS date)) AS occ_start,
-       least(coalesce(l.end_date, CAST(:p1 AS date)), CAST(:p1 AS date)) AS occ_end,
+       greatest(l.start_date, CAST(:period_start AS date)) AS occ_start,
+       least(coalesce(l.end_date, CAST(:period_end AS date)), CAST(:period_end AS date)) AS occ_end,
        CASE
-           WHEN l.status IS NULL OR l.status NOT IN ('draft', 'active', 'terminated', 'ended')
-               THEN format('lease status %s is unknown; expected one of draft, active, terminated, ended',
-                           coalesce(quote_literal(l.status), 'null'))
+           WHEN l.status IS NULL OR l.status <> ALL(CAST(:lease_statuses AS text[]))
+               THEN format('lease status %s is unknown; expected one of %s',
+                           coalesce(quote_literal(l.status), 'null'),
+                           array_to_string(CAST(:lease_statuses AS text[]), ', '))
            WHEN l.start_date IS NULL THEN 'lease has no start_date'
            WHEN l.end_date < l.start_date
                THEN format('lease end_date %s is before its start_date %s', l.end_date, l.start_date)
@@ -126,10 +187,10 @@ SELECT l.id AS lease_id,
            WHEN l.monthly_rent < 0 THEN format('monthly_rent %s is negative', l.monthly_rent)
        END AS error
 FROM leases l
-WHERE l.organization_id = :org
-  AND (l.status = 'active' OR l.status IS NULL OR l.status NOT IN ('draft', 'terminated', 'ended'))
-  AND (l.start_date IS NULL OR l.start_date <= :p1)
-  AND (l.end_date IS NULL OR l.end_date >= :p0)
+WHERE l.organization_id = :organization_id
+  AND (l.status = :active OR l.status IS NULL OR l.status <> ALL(CAST(:lease_statuses AS text[])))
+  AND (l.start_date IS NULL OR l.start_date <= :period_end)
+  AND (l.end_date IS NULL OR l.end_date >= :period_start)
 """
 
 # Stage 2: the lines every billable lease should have (the charges are read once). A charge without a
@@ -140,25 +201,25 @@ WHERE l.organization_id = :org
 _STAGE_LINES = f"""
 CREATE TEMP TABLE tm_rent_line ON COMMIT DROP AS
 SELECT l.lease_id,
-       'rent'::text AS line_type,
+       CAST(:rent_line AS text) AS line_type,
        l.lease_id AS source_id,
        format('Rent, unit %s, %s to %s', l.unit_label, l.occ_start, l.occ_end) AS description,
        l.occ_start AS service_period_start,
        l.occ_end AS service_period_end,
-       {PRORATE_FUNCTION}(l.monthly_rent, l.occ_end - l.occ_start + 1, :period_days, :method) AS amount,
+       {PRORATE_FUNCTION}(l.monthly_rent, l.occ_end - l.occ_start + 1, :period_days, :proration_method) AS amount,
        NULL::text AS error
 FROM tm_rent_lease l
 WHERE l.error IS NULL
 UNION ALL
 SELECT c.lease_id,
-       'recurring_charge'::text,
+       CAST(:recurring_charge_line AS text),
        c.id,
        format('%s, %s to %s',
               coalesce(nullif(c.description, ''), nullif(c.charge_type, ''), 'Recurring charge'),
               c.svc_start, c.svc_end),
        c.svc_start,
        c.svc_end,
-       {PRORATE_FUNCTION}(c.amount, c.svc_end - c.svc_start + 1, :period_days, :method),
+       {PRORATE_FUNCTION}(c.amount, c.svc_end - c.svc_start + 1, :period_days, :proration_method),
        CASE
            WHEN c.amount IS NULL THEN format('recurring charge %s has no amount', c.id)
            WHEN c.amount < 0 THEN format('recurring charge %s amount %s is negative', c.id, c.amount)
@@ -198,14 +259,14 @@ SELECT t.lease_id, t.total, i.id AS invoice_id, i.status AS invoice_status,
        i.organization_id AS invoice_organization_id,
        (i.id IS NOT NULL AND (
             i.subtotal IS DISTINCT FROM t.total OR i.total IS DISTINCT FROM t.total
-            OR i.due_date IS DISTINCT FROM CAST(:due AS date)
+            OR i.due_date IS DISTINCT FROM CAST(:due_date AS date)
             OR i.currency IS DISTINCT FROM CAST(:currency AS char(3))
-            OR i.billing_period_end IS DISTINCT FROM CAST(:p1 AS date)
+            OR i.billing_period_end IS DISTINCT FROM CAST(:period_end AS date)
        )) AS header_changed,
        NULL::text AS outcome
 FROM (SELECT lease_id, sum(amount) AS total FROM tm_rent_line GROUP BY lease_id) t
 LEFT JOIN invoices i
-       ON i.lease_id = t.lease_id AND i.invoice_type = 'rent' AND i.billing_period_start = :p0
+       ON i.lease_id = t.lease_id AND i.invoice_type = :rent_invoice AND i.billing_period_start = :period_start
 """
 
 _FLAG_BAD_TOTALS = """
@@ -221,7 +282,7 @@ UPDATE tm_rent_lease l
 SET error = format('rent invoice %s for this lease and period belongs to organization %s',
                    t.invoice_id, t.invoice_organization_id)
 FROM tm_rent_target t
-WHERE t.lease_id = l.lease_id AND t.invoice_organization_id <> :org
+WHERE t.lease_id = l.lease_id AND t.invoice_organization_id <> :organization_id
 """
 
 _DROP_FLAGGED_TARGETS = """
@@ -230,7 +291,7 @@ DELETE FROM tm_rent_target t USING tm_rent_lease l WHERE l.lease_id = t.lease_id
 
 # Existing invoices that are issued, paid or void are never touched.
 _MARK_SKIPPED = """
-UPDATE tm_rent_target SET outcome = 'skipped' WHERE invoice_status IS NOT NULL AND invoice_status <> 'draft'
+UPDATE tm_rent_target SET outcome = :skipped WHERE invoice_status IS NOT NULL AND invoice_status <> :draft
 """
 
 # Stage 5: line differences between what existing drafts hold and what they should hold.
@@ -250,12 +311,12 @@ SELECT coalesce(n.invoice_id, o.invoice_id) AS invoice_id,
 FROM (
     SELECT t.invoice_id, l.*
     FROM tm_rent_line l
-    JOIN tm_rent_target t ON t.lease_id = l.lease_id AND t.invoice_status = 'draft'
+    JOIN tm_rent_target t ON t.lease_id = l.lease_id AND t.invoice_status = :draft
 ) n
 FULL JOIN (
     SELECT il.*
     FROM invoice_lines il
-    JOIN tm_rent_target t ON t.invoice_id = il.invoice_id AND t.invoice_status = 'draft'
+    JOIN tm_rent_target t ON t.invoice_id = il.invoice_id AND t.invoice_status = :draft
 ) o ON o.invoice_id = n.invoice_id AND o.line_type = n.line_type AND o.source_id = n.source_id
 WHERE o.id IS NULL OR n.invoice_id IS NULL
    OR (o.description, o.service_period_start, o.service_period_end, o.amount)
@@ -294,9 +355,10 @@ WITH new_invoice AS (
     INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
                           billing_period_end, status, currency, subtotal, total, due_date,
                           invoice_run_id)
-    SELECT :org, t.lease_id, 'rent', :p0, :p1, 'draft', :currency, t.total, t.total, :due, :run_id
+    SELECT :organization_id, t.lease_id, :rent_invoice, :period_start, :period_end, :draft, :currency,
+           t.total, t.total, :due_date, :invoice_run_id
     FROM tm_rent_target t
-    WHERE t.invoice_id IS NULL AND t.outcome IS NULL AND t.lease_id BETWEEN :lo AND :hi
+    WHERE t.invoice_id IS NULL AND t.outcome IS NULL AND t.lease_id BETWEEN :first_lease_id AND :last_lease_id
     ORDER BY t.lease_id
     {on_conflict}
     RETURNING id, lease_id
@@ -313,20 +375,20 @@ WITH new_invoice AS (
 _INSERT_NEW_FAST = _INSERT_NEW.format(
     on_conflict="",
     mark_created="""UPDATE tm_rent_target t
-SET invoice_status = 'draft', outcome = 'created'
-WHERE t.invoice_id IS NULL AND t.outcome IS NULL AND t.lease_id BETWEEN :lo AND :hi""",
+SET invoice_status = :draft, outcome = :created
+WHERE t.invoice_id IS NULL AND t.outcome IS NULL AND t.lease_id BETWEEN :first_lease_id AND :last_lease_id""",
 )
 _INSERT_NEW_SKIPPING_CONCURRENT = _INSERT_NEW.format(
     on_conflict="ON CONFLICT (lease_id, invoice_type, billing_period_start) DO NOTHING",
     mark_created="""UPDATE tm_rent_target t
-SET invoice_id = n.id, invoice_status = 'draft', outcome = 'created'
+SET invoice_id = n.id, invoice_status = :draft, outcome = :created
 FROM new_invoice n
 WHERE t.lease_id = n.lease_id""",
 )
 
 _MARK_CONCURRENTLY_CREATED = """
-UPDATE tm_rent_target SET outcome = 'skipped'
-WHERE invoice_id IS NULL AND outcome IS NULL AND lease_id BETWEEN :lo AND :hi
+UPDATE tm_rent_target SET outcome = :skipped
+WHERE invoice_id IS NULL AND outcome IS NULL AND lease_id BETWEEN :first_lease_id AND :last_lease_id
 """
 
 # Existing drafts that differ are updated; `status = 'draft'` is re-checked on the row itself so
@@ -335,18 +397,18 @@ _UPDATE_CHANGED = """
 WITH changed AS (
     SELECT t.invoice_id, t.total
     FROM tm_rent_target t
-    WHERE t.invoice_status = 'draft' AND t.outcome IS NULL AND t.lease_id BETWEEN :lo AND :hi
+    WHERE t.invoice_status = :draft AND t.outcome IS NULL AND t.lease_id BETWEEN :first_lease_id AND :last_lease_id
       AND (t.header_changed OR EXISTS (SELECT 1 FROM tm_rent_line_diff d WHERE d.invoice_id = t.invoice_id))
 ), updated AS (
     UPDATE invoices i
-    SET billing_period_end = :p1, currency = :currency, subtotal = c.total, total = c.total,
-        due_date = :due, invoice_run_id = :run_id, updated_at = now()
+    SET billing_period_end = :period_end, currency = :currency, subtotal = c.total, total = c.total,
+        due_date = :due_date, invoice_run_id = :invoice_run_id, updated_at = now()
     FROM changed c
-    WHERE i.id = c.invoice_id AND i.status = 'draft'
+    WHERE i.id = c.invoice_id AND i.status = :draft
     RETURNING i.id
 )
 UPDATE tm_rent_target t
-SET outcome = CASE WHEN u.id IS NULL THEN 'skipped' ELSE 'updated' END
+SET outcome = CASE WHEN u.id IS NULL THEN :skipped ELSE :updated END
 FROM changed c LEFT JOIN updated u ON u.id = c.invoice_id
 WHERE t.invoice_id = c.invoice_id
 """
@@ -354,8 +416,8 @@ WHERE t.invoice_id = c.invoice_id
 _DELETE_OLD_LINES = """
 DELETE FROM invoice_lines il
 USING tm_rent_line_diff d
-JOIN tm_rent_target t ON t.invoice_id = d.invoice_id AND t.outcome = 'updated'
-WHERE il.id = d.old_line_id AND d.line_type IS NULL AND t.lease_id BETWEEN :lo AND :hi
+JOIN tm_rent_target t ON t.invoice_id = d.invoice_id AND t.outcome = :updated
+WHERE il.id = d.old_line_id AND d.line_type IS NULL AND t.lease_id BETWEEN :first_lease_id AND :last_lease_id
 """
 
 _UPSERT_CHANGED_LINES = """
@@ -364,8 +426,8 @@ INSERT INTO invoice_lines (invoice_id, line_type, source_id, description,
 SELECT d.invoice_id, d.line_type, d.source_id, d.description, d.service_period_start,
        d.service_period_end, d.amount
 FROM tm_rent_line_diff d
-JOIN tm_rent_target t ON t.invoice_id = d.invoice_id AND t.outcome = 'updated'
-WHERE d.line_type IS NOT NULL AND t.lease_id BETWEEN :lo AND :hi
+JOIN tm_rent_target t ON t.invoice_id = d.invoice_id AND t.outcome = :updated
+WHERE d.line_type IS NOT NULL AND t.lease_id BETWEEN :first_lease_id AND :last_lease_id
 ORDER BY d.invoice_id, d.line_type, d.source_id
 ON CONFLICT (invoice_id, line_type, source_id) DO UPDATE
 SET description = excluded.description,
@@ -375,7 +437,8 @@ SET description = excluded.description,
 """
 
 _MARK_UNCHANGED = """
-UPDATE tm_rent_target SET outcome = 'unchanged' WHERE outcome IS NULL AND lease_id BETWEEN :lo AND :hi
+UPDATE tm_rent_target SET outcome = :unchanged
+WHERE outcome IS NULL AND lease_id BETWEEN :first_lease_id AND :last_lease_id
 """
 
 # An unchanged draft is part of what this run drafted (it counts it in amount_billed): link it to
@@ -383,33 +446,30 @@ UPDATE tm_rent_target SET outcome = 'unchanged' WHERE outcome IS NULL AND lease_
 # counts them so). updated_at stays: the invoice's content did not change. Only rows whose link
 # actually changes are written (a run with no id, as in a preview, links nothing).
 _LINK_UNCHANGED = """
-UPDATE invoices i SET invoice_run_id = :run_id
+UPDATE invoices i SET invoice_run_id = :invoice_run_id
 FROM tm_rent_target t
-WHERE t.outcome = 'unchanged' AND t.lease_id BETWEEN :lo AND :hi
-  AND i.id = t.invoice_id AND i.status = 'draft'
-  AND CAST(:run_id AS bigint) IS NOT NULL AND i.invoice_run_id IS DISTINCT FROM CAST(:run_id AS bigint)
+WHERE t.outcome = :unchanged AND t.lease_id BETWEEN :first_lease_id AND :last_lease_id
+  AND i.id = t.invoice_id AND i.status = :draft
+  AND CAST(:invoice_run_id AS bigint) IS NOT NULL AND i.invoice_run_id IS DISTINCT FROM CAST(:invoice_run_id AS bigint)
 """
 
 
 # The write stages, run once per batch of leases (all of them, unless bad leases are bisected).
 _WRITE_STAGES = (
-    ("insert_new", InsertFast(_INSERT_NEW_FAST, _INSERT_NEW_SKIPPING_CONCURRENT)),
-    ("mark_concurrently_created", _MARK_CONCURRENTLY_CREATED),
-    ("update_changed", _UPDATE_CHANGED),
-    ("delete_old_lines", _DELETE_OLD_LINES),
-    ("upsert_changed_lines", _UPSERT_CHANGED_LINES),
-    ("mark_unchanged", _MARK_UNCHANGED),
-    ("link_unchanged", _LINK_UNCHANGED),
+    ("insert_new", (InsertFast(_INSERT_NEW_FAST, _INSERT_NEW_SKIPPING_CONCURRENT),)),
+    ("mark_concurrently_created", (_MARK_CONCURRENTLY_CREATED,)),
+    ("update_changed", (_UPDATE_CHANGED,)),
+    ("delete_old_lines", (_DELETE_OLD_LINES,)),
+    ("upsert_changed_lines", (_UPSERT_CHANGED_LINES,)),
+    ("mark_unchanged", (_MARK_UNCHANGED,)),
+    ("link_unchanged", (_LINK_UNCHANGED,)),
 )
 
-# Every stage a call that bills (a usable currency) reports, in order.
-RENT_STAGES = (
-    "lock",
-    *(name for name, _ in _STAGES),
-    *(name for name, _ in _WRITE_STAGES),
-    "counts",
-    "delete_stale_drafts",
-)
+
+def _write_batch(conn: Connection, params: dict, clock: StageClock) -> Counter[str]:
+    """Write the batch's invoices (StagedRun.write_batch); its counts are read from the staging tables."""
+    run_stages(conn, _WRITE_STAGES, params, clock)
+    return Counter()
 
 
 _PENDING_LEASE_IDS = """
@@ -418,31 +478,51 @@ SELECT lease_id FROM tm_rent_target WHERE outcome IS NULL ORDER BY lease_id
 
 _RECORD_WRITE_FAILURE = """
 WITH failed AS (
-    UPDATE tm_rent_lease SET error = :reason WHERE lease_id = :lease
+    UPDATE tm_rent_lease SET error = :reason WHERE lease_id = :lease_id
 )
-DELETE FROM tm_rent_target WHERE lease_id = :lease
+DELETE FROM tm_rent_target WHERE lease_id = :lease_id
 """
 
+# A lease is a failure (an error, and no target), skipped, or a success (created, updated, unchanged).
 _COUNTS = """
-SELECT (SELECT count(*) FROM tm_rent_lease) AS total,
-       (SELECT count(*) FROM tm_rent_lease WHERE error IS NOT NULL) AS failed,
-       count(*) FILTER (WHERE outcome = 'skipped') AS skipped,
-       count(*) FILTER (WHERE outcome = 'created') AS created,
-       count(*) FILTER (WHERE outcome = 'updated') AS updated,
-       count(*) FILTER (WHERE outcome = 'unchanged') AS unchanged,
-       sum(total) FILTER (WHERE outcome IN ('created', 'updated', 'unchanged')) AS amount_billed
-FROM tm_rent_target
+SELECT total, failed, skipped, total - failed - skipped AS success, created, updated, unchanged, amount_billed
+FROM (
+    SELECT (SELECT count(*) FROM tm_rent_lease) AS total,
+           (SELECT count(*) FROM tm_rent_lease WHERE error IS NOT NULL) AS failed,
+           count(*) FILTER (WHERE outcome = :skipped) AS skipped,
+           count(*) FILTER (WHERE outcome = :created) AS created,
+           count(*) FILTER (WHERE outcome = :updated) AS updated,
+           count(*) FILTER (WHERE outcome = :unchanged) AS unchanged,
+           sum(total) FILTER (WHERE outcome IN (:created, :updated, :unchanged)) AS amount_billed
+    FROM tm_rent_target
+) counts
 """
+
+_ERRORS = "SELECT lease_id, error FROM tm_rent_lease WHERE error IS NOT NULL ORDER BY lease_id"
+
+_RENT = StagedRun(
+    invoice_type=InvoiceType.RENT,
+    staging=_STAGES,
+    write_stage_names=tuple(name for name, _ in _WRITE_STAGES),
+    write_batch=_write_batch,
+    pending_lease_ids=_PENDING_LEASE_IDS,
+    record_write_failure=_RECORD_WRITE_FAILURE,
+    counts=_COUNTS,
+    errors=_ERRORS,
+)
+
+# Every stage a call that bills (a usable currency) reports, in order.
+RENT_STAGES = (*_RENT.stage_names, "delete_stale_drafts")
 
 # A draft this job made for a lease that is no longer billed for the period (terminated, dates
 # changed) would otherwise be issued by mistake: remove it. Drafts of leases that failed this run
 # are kept as they were; invoices the application made itself (no run id) are never removed.
 _DELETE_STALE_DRAFTS = """
 DELETE FROM invoices i
-WHERE i.organization_id = :org
-  AND i.invoice_type = 'rent'
-  AND i.billing_period_start = :p0
-  AND i.status = 'draft'
+WHERE i.organization_id = :organization_id
+  AND i.invoice_type = :rent_invoice
+  AND i.billing_period_start = :period_start
+  AND i.status = :draft
   AND i.invoice_run_id IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM tm_rent_lease l WHERE l.lease_id = i.lease_id)
 """

@@ -1,11 +1,11 @@
 """Utility billing engine: bill every finalized, not yet invoiced utility statement exactly once.
 
-For one organization and billing period P = [p0, p1]:
-- pending statements are `finalized`, not linked to an invoice line, and end by p1 — statements of
-  earlier months finalized late are billed too; the lease's status does not matter;
-- each lease with pending statements gets its draft `utility` invoice for P (created if missing)
-  with one `utility` line per statement, and each statement is linked to its line in the same
-  statement that writes the line;
+For one organization and billing period [period_start, period_end]:
+- pending statements are finalized, not linked to an invoice line, and end by period_end —
+  statements of earlier months finalized late are billed too; the lease's status does not matter;
+- each lease with pending statements gets its draft utility invoice for the period (created if
+  missing) with one utility line per statement, and each statement is linked to its line in the
+  same statement that writes the line;
 - a non-draft invoice leaves the statements pending for the next run (lease skipped, reason
   recorded); bad statements are recorded and left pending; the rest is billed.
 
@@ -15,24 +15,32 @@ statement can be on one invoice line only, whatever runs overlap. Set-based like
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import date, timedelta
-from decimal import Decimal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tentman.billing.common import (
-    MAX_AMOUNT,
-    InsertFast,
-    OrganizationBillingResult,
-    StageTimings,
-    analyze_staging,
-    stage_clock,
-    start_organization_billing,
-    write_isolating_bad_leases,
-)
+from tentman.application_schema import MAX_AMOUNT
+from tentman.billing.leases import OUTCOME_BINDS, LeaseOutcome
 from tentman.billing.periods import BillingPeriod
-from tentman.names import UTILITY_INVOICE
+from tentman.billing.results import OrganizationBillingResult
+from tentman.billing.staged_run import StagedRun
+from tentman.billing.staging import InsertFast, analyze_staging
+from tentman.billing.timing import StageClock, StageTimings, stage_clock
+from tentman.names import InvoiceStatus, InvoiceType, LineType, StatementStatus
+
+# The vocabulary the statements below read, bound by these names.
+_VOCABULARY = {
+    "utility_invoice": InvoiceType.UTILITY.value,
+    "draft": InvoiceStatus.DRAFT.value,
+    "utility_line": LineType.UTILITY.value,
+    **OUTCOME_BINDS,
+}
+# Written into the SQL rather than bound: the partial indexes on utility lines and on pending
+# statements are used (and ON CONFLICT infers the first) only where the planner sees these values.
+_UTILITY_LINE = f"line_type = '{LineType.UTILITY}'"
+_FINALIZED = f"status = '{StatementStatus.FINALIZED}'"
 
 
 class ConcurrentStatementChange(RuntimeError):
@@ -54,71 +62,43 @@ def generate_utility_invoices(
     one: rent and utility runs do not wait for each other). `timings`, when given, receives the
     seconds of each stage (UTILITY_STAGES).
     """
-    clock = stage_clock(timings)
-    with clock.stage("lock"):
-        result, currency = start_organization_billing(conn, UTILITY_INVOICE, organization_id)
-    if currency is None:
-        return result
     params = {
-        "org": organization_id,
-        "p0": period.start,
-        "p1": period.end,
-        "currency": currency,
-        "due": due_date or period.end,
-        "run_id": invoice_run_id,
+        "organization_id": organization_id,
+        "period_start": period.start,
+        "period_end": period.end,
+        "due_date": due_date or period.end,
+        "invoice_run_id": invoice_run_id,
         "max_amount": MAX_AMOUNT,
+        **_VOCABULARY,
     }
-    for name, statements in _STAGES:
-        with clock.stage(name):
-            for statement in statements:
-                conn.execute(sa.text(statement), params)
-    statements_billed = 0
-
-    def write_batch(lo: int, hi: int) -> None:
-        nonlocal statements_billed
-        batch = {**params, "lo": lo, "hi": hi}
-        with clock.stage("bill_statements"):
-            (billed,), another_writer_billed = _BILL.execute(conn, batch)
-        if billed.lines != billed.linked:
-            raise ConcurrentStatementChange(
-                f"{billed.lines - billed.linked} utility statements of organization {organization_id} changed "
-                "while they were being billed; nothing was written, the organization will be retried"
-            )
-        with clock.stage("mark_concurrently_issued"):
-            conn.execute(sa.text(_MARK_CONCURRENTLY_ISSUED), batch)
-        # A new invoice's total is its staged statements' sum, unless another writer billed one of
-        # them meanwhile (its line was skipped): then the new invoices are recomputed from their lines too.
-        recompute = ["created", "updated"] if another_writer_billed else ["updated"]
-        with clock.stage("recompute_totals"):
-            conn.execute(sa.text(_RECOMPUTE_TOTALS), {**batch, "outcomes": recompute})
-        statements_billed += billed.lines
-
-    write_isolating_bad_leases(
-        conn,
-        write_batch,
-        lambda: list(conn.execute(sa.text(_PENDING_LEASE_IDS)).scalars()),
-        lambda lease_id, reason: conn.execute(sa.text(_RECORD_WRITE_FAILURE), {"lease": lease_id, "reason": reason}),
-    )
-
-    with clock.stage("counts"):
-        counts = conn.execute(sa.text(_COUNTS)).one()
-        errors = conn.execute(sa.text(_ERRORS)).all()
-    result.total_leases = counts.total
-    result.success_count = counts.success
-    result.skipped_count = counts.skipped
-    result.failure_count = counts.failed
-    result.statements_billed = statements_billed
-    result.invoices_created = counts.created
-    result.invoices_updated = counts.success - counts.created
-    result.amount_billed = counts.amount_billed or Decimal("0.00")
-    result.errors = [{"lease_id": row.lease_id, "error": row.error} for row in errors]
+    result, written = _UTILITY.bill(conn, organization_id, params, stage_clock(timings))
+    result.statements_billed = written["statements_billed"]
     return result
+
+
+def _write_batch(conn: Connection, params: dict, clock: StageClock) -> Counter[str]:
+    """Bill the batch's pending statements (StagedRun.write_batch); counts the statements billed."""
+    with clock.stage("bill_statements"):
+        (billed,), another_writer_billed = _BILL.execute(conn, params)
+    if billed.lines != billed.linked:
+        raise ConcurrentStatementChange(
+            f"{billed.lines - billed.linked} utility statements of organization {params['organization_id']} "
+            "changed while they were being billed; nothing was written, the organization will be retried"
+        )
+    with clock.stage("mark_concurrently_issued"):
+        conn.execute(sa.text(_MARK_CONCURRENTLY_ISSUED), params)
+    # A new invoice's total is its staged statements' sum, unless another writer billed one of
+    # them meanwhile (its line was skipped): then the new invoices are recomputed from their lines too.
+    recompute = [LeaseOutcome.CREATED, LeaseOutcome.UPDATED] if another_writer_billed else [LeaseOutcome.UPDATED]
+    with clock.stage("recompute_totals"):
+        conn.execute(sa.text(_RECOMPUTE_TOTALS), {**params, "outcomes": [outcome.value for outcome in recompute]})
+    return Counter(statements_billed=billed.lines)
 
 
 # The organization's pending statements, each with the reason it cannot be billed (null = ok).
 # A statement that already has a utility line (its link lost, e.g. restored from a backup) is
 # linked back to that line instead of being billed a second time.
-_STAGE_PENDING = """
+_STAGE_PENDING = f"""
 CREATE TEMP TABLE tm_util_stmt ON COMMIT DROP AS
 SELECT s.id AS statement_id,
        s.lease_id,
@@ -140,11 +120,11 @@ SELECT s.id AS statement_id,
        END AS error
 FROM utility_statements s
 LEFT JOIN leases l ON l.id = s.lease_id
-LEFT JOIN invoice_lines existing ON existing.line_type = 'utility' AND existing.source_id = s.id
-WHERE s.organization_id = :org
-  AND s.status = 'finalized'
+LEFT JOIN invoice_lines existing ON existing.{_UTILITY_LINE} AND existing.source_id = s.id
+WHERE s.organization_id = :organization_id
+  AND s.{_FINALIZED}
   AND s.invoice_line_id IS NULL
-  AND (s.period_end <= :p1 OR s.period_end IS NULL)
+  AND (s.period_end <= :period_end OR s.period_end IS NULL)
 """
 
 _RELINK_BILLED = """
@@ -170,13 +150,14 @@ SELECT t.lease_id,
        max(i.status) AS invoice_status,
        coalesce(max(i.total), 0) + sum(t.amount) FILTER (WHERE t.error IS NULL) AS new_total,
        CASE
-           WHEN bool_and(t.error IS NOT NULL) THEN 'failed'
-           WHEN max(i.status) <> 'draft' THEN 'skipped'
+           WHEN bool_and(t.error IS NOT NULL) THEN :failed
+           WHEN max(i.status) <> :draft THEN :skipped
        END AS outcome,
        NULL::text AS error
 FROM tm_util_stmt t
 LEFT JOIN invoices i
-       ON t.error IS NULL AND i.lease_id = t.lease_id AND i.invoice_type = 'utility' AND i.billing_period_start = :p0
+       ON t.error IS NULL AND i.lease_id = t.lease_id AND i.invoice_type = :utility_invoice
+      AND i.billing_period_start = :period_start
 GROUP BY t.lease_id, CASE WHEN t.lease_id IS NULL THEN t.statement_id END
 """
 
@@ -186,16 +167,16 @@ GROUP BY t.lease_id, CASE WHEN t.lease_id IS NULL THEN t.statement_id END
 _FLAG_LEASE_PROBLEMS = """
 UPDATE tm_util_lease l
 SET error = CASE
-        WHEN l.outcome = 'skipped'
+        WHEN l.outcome = :skipped
             THEN format('utility invoice %s of lease %s for %s is %s; its statements %s stay pending for the next run',
-                        l.invoice_id, l.lease_id, to_char(CAST(:p0 AS date), 'YYYY-MM'), l.invoice_status,
+                        l.invoice_id, l.lease_id, to_char(CAST(:period_start AS date), 'YYYY-MM'), l.invoice_status,
                         (SELECT string_agg(t.statement_id::text, ', ' ORDER BY t.statement_id)
                          FROM tm_util_stmt t WHERE t.lease_id = l.lease_id AND t.error IS NULL))
         ELSE format('utility invoice of lease %s would total %s, more than an invoice can hold (%s); '
                     'its statements stay pending', l.lease_id, l.new_total, CAST(:max_amount AS numeric))
     END,
-    outcome = coalesce(l.outcome, 'failed')
-WHERE l.outcome = 'skipped' OR l.new_total > :max_amount OR l.new_total < -CAST(:max_amount AS numeric)
+    outcome = coalesce(l.outcome, :failed)
+WHERE l.outcome = :skipped OR l.new_total > :max_amount OR l.new_total < -CAST(:max_amount AS numeric)
 """
 
 # The staging stages, by the name their time is reported under (StageTimings). Staging tables are
@@ -245,13 +226,13 @@ WITH new_invoice AS (
     {mark_new}
 ), marked_existing AS (
     UPDATE tm_util_lease l
-    SET invoice_id = i.id, outcome = CASE WHEN i.created THEN 'created' ELSE 'updated' END
+    SET invoice_id = i.id, outcome = CASE WHEN i.created THEN :created ELSE :updated END
     FROM existing_invoice i
     WHERE l.lease_id = i.lease_id
 ), line AS (
     INSERT INTO invoice_lines (invoice_id, line_type, source_id, description,
                                service_period_start, service_period_end, amount)
-    SELECT i.id, 'utility', t.statement_id,
+    SELECT i.id, :utility_line, t.statement_id,
            format('%s, %s to %s', initcap(coalesce(nullif(t.utility_type, ''), 'utility')),
                   t.period_start, t.period_end),
            t.period_start, t.period_end, t.amount
@@ -264,7 +245,7 @@ WITH new_invoice AS (
     UPDATE utility_statements s
     SET invoice_line_id = line.id
     FROM line
-    WHERE s.id = line.source_id AND s.invoice_line_id IS NULL AND s.status = 'finalized'
+    WHERE s.id = line.source_id AND s.invoice_line_id IS NULL AND s.{finalized}
     RETURNING s.id
 )
 SELECT (SELECT count(*) FROM line) AS lines, (SELECT count(*) FROM linked) AS linked
@@ -272,26 +253,27 @@ SELECT (SELECT count(*) FROM line) AS lines, (SELECT count(*) FROM linked) AS li
 # The leases' invoices, for the leases staged without one (`IS NULL`) or with one (`IS NOT NULL`).
 _UPSERT_INVOICES = """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
                           billing_period_end, status, currency, subtotal, total, due_date, invoice_run_id)
-    SELECT :org, l.lease_id, 'utility', :p0, :p1, 'draft', :currency, l.new_amount, l.new_amount, :due, :run_id
+    SELECT :organization_id, l.lease_id, :utility_invoice, :period_start, :period_end, :draft, :currency,
+           l.new_amount, l.new_amount, :due_date, :invoice_run_id
     FROM tm_util_lease l
-    WHERE l.outcome IS NULL AND l.invoice_id IS {staged} AND l.lease_id BETWEEN :lo AND :hi
+    WHERE l.outcome IS NULL AND l.invoice_id IS {staged} AND l.lease_id BETWEEN :first_lease_id AND :last_lease_id
     ORDER BY l.lease_id
     {on_conflict}
     RETURNING id, lease_id, (xmax = 0) AS created"""
 _TOUCH_DRAFT = (
     "ON CONFLICT (lease_id, invoice_type, billing_period_start) DO UPDATE SET updated_at = now() "
-    "WHERE invoices.status = 'draft'"
+    "WHERE invoices.status = :draft"
 )
-_SKIP_BILLED_STATEMENT = "ON CONFLICT (source_id) WHERE line_type = 'utility' DO NOTHING"
+_SKIP_BILLED_STATEMENT = f"ON CONFLICT (source_id) WHERE {_UTILITY_LINE} DO NOTHING"
 # The leases given a new invoice (`marked_new`). The fast statement either inserts every one of them
 # or fails, so it marks them created in one pass over the staging table, in the table's order; the
 # careful one, which may skip some, marks those it was returned, matched by lease (at 1,000,000
 # leases, the matching visits the staging table out of order: seconds of temporary-table I/O).
 _MARK_ALL_NEW_CREATED = """UPDATE tm_util_lease l
-    SET outcome = 'created'
-    WHERE l.outcome IS NULL AND l.invoice_id IS NULL AND l.lease_id BETWEEN :lo AND :hi"""
+    SET outcome = :created
+    WHERE l.outcome IS NULL AND l.invoice_id IS NULL AND l.lease_id BETWEEN :first_lease_id AND :last_lease_id"""
 _MARK_RETURNED_NEW = """UPDATE tm_util_lease l
-    SET invoice_id = i.id, outcome = CASE WHEN i.created THEN 'created' ELSE 'updated' END
+    SET invoice_id = i.id, outcome = CASE WHEN i.created THEN :created ELSE :updated END
     FROM new_invoice i
     WHERE l.lease_id = i.lease_id"""
 _EXISTING_INVOICES = _UPSERT_INVOICES.format(staged="NOT NULL", on_conflict=_TOUCH_DRAFT)
@@ -301,33 +283,36 @@ _BILL = InsertFast(
         existing_invoice=_EXISTING_INVOICES,
         line_on_conflict="",
         mark_new=_MARK_ALL_NEW_CREATED,
+        finalized=_FINALIZED,
     ),
     careful=_BILL_STATEMENTS.format(
         new_invoice=_UPSERT_INVOICES.format(staged="NULL", on_conflict=_TOUCH_DRAFT),
         existing_invoice=_EXISTING_INVOICES,
         line_on_conflict=_SKIP_BILLED_STATEMENT,
         mark_new=_MARK_RETURNED_NEW,
+        finalized=_FINALIZED,
     ),
 )
 
 # An invoice issued by the application between staging and writing was not returned above.
 _MARK_CONCURRENTLY_ISSUED = """
 UPDATE tm_util_lease
-SET outcome = 'skipped',
+SET outcome = :skipped,
     error = format('utility invoice of lease %s for %s was issued while this run was billing it; '
-                   'its statements stay pending for the next run', lease_id, to_char(CAST(:p0 AS date), 'YYYY-MM'))
-WHERE outcome IS NULL AND lease_id BETWEEN :lo AND :hi
+                   'its statements stay pending for the next run',
+                   lease_id, to_char(CAST(:period_start AS date), 'YYYY-MM'))
+WHERE outcome IS NULL AND lease_id BETWEEN :first_lease_id AND :last_lease_id
 """
 
 _RECOMPUTE_TOTALS = """
 UPDATE invoices i
-SET subtotal = s.total, total = s.total, due_date = :due, currency = :currency,
-    invoice_run_id = :run_id, updated_at = now()
+SET subtotal = s.total, total = s.total, due_date = :due_date, currency = :currency,
+    invoice_run_id = :invoice_run_id, updated_at = now()
 FROM (
     SELECT il.invoice_id, sum(il.amount) AS total
     FROM invoice_lines il
     WHERE il.invoice_id IN (SELECT invoice_id FROM tm_util_lease
-                            WHERE outcome = ANY(:outcomes) AND lease_id BETWEEN :lo AND :hi)
+                            WHERE outcome = ANY(:outcomes) AND lease_id BETWEEN :first_lease_id AND :last_lease_id)
     GROUP BY il.invoice_id
 ) s
 WHERE i.id = s.invoice_id
@@ -336,7 +321,7 @@ WHERE i.id = s.invoice_id
 _PENDING_LEASE_IDS = "SELECT lease_id FROM tm_util_lease WHERE outcome IS NULL ORDER BY lease_id"
 
 _RECORD_WRITE_FAILURE = """
-UPDATE tm_util_lease SET outcome = 'failed', error = :reason WHERE lease_id = :lease
+UPDATE tm_util_lease SET outcome = :failed, error = :reason WHERE lease_id = :lease_id
 """
 
 # Counts are of leases with pending statements. A lease with at least one statement billed is a
@@ -344,11 +329,13 @@ UPDATE tm_util_lease SET outcome = 'failed', error = :reason WHERE lease_id = :l
 # is skipped; one with nothing billable is a failure.
 _COUNTS = """
 SELECT count(*) AS total,
-       count(*) FILTER (WHERE outcome IN ('created', 'updated')) AS success,
-       count(*) FILTER (WHERE outcome = 'skipped') AS skipped,
-       count(*) FILTER (WHERE outcome = 'failed' OR outcome IS NULL) AS failed,
-       count(*) FILTER (WHERE outcome = 'created') AS created,
-       sum(new_amount) FILTER (WHERE outcome IN ('created', 'updated')) AS amount_billed
+       count(*) FILTER (WHERE outcome IN (:created, :updated)) AS success,
+       count(*) FILTER (WHERE outcome = :skipped) AS skipped,
+       count(*) FILTER (WHERE outcome = :failed OR outcome IS NULL) AS failed,
+       count(*) FILTER (WHERE outcome = :created) AS created,
+       count(*) FILTER (WHERE outcome = :updated) AS updated,
+       0 AS unchanged,
+       sum(new_amount) FILTER (WHERE outcome IN (:created, :updated)) AS amount_billed
 FROM tm_util_lease
 """
 
@@ -362,15 +349,19 @@ ORDER BY lease_id NULLS FIRST, sort_key
 """
 
 
-# Every stage a call that bills (a usable currency) reports, in order.
-UTILITY_STAGES = (
-    "lock",
-    *(name for name, _ in _STAGES),
-    "bill_statements",
-    "mark_concurrently_issued",
-    "recompute_totals",
-    "counts",
+_UTILITY = StagedRun(
+    invoice_type=InvoiceType.UTILITY,
+    staging=_STAGES,
+    write_stage_names=("bill_statements", "mark_concurrently_issued", "recompute_totals"),
+    write_batch=_write_batch,
+    pending_lease_ids=_PENDING_LEASE_IDS,
+    record_write_failure=_RECORD_WRITE_FAILURE,
+    counts=_COUNTS,
+    errors=_ERRORS,
 )
+
+# Every stage a call that bills (a usable currency) reports, in order.
+UTILITY_STAGES = _UTILITY.stage_names
 
 
 def default_due_date(period: BillingPeriod, due_days: int) -> date:

@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Connection, Engine
 
-from tentman.billing.common import OrganizationBillingResult
 from tentman.billing.organization_settings import BillingSettings, billing_settings
 from tentman.billing.rent import generate_rent_invoices
+from tentman.billing.results import OrganizationBillingResult
 from tentman.billing.utility import default_due_date, generate_utility_invoices
 from tentman.db import UnitOfWork
 from tentman.names import RENT_RUN, ProrationMethod, RunStatus

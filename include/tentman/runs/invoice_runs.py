@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tentman.billing.common import OrganizationBillingResult
 from tentman.billing.periods import BillingPeriod
+from tentman.billing.results import OrganizationBillingResult
 from tentman.names import RunStatus
 
 

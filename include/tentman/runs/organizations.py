@@ -7,6 +7,7 @@ import logging
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from tentman.billing.leases import LeaseStatus
 from tentman.db import UnitOfWork
 from tentman.names import organization_label
 from tentman.runs.billing_run import BillingRun
@@ -65,11 +66,12 @@ def _warn_about_orphan_leases(conn: Connection) -> None:
             sa.text(
                 """
                 SELECT l.id FROM leases l
-                WHERE l.status = 'active'
+                WHERE l.status = :active
                   AND NOT EXISTS (SELECT 1 FROM organizations o WHERE o.id = l.organization_id)
                 ORDER BY l.id
                 """
-            )
+            ),
+            {"active": LeaseStatus.ACTIVE},
         )
         .scalars()
         .all()

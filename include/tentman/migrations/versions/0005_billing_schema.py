@@ -33,6 +33,8 @@ depends_on = None
 
 LEGACY_VERSION_TABLE = "public.tentman_alembic_version"
 _PRORATE_ARGS = "(numeric, integer, integer, text)"
+# The proration_method CHECK lists these, and the function below names each: a method added to
+# ProrationMethod later needs a migration of its own for both (tests/test_names.py compares them).
 _METHODS = ", ".join(f"'{m.value}'" for m in ProrationMethod)
 
 
