@@ -84,8 +84,8 @@ def _write_invoice_run(
             INSERT INTO invoice_runs (organization_id, run_type, billing_period_start, billing_period_end,
                                       proration_method, status, errors, dag_id, dag_run_id,
                                       started_at, completed_at)
-            VALUES (:org, :run_type, :p0, :p1, :method, :status, CAST(:errors AS jsonb), :dag_id, :dag_run_id,
-                    now(), CASE WHEN :status <> :running THEN now() END)
+            VALUES (:org, :run_type, :period_start, :period_end, :method, :status, CAST(:errors AS jsonb),
+                    :dag_id, :dag_run_id, now(), CASE WHEN :status <> :running THEN now() END)
             ON CONFLICT (dag_id, dag_run_id, organization_id) DO UPDATE
             SET run_type = excluded.run_type,
                 billing_period_start = excluded.billing_period_start,
@@ -100,8 +100,8 @@ def _write_invoice_run(
         {
             "org": key.organization_id,
             "run_type": run_type,
-            "p0": period.start,
-            "p1": period.end,
+            "period_start": period.start,
+            "period_end": period.end,
             "method": proration_method,
             "status": status,
             "running": RunStatus.RUNNING,
@@ -175,7 +175,7 @@ def fail_unfinished_invoice_runs(
             INSERT INTO invoice_runs (organization_id, run_type, billing_period_start, billing_period_end,
                                       proration_method, status, errors, dag_id, dag_run_id,
                                       started_at, completed_at)
-            SELECT o.id, :run_type, :p0, :p1, :method, :failed,
+            SELECT o.id, :run_type, :period_start, :period_end, :method, :failed,
                    jsonb_build_array(jsonb_build_object(
                        'lease_id', NULL,
                        'error', 'the billing task of this organization failed after its retries; '
@@ -196,8 +196,8 @@ def fail_unfinished_invoice_runs(
         {
             "orgs": list(organization_ids),
             "run_type": run_type,
-            "p0": period.start,
-            "p1": period.end,
+            "period_start": period.start,
+            "period_end": period.end,
             "method": proration_method,
             "dag_id": dag_id,
             "dag_run_id": dag_run_id,

@@ -53,11 +53,11 @@ def list_runs(
 ) -> tuple[int, list[sa.Row]]:
     where = """
         WHERE (CAST(:org AS bigint) IS NULL OR r.organization_id = :org)
-          AND (CAST(:p0 AS date) IS NULL OR r.billing_period_start = :p0)
+          AND (CAST(:period_start AS date) IS NULL OR r.billing_period_start = :period_start)
           AND (CAST(:status AS text) IS NULL OR r.status = :status)
           AND (CAST(:run_type AS text) IS NULL OR r.run_type = :run_type)
     """
-    params = {"org": organization_id, "p0": period_start, "status": status, "run_type": run_type}
+    params = {"org": organization_id, "period_start": period_start, "status": status, "run_type": run_type}
     total = conn.execute(sa.text(f"SELECT count(*) FROM invoice_runs r {where}"), params).scalar_one()
     rows = conn.execute(
         sa.text(
