@@ -16,8 +16,9 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
+from tentman.billing.leases import LeaseStatus
 from tentman.billing.periods import BillingPeriod
-from tentman.names import BILL_ORGANIZATION_TASK, DAG_IDS, RECORD_RUNS_TASK
+from tentman.names import BILL_ORGANIZATION_TASK, DAG_IDS, RECORD_RUNS_TASK, StatementStatus
 from tentman_dev.airflow_stack import (
     MAX_MAP_LENGTH,
     AirflowApi,
@@ -48,15 +49,21 @@ def organization_sizes(organizations: int, leases: int, seed: int = 7) -> list[i
     return big + mid + small
 
 
-def generate(conn, sizes: list[int], statements: int) -> None:
+def populate_organizations(conn, sizes: list[int], statements: int) -> None:
+    """Organizations of the given sizes (leases each), a parking charge on every third lease and
+    `statements` finalized water statements spread over the leases."""
     conn.execute(
-        sa.text("INSERT INTO organizations (id, name) SELECT g, 'Organization ' || g FROM generate_series(1, :n) g"),
-        {"n": len(sizes)},
+        sa.text(
+            "INSERT INTO organizations (id, name) SELECT g, 'Organization ' || g FROM generate_series(1, :count) g"
+        ),
+        {"count": len(sizes)},
     )
     conn.execute(sa.text("CREATE TEMP TABLE sizes (org int, n int)"))
     conn.execute(
-        sa.text("INSERT INTO sizes SELECT * FROM unnest(CAST(:o AS int[]), CAST(:n AS int[]))"),
-        {"o": list(range(1, len(sizes) + 1)), "n": sizes},
+        sa.text(
+            "INSERT INTO sizes SELECT * FROM unnest(CAST(:organization_ids AS int[]), CAST(:lease_counts AS int[]))"
+        ),
+        {"organization_ids": list(range(1, len(sizes) + 1)), "lease_counts": sizes},
     )
     conn.execute(
         sa.text(
@@ -65,10 +72,11 @@ def generate(conn, sizes: list[int], statements: int) -> None:
         SELECT s.org, 'U' || g, 'Tenant ' || g,
                CASE WHEN g % 20 = 0 THEN DATE '2026-03-01' + (g % 27) ELSE DATE '2025-01-01' END,
                CASE WHEN g % 20 = 10 THEN DATE '2026-03-02' + (g % 27) END,
-               700 + (g % 2500) + (g % 100) / 100.0, 'active'
+               700 + (g % 2500) + (g % 100) / 100.0, :active
         FROM sizes s, generate_series(1, s.n) g
         """
-        )
+        ),
+        {"active": LeaseStatus.ACTIVE},
     )
     conn.execute(
         sa.text(
@@ -81,10 +89,10 @@ def generate(conn, sizes: list[int], statements: int) -> None:
             """INSERT INTO utility_statements (organization_id, lease_id, utility_type, period_start, period_end,
                                               amount, status)
            SELECT organization_id, id, 'water', DATE '2026-02-01', DATE '2026-02-28',
-                  10 + (id % 9000) / 100.0, 'finalized'
+                  10 + (id % 9000) / 100.0, :finalized
            FROM leases WHERE id % :every = 0"""
         ),
-        {"every": max(1, sum(sizes) // statements)},
+        {"every": max(1, sum(sizes) // statements), "finalized": StatementStatus.FINALIZED},
     )
 
 

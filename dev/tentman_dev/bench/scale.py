@@ -30,7 +30,7 @@ from tentman.billing.timing import StageTimings
 from tentman.billing.utility import generate_utility_invoices
 from tentman.db import create_engine_from_uri
 from tentman.migrate import upgrade
-from tentman.names import BILL_ORGANIZATION_TASK, RENT_DAG_ID, UTILITY_DAG_ID
+from tentman.names import BILL_ORGANIZATION_TASK, RENT_DAG_ID, UTILITY_DAG_ID, InvoiceType
 from tentman_dev.airflow_stack import executor_class
 from tentman_dev.bench.common import bill_rent, copy_floor, rounded_stages, stage_table, timed_phase, vacuum_analyze
 from tentman_dev.bench.pipeline import (
@@ -38,10 +38,10 @@ from tentman_dev.bench.pipeline import (
     MONTH_PERIOD,
     NEXT_PERIOD,
     ProcessSampler,
-    generate,
     measured_run,
     measured_stack,
     organization_sizes,
+    populate_organizations,
     postmaster_pid,
     summarize,
     ui_timings,
@@ -56,8 +56,10 @@ def largest_organization_alone(engine, sizes: list[int]) -> dict:
     timings = StageTimings()
     with timed_phase(engine) as alone:
         bill_rent(engine, largest, NEXT_PERIOD, timings=timings)
+    # COPY (SELECT …) takes no bind parameters: the filter is SQL text, of values computed here.
     rows = (
-        f"invoice_type = 'rent' AND organization_id = {largest} AND billing_period_start = DATE '{NEXT_PERIOD.start}'"
+        f"invoice_type = '{InvoiceType.RENT}' AND organization_id = {largest}"
+        f" AND billing_period_start = DATE '{NEXT_PERIOD.start}'"
     )
     floor = copy_floor(
         engine,
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             sizes = organization_sizes(organizations, leases)
             started = time.perf_counter()
             with engine.begin() as conn:
-                generate(conn, sizes, statements)
+                populate_organizations(conn, sizes, statements)
             vacuum_analyze(engine)
             print(
                 f"generated {len(sizes)} organizations (largest {max(sizes):,}, median {int(statistics.median(sizes))} "

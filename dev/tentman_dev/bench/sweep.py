@@ -21,9 +21,9 @@ from tentman.names import RENT_DAG_ID
 from tentman_dev.bench.pipeline import (
     MONTH,
     ProcessSampler,
-    generate,
     measured_run,
     measured_stack,
+    populate_organizations,
     postmaster_pid,
     summarize,
 )
@@ -42,7 +42,7 @@ def measure(n: int, leases: int, *, executor: str, workers: int, concurrency: in
             engine = create_engine_from_uri(tentman_uri)
             upgrade(engine, with_application_tables=True)
             with engine.begin() as conn:
-                generate(conn, [leases] * n, statements=max(1, n * leases))
+                populate_organizations(conn, [leases] * n, statements=max(1, n * leases))
             with measured_stack(
                 tmp, admin, tentman_uri, executor=executor, workers=workers, concurrency=concurrency, n=n
             ) as (

@@ -15,12 +15,13 @@ from datetime import date
 
 import sqlalchemy as sa
 
-from tentman.names import INVOICE_TYPE_OF_RUN, RUN_TYPE_OF_DAG, RUN_TYPES
+from tentman.billing.leases import LeaseStatus
+from tentman.names import INVOICE_TYPE_OF_RUN, RUN_TYPE_OF_DAG, RUN_TYPES, InvoiceStatus, RunStatus
 from tentman.ui import queries
 from tentman_dev.bench.common import bench_server, scratch_database, vacuum_analyze
 
 
-def generate(conn, invoices: int, organizations: int, months: int) -> None:
+def populate_runs_and_invoices(conn, invoices: int, organizations: int, months: int) -> None:
     per_org_month = max(1, invoices // (organizations * months * 2))
     conn.execute(
         sa.text("INSERT INTO organizations (id, name) SELECT g, 'Org ' || g FROM generate_series(1, :n) g"),
@@ -29,10 +30,10 @@ def generate(conn, invoices: int, organizations: int, months: int) -> None:
     conn.execute(
         sa.text(
             """INSERT INTO leases (id, organization_id, unit_label, start_date, monthly_rent, status)
-           SELECT (o - 1) * :k + u, o, 'U' || u, DATE '2024-01-01', 1000, 'active'
+           SELECT (o - 1) * :k + u, o, 'U' || u, DATE '2024-01-01', 1000, :active
            FROM generate_series(1, :n) o, generate_series(1, :k) u"""
         ),
-        {"n": organizations, "k": per_org_month},
+        {"n": organizations, "k": per_org_month, "active": LeaseStatus.ACTIVE},
     )
     conn.execute(
         sa.text(
@@ -40,7 +41,7 @@ def generate(conn, invoices: int, organizations: int, months: int) -> None:
                                      total_leases, success_count, failure_count, errors, dag_id, dag_run_id,
                                      started_at, completed_at)
            SELECT o, t, m, (m + interval '1 month - 1 day')::date,
-                  CASE WHEN (o + extract(month FROM m)::int) % 50 = 0 THEN 'completed_with_errors' ELSE 'completed' END,
+                  CASE WHEN (o + extract(month FROM m)::int) % 50 = 0 THEN :completed_with_errors ELSE :completed END,
                   :k, :k - CASE WHEN (o + extract(month FROM m)::int) % 50 = 0 THEN 1 ELSE 0 END,
                   CASE WHEN (o + extract(month FROM m)::int) % 50 = 0 THEN 1 ELSE 0 END,
                   CASE WHEN (o + extract(month FROM m)::int) % 50 = 0
@@ -58,6 +59,8 @@ def generate(conn, invoices: int, organizations: int, months: int) -> None:
             "k": per_org_month,
             "months": months,
             "run_types": list(RUN_TYPES),
+            "completed": RunStatus.COMPLETED,
+            "completed_with_errors": RunStatus.COMPLETED_WITH_ERRORS,
             "dag_ids": json.dumps({run: dag for dag, run in RUN_TYPE_OF_DAG.items()}),
         },
     )
@@ -66,22 +69,23 @@ def generate(conn, invoices: int, organizations: int, months: int) -> None:
             """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, billing_period_end,
                                  status, currency, subtotal, total, due_date, invoice_run_id)
            SELECT l.organization_id, l.id, r.invoice_type, r.billing_period_start, r.billing_period_end,
-                  CASE WHEN r.billing_period_start < DATE '2026-06-01' THEN 'paid' ELSE 'draft' END,
+                  CASE WHEN r.billing_period_start < DATE '2026-06-01' THEN :paid ELSE :draft END,
                   'USD', 1000, 1000, r.billing_period_start, r.id
            FROM leases l
            JOIN (SELECT *, CAST(:invoice_types AS jsonb) ->> run_type AS invoice_type FROM invoice_runs) r
              ON r.organization_id = l.organization_id"""
         ),
-        {"invoice_types": json.dumps(INVOICE_TYPE_OF_RUN)},
+        {"invoice_types": json.dumps(INVOICE_TYPE_OF_RUN), "paid": InvoiceStatus.PAID, "draft": InvoiceStatus.DRAFT},
     )
     # One invoice of each organization, type and month that its run did not draft (the app issued it
     # before the run): the runs list shows it apart, as one of the period's other invoices.
     conn.execute(
         sa.text(
             """UPDATE invoices
-           SET invoice_run_id = NULL, status = CASE WHEN status = 'draft' THEN 'issued' ELSE status END
+           SET invoice_run_id = NULL, status = CASE WHEN status = :draft THEN :issued ELSE status END
            WHERE lease_id IN (SELECT min(id) FROM leases GROUP BY organization_id)"""
-        )
+        ),
+        {"draft": InvoiceStatus.DRAFT, "issued": InvoiceStatus.ISSUED},
     )
 
 
@@ -99,7 +103,7 @@ def run(admin_uri: str, invoices: int) -> dict:
     with scratch_database(admin_uri, "tentman_bench_ui") as engine:
         started = time.perf_counter()
         with engine.begin() as conn:
-            generate(conn, invoices, organizations=2000, months=24)
+            populate_runs_and_invoices(conn, invoices, organizations=2000, months=24)
         vacuum_analyze(engine)
         with engine.connect() as conn:
             count = conn.execute(sa.text("SELECT count(*) FROM invoices")).scalar()
@@ -139,7 +143,7 @@ def run(admin_uri: str, invoices: int) -> dict:
                         conn,
                         organization_id=None,
                         period_start=date(2026, 3, 1),
-                        status="completed_with_errors",
+                        status=RunStatus.COMPLETED_WITH_ERRORS,
                         run_type=None,
                         limit=50,
                         offset=0,
