@@ -66,6 +66,7 @@ def generate_utility_invoices(
         "organization_id": organization_id,
         "period_start": period.start,
         "period_end": period.end,
+        "billing_month": period.label,
         "due_date": due_date or period.end,
         "invoice_run_id": invoice_run_id,
         "max_amount": MAX_AMOUNT,
@@ -169,7 +170,7 @@ UPDATE tm_util_lease l
 SET error = CASE
         WHEN l.outcome = :skipped
             THEN format('utility invoice %s of lease %s for %s is %s; its statements %s stay pending for the next run',
-                        l.invoice_id, l.lease_id, to_char(CAST(:period_start AS date), 'YYYY-MM'), l.invoice_status,
+                        l.invoice_id, l.lease_id, CAST(:billing_month AS text), l.invoice_status,
                         (SELECT string_agg(t.statement_id::text, ', ' ORDER BY t.statement_id)
                          FROM tm_util_stmt t WHERE t.lease_id = l.lease_id AND t.error IS NULL))
         ELSE format('utility invoice of lease %s would total %s, more than an invoice can hold (%s); '
@@ -300,7 +301,7 @@ UPDATE tm_util_lease
 SET outcome = :skipped,
     error = format('utility invoice of lease %s for %s was issued while this run was billing it; '
                    'its statements stay pending for the next run',
-                   lease_id, to_char(CAST(:period_start AS date), 'YYYY-MM'))
+                   lease_id, CAST(:billing_month AS text))
 WHERE outcome IS NULL AND lease_id BETWEEN :first_lease_id AND :last_lease_id
 """
 
