@@ -53,10 +53,10 @@ def generate_leases(conn, organization_id: int, n: int) -> None:
                    CASE WHEN g % 20 = 10 THEN DATE '2026-03-02' + (g % 27) END,
                    800 + (g % 2000) + (g % 100) / 100.0,
                    :active
-            FROM generate_series(1, :n) AS g
+            FROM generate_series(1, :count) AS g
             """
         ),
-        {"org": organization_id, "n": n, "active": LeaseStatus.ACTIVE},
+        {"org": organization_id, "count": n, "active": LeaseStatus.ACTIVE},
     )
     conn.execute(
         sa.text(
@@ -81,10 +81,10 @@ def generate_statements(conn, organization_id: int, n: int) -> None:
             SELECT :org, l.id, CASE WHEN g % 2 = 0 THEN 'water' ELSE 'electricity' END,
                    DATE '2026-02-01', DATE '2026-02-28', 10 + (l.id % 9000) / 100.0, :finalized, now()
             FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM leases WHERE organization_id = :org) l
-            JOIN generate_series(1, :n) g ON l.rn = g
+            JOIN generate_series(1, :count) g ON l.rn = g
             """
         ),
-        {"org": organization_id, "n": n, "finalized": StatementStatus.FINALIZED},
+        {"org": organization_id, "count": n, "finalized": StatementStatus.FINALIZED},
     )
 
 
@@ -141,7 +141,8 @@ def benchmark_utility(engine, organization_id: int, n_statements: int) -> dict:
     # lines does not write the statements).
     with engine.begin() as conn:
         conn.execute(
-            sa.text("UPDATE utility_statements SET invoice_line_id = NULL WHERE organization_id = :o"), {"o": org}
+            sa.text("UPDATE utility_statements SET invoice_line_id = NULL WHERE organization_id = :organization_id"),
+            {"organization_id": org},
         )
     lines_floor = copy_floor(engine, ["invoices", "invoice_lines"], output)
     print(
@@ -245,7 +246,8 @@ def run(n: int, admin_uri: str) -> dict:
         )
         with engine.begin() as conn:
             conn.execute(
-                sa.text("UPDATE leases SET monthly_rent = monthly_rent + 1 WHERE organization_id = :o"), {"o": org}
+                sa.text("UPDATE leases SET monthly_rent = monthly_rent + 1 WHERE organization_id = :organization_id"),
+                {"organization_id": org},
             )
         with timed_phase(engine) as changed_phase:
             changed = bill_rent(engine, org, timings=stages["changed"])

@@ -24,16 +24,16 @@ from tentman_dev.bench.common import bench_server, scratch_database, vacuum_anal
 def populate_runs_and_invoices(conn, invoices: int, organizations: int, months: int) -> None:
     per_org_month = max(1, invoices // (organizations * months * 2))
     conn.execute(
-        sa.text("INSERT INTO organizations (id, name) SELECT g, 'Org ' || g FROM generate_series(1, :n) g"),
-        {"n": organizations},
+        sa.text("INSERT INTO organizations (id, name) SELECT g, 'Org ' || g FROM generate_series(1, :organizations) g"),
+        {"organizations": organizations},
     )
     conn.execute(
         sa.text(
             """INSERT INTO leases (id, organization_id, unit_label, start_date, monthly_rent, status)
-           SELECT (o - 1) * :k + u, o, 'U' || u, DATE '2024-01-01', 1000, :active
-           FROM generate_series(1, :n) o, generate_series(1, :k) u"""
+           SELECT (o - 1) * :per_org_month + u, o, 'U' || u, DATE '2024-01-01', 1000, :active
+           FROM generate_series(1, :organizations) o, generate_series(1, :per_org_month) u"""
         ),
-        {"n": organizations, "k": per_org_month, "active": LeaseStatus.ACTIVE},
+        {"organizations": organizations, "per_org_month": per_org_month, "active": LeaseStatus.ACTIVE},
     )
     conn.execute(
         sa.text(
@@ -42,21 +42,23 @@ def populate_runs_and_invoices(conn, invoices: int, organizations: int, months: 
                                      started_at, completed_at)
            SELECT o, t, m, (m + interval '1 month - 1 day')::date,
                   CASE WHEN (o + extract(month FROM m)::int) % 50 = 0 THEN :completed_with_errors ELSE :completed END,
-                  :k, :k - CASE WHEN (o + extract(month FROM m)::int) % 50 = 0 THEN 1 ELSE 0 END,
+                  :per_org_month,
+                  :per_org_month - CASE WHEN (o + extract(month FROM m)::int) % 50 = 0 THEN 1 ELSE 0 END,
                   CASE WHEN (o + extract(month FROM m)::int) % 50 = 0 THEN 1 ELSE 0 END,
                   CASE WHEN (o + extract(month FROM m)::int) % 50 = 0
-                       THEN jsonb_build_array(jsonb_build_object('lease_id', (o - 1) * :k + 1, 'error', 'bad'))
+                       THEN jsonb_build_array(
+                                jsonb_build_object('lease_id', (o - 1) * :per_org_month + 1, 'error', 'bad'))
                        ELSE '[]' END,
                   CAST(:dag_ids AS jsonb) ->> t,
                   'scheduled__' || m, m - interval '5 days', m - interval '5 days' + (o % 97) * interval '1 second'
-           FROM generate_series(1, :n) o,
+           FROM generate_series(1, :organizations) o,
                 generate_series(DATE '2025-01-01', DATE '2025-01-01' + (:months - 1) * interval '1 month',
                                 interval '1 month') m,
                 unnest(CAST(:run_types AS text[])) t"""
         ),
         {
-            "n": organizations,
-            "k": per_org_month,
+            "organizations": organizations,
+            "per_org_month": per_org_month,
             "months": months,
             "run_types": list(RUN_TYPES),
             "completed": RunStatus.COMPLETED,
