@@ -17,7 +17,7 @@ from tentman.billing.leases import LeaseStatus
 from tentman.names import InvoiceStatus, InvoiceType, StatementStatus
 
 # The statuses the demo's leases and statements have.
-ACTIVE, NOT_STARTED = LeaseStatus.ACTIVE, LeaseStatus.DRAFT
+ACTIVE, NOT_STARTED, TERMINATED = LeaseStatus.ACTIVE, LeaseStatus.DRAFT, LeaseStatus.TERMINATED
 FINALIZED, NOT_FINAL = StatementStatus.FINALIZED, StatementStatus.DRAFT
 
 DEMO_RENT_LOGICAL_DATE = "2026-11-26T02:00:00+00:00"
@@ -37,7 +37,7 @@ SPECIAL_LEASES = [
     (101, 1, "101", "Alice Moreau", date(2025, 6, 1), None, Decimal("1500.00"), ACTIVE),
     (102, 1, "102", "Bruno Silva", date(2026, 12, 10), None, Decimal("1800.00"), ACTIVE),  # moves in
     (103, 1, "103", "Chloe Martin", date(2024, 1, 1), date(2026, 12, 20), Decimal("1200.00"), ACTIVE),  # moves out
-    (104, 1, "104", "Dmitri Volkov", date(2023, 3, 1), date(2026, 10, 31), Decimal("1300.00"), "terminated"),
+    (104, 1, "104", "Dmitri Volkov", date(2023, 3, 1), date(2026, 10, 31), Decimal("1300.00"), TERMINATED),
     (105, 1, "105", "Emma Novak", date(2025, 2, 1), None, Decimal("-50.00"), ACTIVE),  # bad data
     (106, 1, "106", "Farid Haddad", date(2024, 9, 1), None, Decimal("1650.00"), ACTIVE),  # invoice issued
     (107, 1, "107", "Grace Liu", date(2027, 1, 1), None, Decimal("1400.00"), NOT_STARTED),  # not started
@@ -141,7 +141,7 @@ def load_demo_data(conn: Connection) -> bool:
     generated_leases, generated_charges = _generated_leases()
     conn.execute(
         sa.text("INSERT INTO organizations (id, name, currency, is_active) VALUES (:id, :name, :currency, :active)"),
-        [dict(zip(("id", "name", "currency", "active"), o, strict=False)) for o in ORGANIZATIONS],
+        [dict(zip(("id", "name", "currency", "active"), organization, strict=False)) for organization in ORGANIZATIONS],
     )
     lease_keys = ("id", "org", "unit", "tenant", "start", "end", "rent", "status")
     conn.execute(
@@ -195,7 +195,7 @@ def _load_utility_statements(conn: Connection) -> bool:
             VALUES (:id, :org, :lease, :type, :start, :end, :amount, :status, CAST(:finalized AS timestamptz))
             """
         ),
-        [dict(zip(keys, s, strict=False)) for s in UTILITY_STATEMENTS],
+        [dict(zip(keys, statement, strict=False)) for statement in UTILITY_STATEMENTS],
     )
     conn.execute(
         sa.text(
