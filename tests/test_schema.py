@@ -24,7 +24,7 @@ from support.application import TENTMAN, application_database, tentman
 from support.databases import create_database, drop_database
 from support.factories import add_charge, add_lease, add_organization, add_statement
 from support.legacy import build_legacy_install
-from tentman.application_schema import FOREIGN_KEYS, INDEXES, TABLE_NAMES, TABLES, UNIQUE_KEYS, check_contract
+from tentman.application_schema import FOREIGN_KEYS, INDEXES, TABLE_NAMES, TABLES, UNIQUE_KEYS, contract_report
 from tentman.billing.organization_settings import billing_settings
 from tentman.billing.proration import prorate
 from tentman.db import create_engine_from_uri
@@ -171,7 +171,7 @@ CONTRACT_ITEMS = (
 def test_check_names_each_missing_contract_item(engine, ddl, named):
     with engine.begin() as conn:
         conn.exec_driver_sql(ddl)
-        report = check_contract(conn)
+        report = contract_report(conn)
     messages = [f"error: {e}" for e in report.errors] + [f"warning: {w}" for w in report.warnings]
     assert any(named in message for message in messages), (named, messages)
     assert report.holds == named.startswith("warning:")

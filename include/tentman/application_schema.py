@@ -3,7 +3,7 @@
 The application owns `organizations`, `leases`, `lease_recurring_charges`, `utility_statements`,
 `invoices`, `invoice_lines` and `invoice_runs`, and evolves them with its own migrations. The bundle
 never creates, alters or drops them in a database it adopts: it states here, once, which columns,
-types, keys and indexes it needs, and `check_contract` compares a database with that statement.
+types, keys and indexes it needs, and `contract_report` compares a database with that statement.
 Only a standalone database (the demo, the tests, compose) gets the tables from this module
 (`create_application_tables`, `tentman db upgrade --with-application-tables`).
 
@@ -315,7 +315,7 @@ class ContractReport:
         return not self.errors
 
 
-def check_contract(conn: Connection) -> ContractReport:
+def contract_report(conn: Connection) -> ContractReport:
     """Compare the application's tables on this connection's search_path with the contract."""
     report = ContractReport()
     catalog = _Catalog(conn)

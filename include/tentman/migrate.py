@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from tentman.application_schema import (
     TABLE_NAMES,
     ContractReport,
-    check_contract,
+    contract_report,
     create_application_tables,
     existing_application_tables,
     format_report,
@@ -133,7 +133,7 @@ def _revision_difference(conn: Connection) -> str | None:
 def schema_report(conn: Connection) -> ContractReport:
     """What `tentman db check` prints: the revision of the bundle's schema, and the application's
     tables against the contract."""
-    report = check_contract(conn)
+    report = contract_report(conn)
     difference = _revision_difference(conn)
     if difference:
         report.errors.insert(0, difference)
@@ -148,7 +148,7 @@ def check_schema(engine: Engine) -> list[str]:
         difference = _revision_difference(conn)
         if difference:
             raise SchemaNotReady(f"{difference}, then run the DAG again")
-        report = check_contract(conn)
+        report = contract_report(conn)
     if not report.holds:
         raise SchemaNotReady(format_report(report) + "\n  (`tentman db check` lists the same)")
     return report.warnings
