@@ -31,9 +31,9 @@ from tentman_dev.local import ensure_database, server_uri, start_embedded_postgr
 
 
 def measure(n: int, leases: int, *, executor: str, workers: int, concurrency: int, timeout: float) -> dict:
-    with tempfile.TemporaryDirectory(prefix="tentman-bench-sweep-") as tmp_name:
-        tmp = Path(tmp_name)
-        server = start_embedded_postgres(tmp / "pgdata", cleanup_mode="stop")
+    with tempfile.TemporaryDirectory(prefix="tentman-bench-sweep-") as scratch_name:
+        scratch = Path(scratch_name)
+        server = start_embedded_postgres(scratch / "pgdata", cleanup_mode="stop")
         try:
             admin = server_uri(server)
             tentman_db = f"tentman_{uuid.uuid4().hex[:6]}"
@@ -44,13 +44,13 @@ def measure(n: int, leases: int, *, executor: str, workers: int, concurrency: in
             with engine.begin() as conn:
                 populate_organizations(conn, [leases] * n, statements=max(1, n * leases))
             with measured_stack(
-                tmp, admin, tentman_uri, executor=executor, workers=workers, concurrency=concurrency, n=n
+                scratch, admin, tentman_uri, executor=executor, workers=workers, concurrency=concurrency, n=n
             ) as (
                 stack,
                 api,
             ):
                 roots = {name: proc.pid for name, proc in stack.processes.items()}
-                roots["postgres"] = postmaster_pid(tmp / "pgdata")
+                roots["postgres"] = postmaster_pid(scratch / "pgdata")
                 sampler = ProcessSampler(roots)
                 sampler.start()
                 started = time.perf_counter()

@@ -36,12 +36,12 @@ router = APIRouter()
     summary="Each organization's billing settings and its last rent and utility run",
 )
 def list_billing_settings(conn=Depends(read_only_connection)) -> list[OrganizationBillingSettings]:
-    items = []
+    organizations = []
     for row in queries.organizations_with_settings(conn):
-        data = dict(row._mapping)
-        data["effective_proration_method"] = ProrationMethod.parse(data["proration_method"]).value
-        items.append(OrganizationBillingSettings(**data))
-    return items
+        fields = dict(row._mapping)
+        fields["effective_proration_method"] = ProrationMethod.parse(fields["proration_method"]).value
+        organizations.append(OrganizationBillingSettings(**fields))
+    return organizations
 
 
 @router.put(

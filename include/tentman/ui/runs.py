@@ -102,16 +102,17 @@ def _task_urls(rows) -> dict[int, str]:
                     labels[(ti.dag_id, ti.run_id, ti.rendered_map_index)] = ti.map_index
         except Exception:  # the link is a convenience; the page works without it
             labels = {}
-    for r in rows:
-        base = f"/dags/{r.dag_id}/runs/{r.dag_run_id}/tasks/{BILL_ORGANIZATION_TASK}"
-        map_index = labels.get((r.dag_id, r.dag_run_id, organization_label(r.organization_name, r.organization_id)))
-        urls[r.id] = f"{base}/mapped/{map_index}" if map_index is not None else base
+    for run in rows:
+        task_url = f"/dags/{run.dag_id}/runs/{run.dag_run_id}/tasks/{BILL_ORGANIZATION_TASK}"
+        label = organization_label(run.organization_name, run.organization_id)
+        map_index = labels.get((run.dag_id, run.dag_run_id, label))
+        urls[run.id] = f"{task_url}/mapped/{map_index}" if map_index is not None else task_url
     return urls
 
 
 def _run(row, url: str) -> Run:
-    data = dict(row._mapping)
+    fields = dict(row._mapping)
     for amount in ("drafted_amount", "other_amount", "amount_billed"):
-        data[amount] = str(data[amount])
-    data["duration_seconds"] = float(row.duration_seconds) if row.duration_seconds is not None else None
-    return Run(**data, task_url=url)
+        fields[amount] = str(fields[amount])
+    fields["duration_seconds"] = float(row.duration_seconds) if row.duration_seconds is not None else None
+    return Run(**fields, task_url=url)
