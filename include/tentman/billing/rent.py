@@ -391,7 +391,7 @@ UPDATE tm_rent_target SET outcome = :skipped
 WHERE invoice_id IS NULL AND outcome IS NULL AND lease_id BETWEEN :first_lease_id AND :last_lease_id
 """
 
-# Existing drafts that differ are updated; `status = 'draft'` is re-checked on the row itself so
+# Existing drafts that differ are updated; `status = :draft` is re-checked on the row itself so
 # an invoice issued meanwhile by the application is left alone (and reported as skipped).
 _UPDATE_CHANGED = """
 WITH changed AS (
