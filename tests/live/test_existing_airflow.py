@@ -144,7 +144,7 @@ def test_both_dags_run_on_a_stock_airflow_with_only_the_documented_steps(
             details = stack.airflow("dags", "details", dag_id, "--output", "json")
             assert str(json.loads(details.stdout.strip().splitlines()[-1])[0]["is_paused"]) == "True"  # a string here
     finally:
-        stack.stop()
+        stack.kill()
         engine.dispose()
         drop_database(pg_admin_uri, tentman_db)
         drop_database(pg_admin_uri, metadata_db)
