@@ -272,7 +272,7 @@ class AirflowStack:
         query a second, not an `airflow` command (seconds of imports each)."""
         import sqlalchemy as sa
 
-        metadata = sa.create_engine(self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], poolclass=sa.NullPool)
+        metadata = sa.create_engine(self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], poolclass=sa.pool.NullPool)
         parsed = sa.text("SELECT EXISTS (SELECT FROM dag JOIN serialized_dag USING (dag_id) WHERE dag_id = :dag_id)")
         deadline = time.monotonic() + timeout
         try:
