@@ -244,6 +244,11 @@ def test_the_lowest_supported_airflow_parses_and_runs_both_dags(lowest_airflow_v
             "pytest",
             "tests/orchestration/test_dags.py",
             "tests/orchestration/test_adoption.py",
+            # What this Airflow decides (parsing, params, mapping, retries or not, dag.test runs), not
+            # what the billing code alone does: each organization's settings honoured is the engine's
+            # (a dag.test of 30 s on this Airflow; the outer session runs it on the pinned one).
+            "--deselect",
+            "tests/orchestration/test_dags.py::test_dag_test_run_honours_each_organizations_billing_settings",
             "-q",
             "-p",
             "no:cacheprovider",
