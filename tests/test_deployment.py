@@ -500,7 +500,7 @@ def test_the_mapping_names_every_metric_the_way_the_exporter_would():
     from support.monitoring import map_statsd_name
 
     assert map_statsd_name("airflow.tentman.leases_billed", "counter") == ("tentman_leases_billed_total", {})
-    assert map_statsd_name("airflow.tentman.billing_duration", "observer") == ("tentman_engine_duration_seconds", {})
+    assert map_statsd_name("airflow.tentman.engine_duration", "observer") == ("tentman_engine_duration_seconds", {})
     assert map_statsd_name("airflow.dagrun.duration.failed", "observer") == (
         "airflow_dagrun_duration_seconds",
         {"state": "failed"},
