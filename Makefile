@@ -48,9 +48,10 @@ tools:
 	  { echo "make test needs:$$missing (apt-get install --no-install-recommends$$missing)"; exit 1; }; \
 	fi
 
-## The whole test suite (embedded PostgreSQL, or TENTMAN_TEST_DATABASE_URL when set).
+## The whole test suite (embedded PostgreSQL, or TENTMAN_TEST_DATABASE_URL when set). It ends with its
+## total time and its ten slowest tests (docs/testing.md, "Suite time"): a test grown slow shows in every run.
 test: $(STAMP) tools
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=10 $(PYTEST_ARGS)
 
 ## The tests that need no database and no Airflow metadata (proration, periods, settings, params): seconds.
 test-unit: $(STAMP)

@@ -18,6 +18,7 @@ import pytest
 
 from support.databases import create_database, drop_database
 from support.distribution import airflow_venv, dist  # noqa: F401 (session fixtures: the wheel, a venv with it)
+from support.live import drop_metadata_templates
 from tentman.db import create_engine_from_uri
 from tentman.migrate import upgrade
 from tentman_dev.local import REPO_ROOT, airflow_metadata_uri, server_uri, start_embedded_postgres, with_database
@@ -28,9 +29,11 @@ def pg_admin_uri(tmp_path_factory):
     url = os.environ.get("TENTMAN_TEST_DATABASE_URL")
     if url:
         yield url
+        drop_metadata_templates(url)
         return
     server = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
     yield server_uri(server)
+    drop_metadata_templates(server_uri(server))
     server.cleanup()
 
 

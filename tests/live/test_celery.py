@@ -149,7 +149,15 @@ def test_a_killed_worker_s_organizations_are_retried_on_the_other(celery, audite
     for org in orgs:
         make_slow(engine, org, 20, "2027-02")
     run_id = trigger(api, orgs, "2027-02")
-    poll(lambda: running_on(api, run_id), timeout=180, interval=1, what="organization tasks running")
+    # Every organization running (each sleeps 20 s in its first insert; two per worker): a task the
+    # victim had received but not yet started would sit queued until task_queued_timeout (300 s),
+    # another scenario than a worker dying with its running tasks.
+    poll(
+        lambda: sum(map(len, running_on(api, run_id).values())) == len(orgs),
+        timeout=180,
+        interval=1,
+        what="every organization task running",
+    )
     victim, killed = max(running_on(api, run_id).items(), key=lambda item: len(item[1]))
     kill(stack, victim)
     run = api.wait(RENT_DAG_ID, run_id, timeout=DEAD_WORKER_S + 300, poll=3)

@@ -7,8 +7,9 @@ import hashlib
 import re
 import tomllib
 
+import httpx
 import pytest
-from fastapi.testclient import TestClient
+from a2wsgi import ASGIMiddleware
 
 from tentman.ui.app import create_app
 from tentman.ui.page import STATIC, VENDOR, VENDOR_URL
@@ -60,7 +61,8 @@ def test_the_bundled_d3_code_keeps_its_bsd_licence():
 
 def test_the_app_serves_them_and_the_page_and_docs_load_nothing_else_from_outside():
     app = create_app()
-    client = TestClient(app)
+    # httpx's own transport (through a2wsgi, which Airflow brings): starlette's TestClient now wants httpx2.
+    client = httpx.Client(transport=httpx.WSGITransport(app=ASGIMiddleware(app)), base_url="http://testserver")
     for directory, (_, files, _) in VENDORED.items():
         for name in files:
             response = client.get(f"/static/vendor/{directory}/{name}")  # mounted under /tentman by the plugin

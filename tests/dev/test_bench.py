@@ -1,0 +1,112 @@
+"""The benchmarks (dev/tentman_dev/bench: `make bench`, `make bench-scale`) report their figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from tentman.billing.rent import RENT_STAGES
+from tentman.billing.utility import UTILITY_STAGES, generate_utility_invoices
+from tentman.db import create_engine_from_uri
+from tentman_dev.bench import common as bench_common
+from tentman_dev.bench import engines as bench
+from tentman_dev.bench import scale as bench_scale
+
+
+def test_benchmark_reports_its_figures(pg_admin_uri, capsys):
+    figures = bench.run(300, pg_admin_uri)
+    for key in ("engine_leases_per_s", "rerun_leases_per_s", "copy_floor_leases_per_s", "peak_rss_mb"):
+        assert figures[key] > 0
+    assert figures["utility_vs_copy_floor"] > 0 and figures["utility_vs_invoices_lines_copy"] > 0
+    assert figures["utility_vs_update_floor"] > 0 and figures["utility_update_floor_per_s"] > 0
+    # The WAL each engine run and each floor wrote, metered on the server.
+    for key in ("rent_wal_mb", "copy_floor_wal_mb", "utility_wal_mb", "utility_copy_floor_wal_mb"):
+        assert figures[key] > 0
+    assert figures["utility_update_floor_wal_mb"] > 0
+    # Each floor table by table (the update floor's last part is the link UPDATE).
+    assert list(figures["copy_floor_parts"]) == ["invoices", "invoice_lines"]
+    assert list(figures["utility_copy_floor_parts"]) == ["invoices", "invoice_lines", "utility_statements"]
+    assert list(figures["utility_update_floor_parts"]) == ["invoices", "invoice_lines", "utility_statements (UPDATE)"]
+    assert all(part["seconds"] > 0 for part in figures["utility_update_floor_parts"].values())
+    # Every stage of each engine, then the commit, as the stage table printed them.
+    for key in ("rent_stages_s", "rent_rerun_stages_s", "rent_changed_rerun_stages_s"):
+        assert tuple(figures[key]) == (*RENT_STAGES, "commit")
+    assert tuple(figures["utility_stages_s"]) == (*UTILITY_STAGES, "commit")
+    out = capsys.readouterr().out
+    assert all(name in out for name in (*RENT_STAGES, *UTILITY_STAGES, "other", "commit"))
+    assert "utility update floor: COPY of the invoices and lines, then one UPDATE linking the statements" in out
+    json.dumps(figures)
+
+
+def test_update_floor_writes_again_what_the_utility_engine_wrote(engine):
+    """The update floor times the utility engine's output written the plainest way (COPY of the
+    invoices and lines, one UPDATE for the links): afterwards the same rows are there, once."""
+    with engine.begin() as conn:
+        org = conn.execute(sa.text("INSERT INTO organizations (name) VALUES ('Floor') RETURNING id")).scalar_one()
+        bench.generate_leases(conn, org, 30)
+        bench.generate_statements(conn, org, 20)
+    with engine.begin() as conn:
+        generate_utility_invoices(conn, organization_id=org, period=bench_common.PERIOD, invoice_run_id=None)
+    billed = sa.text(
+        """SELECT s.id, il.id AS line_id, il.amount, i.lease_id, i.total, i.status
+           FROM utility_statements s
+           JOIN invoice_lines il ON il.id = s.invoice_line_id
+           JOIN invoices i ON i.id = il.invoice_id
+           WHERE s.organization_id = :org ORDER BY s.id"""
+    )
+    with engine.connect() as conn:
+        before = conn.execute(billed, {"org": org}).all()
+
+    phase = bench.update_floor(engine, org)
+
+    with engine.connect() as conn:
+        after = conn.execute(billed, {"org": org}).all()
+        invoices = conn.execute(
+            sa.text("SELECT count(*) FROM invoices WHERE organization_id = :org AND invoice_type = 'utility'"),
+            {"org": org},
+        ).scalar_one()
+    assert len(before) == 20 and before[0].amount == before[0].total > Decimal("10.00")
+    assert after == before and invoices == 20
+    assert phase.seconds > 0 and phase.wal_mb > 0
+
+
+def test_benchmark_refuses_a_role_that_may_not_checkpoint(engine, db_uri):
+    """Every timed phase starts after a CHECKPOINT, which needs a superuser (or pg_checkpoint)."""
+    role = f"tentman_bench_{uuid.uuid4().hex[:8]}"  # roles are server-wide: unique, and dropped after
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role}")
+    as_role = create_engine_from_uri(db_uri, connect_args={"options": f"-c role={role}"})
+    try:
+        with pytest.raises(SystemExit, match=r"may not run CHECKPOINT: give TENTMAN_BENCH_DATABASE_URL a superuser"):
+            bench_common.checkpoint(as_role)
+    finally:
+        as_role.dispose()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP ROLE {role}")
+
+
+def test_bench_scale_engine_only_times_the_largest_organization_in_the_population():
+    """`make bench-scale BENCH_ARGS="--engine-only"` at a small scale: the whole population billed by
+    the engines, then the largest organization alone beside its COPY floor (its own embedded
+    PostgreSQL, in a process of its own as `make` runs it)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tentman_dev.bench.scale", "--scale", "0.002", "--engine-only"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    largest = max(bench_scale.organization_sizes(4, 2000))
+    assert (figures["organizations"], figures["leases"], figures["largest_organization_leases"]) == (4, 2000, largest)
+    assert "billed 2026-03 for 4 organizations" in out
+    assert figures["largest_org_engine_alone_leases_per_s"] > 0 and figures["largest_org_vs_copy_floor"] > 0
+    assert figures["largest_org_wal_mb"] > 0
+    assert list(figures["largest_org_copy_floor_parts"]) == ["invoices", "invoice_lines"]
+    assert tuple(figures["largest_org_stages_s"]) == (*RENT_STAGES, "commit")
