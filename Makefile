@@ -48,10 +48,14 @@ tools:
 	  { echo "make test needs:$$missing (apt-get install --no-install-recommends$$missing)"; exit 1; }; \
 	fi
 
-## The whole test suite (embedded PostgreSQL, or TENTMAN_TEST_DATABASE_URL when set). It ends with its
-## total time and its ten slowest tests (docs/testing.md, "Suite time"): a test grown slow shows in every run.
+## The whole test suite (embedded PostgreSQL, or TENTMAN_TEST_DATABASE_URL when set), in
+## TEST_PROCESSES processes (pytest-xdist; 0: in this one). The tests that start Airflow processes
+## (tests/live, tests/ui) all run in one of them, one after the other (tests/conftest.py says why).
+## It ends with its total time and its ten slowest tests (docs/testing.md, "Suite time"): a test
+## grown slow shows in every run.
+TEST_PROCESSES ?= 2
 test: $(STAMP) tools
-	$(BIN)/python -m pytest --durations=10 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup --durations=10 $(PYTEST_ARGS)
 
 ## The tests that need no database and no Airflow metadata (proration, periods, settings, params): seconds.
 test-unit: $(STAMP)

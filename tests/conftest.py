@@ -97,11 +97,20 @@ def airflow_home(pg_admin_uri, tmp_path_factory):
 _SERVER_FIXTURES = {"pg_admin_uri", "template_db", "db_uri", "engine", "airflow_home"}
 
 
+# `make test` runs the suite in two pytest-xdist processes (--dist loadgroup). The tests that start
+# Airflow processes (marked live) all go to one of them, one after the other: every stack's
+# scheduler and triggerer serve their logs on Airflow's fixed ports (8793, 8794), and each live
+# test's timeouts assume its stack has the machine's other core, not a second stack beside it.
+AIRFLOW_PROCESSES_GROUP = pytest.mark.xdist_group("airflow_processes")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         used = _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if item.get_closest_marker("unit") and used:
             raise pytest.UsageError(f"{item.nodeid} is marked unit but uses {', '.join(sorted(used))}")
+        if item.get_closest_marker("live"):
+            item.add_marker(AIRFLOW_PROCESSES_GROUP)
 
 
 # --- Reliability scenarios: each ends with an audit, and `make reliability-report` tabulates them.

@@ -4,6 +4,7 @@ The two fixtures are registered in conftest.py."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -56,13 +57,18 @@ def normalized(name: str) -> str:
 @pytest.fixture(scope="session")
 def dist(tmp_path_factory) -> dict[str, Path]:
     """The wheel and sdist of `make dist` (the command docs/deployment.md shows), copied out of dist/."""
-    done = subprocess.run(["make", "-s", "dist"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    # `make dist` leaves no egg-info beside the package (the dev venv would see the entry point twice).
-    assert not list((REPO_ROOT / "include").glob("*.egg-info"))
     out = tmp_path_factory.mktemp("dist")
-    for built in (REPO_ROOT / "dist").iterdir():
-        shutil.copy(built, out / built.name)
+    # One build at a time in the checkout: under `make test` each pytest-xdist process that needs
+    # the wheel builds it, and two builds at once would empty each other's dist/. (The parent of a
+    # pytest-xdist process's temporary root is the session's, which both processes share.)
+    with open(tmp_path_factory.getbasetemp().parent / "tentman-dist.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = subprocess.run(["make", "-s", "dist"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        # `make dist` leaves no egg-info beside the package (the dev venv would see the entry point twice).
+        assert not list((REPO_ROOT / "include").glob("*.egg-info"))
+        for built in (REPO_ROOT / "dist").iterdir():
+            shutil.copy(built, out / built.name)
     wheels, sdists = list(out.glob("*.whl")), list(out.glob("*.tar.gz"))
     assert [path.name for path in wheels] == [f"{DISTRIBUTION}-{__version__}-py3-none-any.whl"]
     assert [path.name for path in sdists] == [f"{DISTRIBUTION}-{__version__}.tar.gz"]
