@@ -55,7 +55,7 @@ tools:
 ## grown slow shows in every run.
 TEST_PROCESSES ?= 2
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup --durations=10 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --durations=10 $(PYTEST_ARGS)
 
 ## The tests that need no database and no Airflow metadata (proration, periods, settings, params): seconds.
 test-unit: $(STAMP)

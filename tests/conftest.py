@@ -97,11 +97,25 @@ def airflow_home(pg_admin_uri, tmp_path_factory):
 _SERVER_FIXTURES = {"pg_admin_uri", "template_db", "db_uri", "engine", "airflow_home"}
 
 
-# `make test` runs the suite in two pytest-xdist processes (--dist loadgroup). The tests that start
-# Airflow processes (marked live) all go to one of them, one after the other: every stack's
-# scheduler and triggerer serve their logs on Airflow's fixed ports (8793, 8794), and each live
-# test's timeouts assume its stack has the machine's other core, not a second stack beside it.
-AIRFLOW_PROCESSES_GROUP = pytest.mark.xdist_group("airflow_processes")
+# `make test` runs the suite in two pytest-xdist processes. The tests that start Airflow processes
+# (marked live) all go to one of them, one after the other, in file order: every stack's scheduler
+# and triggerer serve their logs on Airflow's fixed ports (8793, 8794), a module's tests share its
+# stack, and each live test's timeouts assume its stack has the machine's other core, not a second
+# stack beside it. The other process takes the rest, test by test.
+AIRFLOW_PROCESS_TESTS = ("tests/live/", "tests/ui/test_billing_ui.py", "tests/ui/test_billing_settings_ui.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class AirflowProcessTestsTogether(LoadScopeScheduling):
+        """One work unit of all the tests that start Airflow processes; every other test alone.
+        (pytest-xdist's own `xdist_group` marks do not group under this pytest.)"""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return "airflow processes" if nodeid.startswith(AIRFLOW_PROCESS_TESTS) else nodeid
+
+    return AirflowProcessTestsTogether(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -109,8 +123,11 @@ def pytest_collection_modifyitems(config, items):
         used = _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if item.get_closest_marker("unit") and used:
             raise pytest.UsageError(f"{item.nodeid} is marked unit but uses {', '.join(sorted(used))}")
-        if item.get_closest_marker("live"):
-            item.add_marker(AIRFLOW_PROCESSES_GROUP)
+        if item.get_closest_marker("live") and not item.nodeid.startswith(AIRFLOW_PROCESS_TESTS):
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked live but is not in {', '.join(AIRFLOW_PROCESS_TESTS)}, where `make test` "
+                "runs the tests that start Airflow processes one after the other (tests/conftest.py)"
+            )
 
 
 # --- Reliability scenarios: each ends with an audit, and `make reliability-report` tabulates them.
