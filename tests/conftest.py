@@ -105,6 +105,9 @@ _SERVER_FIXTURES = {"pg_admin_uri", "template_db", "db_uri", "engine", "airflow_
 AIRFLOW_PROCESS_TESTS = ("tests/live/", "tests/ui/test_billing_ui.py", "tests/ui/test_billing_settings_ui.py")
 
 
+# optionalhook: the lowest supported Airflow's virtualenv (tests/test_distribution.py) runs some of
+# these tests with a pytest that has no pytest-xdist.
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
