@@ -5,8 +5,8 @@ from tentman.names import (
     DEFAULT_PRORATION_METHOD,
     RECORD_RUNS_TASK,
     RENT_DAG_ID,
-    RENT_RUN,
     RunStatus,
+    RunType,
 )
 from tentman.orchestration.dag_factory import build_billing_dag, schedule_in_words
 from tentman.orchestration.params import (
@@ -43,7 +43,7 @@ its logical date (the January run bills February). Runs {schedule_in_words(SCHED
 
 dag = build_billing_dag(
     dag_id=RENT_DAG_ID,
-    run_type=RENT_RUN,
+    run_type=RunType.MONTHLY_RENT,
     schedule=SCHEDULE,
     tags=["rent"],
     doc_md=DOC_MD,

@@ -1,6 +1,6 @@
 """Airflow DAG `tentman_utility_billing`: weekly utility billing for every organization."""
 
-from tentman.names import BILLING_MONTH_FORMAT, RECORD_RUNS_TASK, UTILITY_DAG_ID, UTILITY_RUN, RunStatus
+from tentman.names import BILLING_MONTH_FORMAT, RECORD_RUNS_TASK, UTILITY_DAG_ID, RunStatus, RunType
 from tentman.orchestration.dag_factory import build_billing_dag, schedule_in_words
 from tentman.orchestration.params import billing_month_param, dry_run_param, organization_ids_param
 from tentman.settings import utility_schedule
@@ -22,7 +22,7 @@ invoice of the **current month** (the month of the run's logical date). Runs
 * If the month's utility invoice was already issued, the statements stay pending for the next
   month's run (recorded in the run's errors). Bad statements are recorded and left pending.
 * One mapped task per organization; `{RECORD_RUNS_TASK}` writes one `invoice_runs` row
-  (`run_type = '{UTILITY_RUN.value}'`) per organization and fails the run if any organization failed.
+  (`run_type = '{RunType.UTILITY.value}'`) per organization and fails the run if any organization failed.
 
 * An organization on billing hold is not billed by a run for all organizations
   (`{RunStatus.ON_HOLD.value}`); its statements stay pending until the hold is lifted. A run that
@@ -34,7 +34,7 @@ invoice of the **current month** (the month of the run's logical date). Runs
 
 dag = build_billing_dag(
     dag_id=UTILITY_DAG_ID,
-    run_type=UTILITY_RUN,
+    run_type=RunType.UTILITY,
     schedule=SCHEDULE,
     tags=["utility"],
     doc_md=DOC_MD,

@@ -226,14 +226,14 @@ def _effective_settings(environ: dict[str, str]) -> tuple:
     from unittest import mock
 
     from tentman import settings
-    from tentman.names import RENT_RUN, UTILITY_RUN
+    from tentman.names import RunType
 
     with mock.patch.dict(os.environ, environ, clear=True):
         return (
             settings.organization_task_policy(),
             settings.billing_pool_slots(),
-            settings.priority_weight(RENT_RUN),
-            settings.priority_weight(UTILITY_RUN),
+            settings.priority_weight(RunType.MONTHLY_RENT),
+            settings.priority_weight(RunType.UTILITY),
             settings.utility_due_days(),
             settings.rent_schedule(),
             settings.utility_schedule(),

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from tentman import settings
-from tentman.names import RENT_RUN, UTILITY_RUN
+from tentman.names import RunType
 
 pytestmark = pytest.mark.unit
 
@@ -54,7 +54,7 @@ def test_defaults():
     assert (settings.rent_schedule(), settings.utility_schedule()) == ("0 2 26 * *", "0 3 * * 1")
     assert settings.utility_due_days() == 0
     # Critical before routine: rent's tasks outrank utility's, which keep Airflow's default weight.
-    assert (settings.priority_weight(RENT_RUN), settings.priority_weight(UTILITY_RUN)) == (100, 1)
+    assert (settings.priority_weight(RunType.MONTHLY_RENT), settings.priority_weight(RunType.UTILITY)) == (100, 1)
 
 
 def test_overrides(monkeypatch):
@@ -69,7 +69,10 @@ def test_overrides(monkeypatch):
     assert settings.utility_schedule() == "*/5 * * * *"
     assert settings.billing_pool_slots({"TENTMAN_BILLING_POOL_SLOTS": "24"}) == 24
     weights = {"TENTMAN_RENT_PRIORITY_WEIGHT": "500", "TENTMAN_UTILITY_PRIORITY_WEIGHT": "20"}
-    assert (settings.priority_weight(RENT_RUN, weights), settings.priority_weight(UTILITY_RUN, weights)) == (500, 20)
+    assert (
+        settings.priority_weight(RunType.MONTHLY_RENT, weights),
+        settings.priority_weight(RunType.UTILITY, weights),
+    ) == (500, 20)
 
 
 @pytest.mark.parametrize(
@@ -85,7 +88,7 @@ def test_overrides(monkeypatch):
 )
 def test_a_bad_priority_weight_is_named(value, message):
     with pytest.raises(ValueError) as err:
-        settings.priority_weight(RENT_RUN, {"TENTMAN_RENT_PRIORITY_WEIGHT": value})
+        settings.priority_weight(RunType.MONTHLY_RENT, {"TENTMAN_RENT_PRIORITY_WEIGHT": value})
     assert str(err.value) == message
 
 

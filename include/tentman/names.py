@@ -76,16 +76,9 @@ class LineType(enum.StrEnum):
     UTILITY = "utility"
 
 
-RENT_RUN = RunType.MONTHLY_RENT
-UTILITY_RUN = RunType.UTILITY
-RUN_TYPES = tuple(t.value for t in RunType)
-RENT_INVOICE = InvoiceType.RENT
-UTILITY_INVOICE = InvoiceType.UTILITY
 # The invoice type a run of each type writes.
 INVOICE_TYPE_OF_RUN = {RunType.MONTHLY_RENT: InvoiceType.RENT, RunType.UTILITY: InvoiceType.UTILITY}
 RUN_TYPE_OF_DAG = {RENT_DAG_ID: RunType.MONTHLY_RENT, UTILITY_DAG_ID: RunType.UTILITY}
-ON_HOLD = RunStatus.ON_HOLD
-RUN_STATUSES = tuple(s.value for s in RunStatus)
 
 
 def invoice_type_sql(run_type_column: str) -> str:

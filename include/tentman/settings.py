@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from tentman.names import RENT_RUN, UTILITY_RUN
+from tentman.names import RunType
 
 TENTMAN_CONN_ID = "tentman_db"
 TENTMAN_CONN_ENV = "AIRFLOW_CONN_TENTMAN_DB"
@@ -91,8 +91,8 @@ def priority_weight(run_type: str, environ: Mapping[str, str] | None = None) -> 
     """The priority weight of a billing DAG's tasks: TENTMAN_RENT_PRIORITY_WEIGHT (default 100) or
     TENTMAN_UTILITY_PRIORITY_WEIGHT (default 1)."""
     name, default = {
-        RENT_RUN: ("TENTMAN_RENT_PRIORITY_WEIGHT", RENT_PRIORITY_WEIGHT),
-        UTILITY_RUN: ("TENTMAN_UTILITY_PRIORITY_WEIGHT", UTILITY_PRIORITY_WEIGHT),
+        RunType.MONTHLY_RENT: ("TENTMAN_RENT_PRIORITY_WEIGHT", RENT_PRIORITY_WEIGHT),
+        RunType.UTILITY: ("TENTMAN_UTILITY_PRIORITY_WEIGHT", UTILITY_PRIORITY_WEIGHT),
     }[run_type]
     weight = _int_env(name, default, 1, environ)
     if weight > MAX_PRIORITY_WEIGHT:

@@ -8,7 +8,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from support.commands import tentman
-from tentman.names import RENT_RUN
+from tentman.names import RunType
 from tentman.runs.bill import bill_organization
 from tentman.runs.organizations import list_organizations, organization_labels
 from tentman.runs.record import record_invoice_runs
@@ -22,7 +22,7 @@ def test_demo_data_bills_as_documented(engine, db_uri):
         assert load_demo_data(conn) is False  # loading twice changes nothing
     run = resolve_billing_period(
         engine,
-        run_type=RENT_RUN,
+        run_type=RunType.MONTHLY_RENT,
         params={"billing_month": "2026-12"},
         logical_date=None,
         run_after=datetime(2026, 11, 26, 2, tzinfo=UTC),

@@ -32,7 +32,7 @@ from support.monitoring import (
     statsd_env,
     stored_names,
 )
-from tentman.names import DAG_IDS, RENT_DAG_ID, RENT_RUN
+from tentman.names import DAG_IDS, RENT_DAG_ID, RunType
 from tentman.orchestration import metrics
 
 pytestmark = pytest.mark.live
@@ -135,7 +135,7 @@ def _run_and_check(stack, engine, listener):
             ours[(line.name.removeprefix("airflow."), line.tags["organization_id"])].append(line)
     for (name, org), found in ours.items():
         for line in found:
-            expected = {"dag_id": RENT_DAG_ID, "run_type": RENT_RUN, "organization_id": org}
+            expected = {"dag_id": RENT_DAG_ID, "run_type": RunType.MONTHLY_RENT, "organization_id": org}
             if name == metrics.INVOICE_RUNS.name:
                 expected["status"] = line.tags["status"]
             assert line.tags == expected, line
@@ -296,7 +296,7 @@ def test_with_opentelemetry_the_same_metrics_reach_an_otlp_endpoint(pg_admin_uri
                 for (name, attributes, _), value in receiver.points().items():
                     tags = dict(attributes)
                     if name.startswith("airflow.tentman.") and tags.get("organization_id") in (str(north), str(south)):
-                        assert (tags["dag_id"], tags["run_type"]) == (RENT_DAG_ID, RENT_RUN), tags
+                        assert (tags["dag_id"], tags["run_type"]) == (RENT_DAG_ID, RunType.MONTHLY_RENT), tags
                         key = (name.removeprefix("airflow."), tags["organization_id"])
                         totals[key] += value[0] if isinstance(value, tuple) else value
                 return dict(totals)

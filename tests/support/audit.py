@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from tentman.application_schema import MAX_AMOUNT
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.proration import prorate
-from tentman.names import RENT_RUN, ProrationMethod
+from tentman.names import ProrationMethod, RunStatus, RunType
 
 KNOWN_STATUSES = {"draft", "active", "terminated", "ended"}
 
@@ -215,7 +215,10 @@ def _audit_runs(conn, invoices, leases, charges_by_lease, bad, organization_ids)
         if run.total_leases != run.success_count + run.skipped_count + run.failure_count:
             bad.append(f"invoice run {run.id}: counts do not add up")
         lease_errors = [e for e in run.errors if e.get("lease_id") is not None]
-        if run.run_type == RENT_RUN and run.status in ("completed", "completed_with_errors"):
+        if run.run_type == RunType.MONTHLY_RENT and run.status in (
+            RunStatus.COMPLETED,
+            RunStatus.COMPLETED_WITH_ERRORS,
+        ):
             if run.failure_count != len(lease_errors):
                 bad.append(
                     f"invoice run {run.id}: failure_count {run.failure_count} but {len(lease_errors)} lease errors"

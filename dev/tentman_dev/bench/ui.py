@@ -16,7 +16,7 @@ from datetime import date
 import sqlalchemy as sa
 
 from tentman.billing.leases import LeaseStatus
-from tentman.names import INVOICE_TYPE_OF_RUN, RUN_TYPE_OF_DAG, RUN_TYPES, InvoiceStatus, RunStatus
+from tentman.names import INVOICE_TYPE_OF_RUN, RUN_TYPE_OF_DAG, InvoiceStatus, RunStatus, RunType
 from tentman.ui import queries
 from tentman_dev.bench.common import bench_server, scratch_database, vacuum_analyze
 
@@ -60,7 +60,7 @@ def populate_runs_and_invoices(conn, invoices: int, organizations: int, months: 
             "organizations": organizations,
             "per_org_month": per_org_month,
             "months": months,
-            "run_types": list(RUN_TYPES),
+            "run_types": list(RunType),
             "completed": RunStatus.COMPLETED,
             "completed_with_errors": RunStatus.COMPLETED_WITH_ERRORS,
             "dag_ids": json.dumps({run: dag for dag, run in RUN_TYPE_OF_DAG.items()}),

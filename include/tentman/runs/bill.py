@@ -14,7 +14,7 @@ from tentman.billing.rent import generate_rent_invoices
 from tentman.billing.results import OrganizationBillingResult
 from tentman.billing.utility import default_due_date, generate_utility_invoices
 from tentman.db import UnitOfWork
-from tentman.names import RENT_RUN, ProrationMethod, RunStatus
+from tentman.names import ProrationMethod, RunStatus, RunType
 from tentman.runs import invoice_runs
 from tentman.runs.billing_run import BillingRun
 from tentman.runs.invoice_runs import RunKey
@@ -62,7 +62,7 @@ def bill_organization(
 
 def _invoice_generator(run: BillingRun, method: str | None) -> InvoiceGenerator:
     """The billing engine of the run's type, bound to the run's period (and rent's proration method)."""
-    if run.run_type == RENT_RUN:
+    if run.run_type == RunType.MONTHLY_RENT:
 
         def generate_rent_invoices_of_run(conn, organization_id, invoice_run_id):
             return generate_rent_invoices(
@@ -154,7 +154,7 @@ def _bill_and_record_organization(
 
 def _proration_method_for(run: BillingRun, settings: BillingSettings) -> str | None:
     """Rent: the run's explicit method, else the organization's, else the platform default. Utility: none."""
-    if run.run_type != RENT_RUN:
+    if run.run_type != RunType.MONTHLY_RENT:
         return None
     return run.proration_method or settings.effective_proration_method.value
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from tentman.billing.periods import BillingPeriod
-from tentman.names import RENT_RUN, ProrationMethod
+from tentman.names import ProrationMethod, RunType
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,6 @@ def parse_dry_run(value: object) -> bool:
 
 def parse_run_proration_method(run_type: str, value: object) -> str | None:
     """The run's explicit method (validated), or None: each organization is billed with its own."""
-    if run_type != RENT_RUN or value is None:
+    if run_type != RunType.MONTHLY_RENT or value is None:
         return None
     return ProrationMethod.parse(value).value

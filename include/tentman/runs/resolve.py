@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, Engine
 from tentman.billing.periods import BillingPeriod, rent_period_for_run, utility_period_for_run
 from tentman.db import UnitOfWork
 from tentman.migrate import check_schema
-from tentman.names import DEFAULT_PRORATION_METHOD, RENT_RUN, RUN_TYPES, RunType
+from tentman.names import DEFAULT_PRORATION_METHOD, RunType
 from tentman.runs.billing_run import (
     BillingRun,
     parse_dry_run,
@@ -43,8 +43,8 @@ def resolve_billing_period(
     for a manual run without one, its `run_after`) — never from the wall clock, so late runs and
     backfills bill the month they stand for.
     """
-    if run_type not in RUN_TYPES:
-        raise ValueError(f"run_type {run_type!r} is not one of {', '.join(RUN_TYPES)}")
+    if run_type not in tuple(RunType):
+        raise ValueError(f"run_type {run_type!r} is not one of {', '.join(RunType)}")
     # A schema behind the bundle, or application tables without what billing relies on, would fail
     # deep inside every organization task, retried ten times: fail here, naming each difference.
     for warning in check_schema(engine):
@@ -73,7 +73,12 @@ def resolve_billing_period(
         period.label,
         run.billing_period_start,
         run.billing_period_end,
-        method or (f"each organization's own, else {DEFAULT_PRORATION_METHOD.value}" if run_type == RENT_RUN else "-"),
+        method
+        or (
+            f"each organization's own, else {DEFAULT_PRORATION_METHOD.value}"
+            if run_type == RunType.MONTHLY_RENT
+            else "-"
+        ),
         dry_run,
         organization_ids or "all active",
     )
@@ -83,7 +88,7 @@ def resolve_billing_period(
 def _billing_period(run_type: str, billing_month: object, moment: datetime) -> BillingPeriod:
     if billing_month is not None:
         return BillingPeriod.parse(billing_month)
-    return rent_period_for_run(moment) if run_type == RENT_RUN else utility_period_for_run(moment)
+    return rent_period_for_run(moment) if run_type == RunType.MONTHLY_RENT else utility_period_for_run(moment)
 
 
 def _check_organizations_can_be_billed(conn: Connection, organization_ids: list[int]) -> None:
