@@ -12,7 +12,9 @@ import enum
 
 RENT_DAG_ID = "tentman_monthly_rent_generation"
 UTILITY_DAG_ID = "tentman_utility_billing"
-DAG_IDS = (RENT_DAG_ID, UTILITY_DAG_ID)
+# Bills the organizations that bill on a schedule of their own (tentman.billing.schedules), hourly.
+SCHEDULES_DAG_ID = "tentman_organization_schedules"
+DAG_IDS = (RENT_DAG_ID, UTILITY_DAG_ID, SCHEDULES_DAG_ID)
 
 # The PostgreSQL schema holding everything that is the bundle's own (its migration version table,
 # the organizations' billing settings and their audit, the proration function). The application's
@@ -21,6 +23,8 @@ BILLING_SCHEMA = "tentman_billing"
 BILLING_SETTINGS_TABLE = f"{BILLING_SCHEMA}.organization_billing_settings"
 BILLING_SETTINGS_AUDIT_TABLE = f"{BILLING_SCHEMA}.organization_billing_settings_audit"
 PRORATE_FUNCTION = f"{BILLING_SCHEMA}.tentman_prorate"
+# Which organization was billed, on its own schedule, for which period (tentman.runs.schedules).
+SCHEDULE_CLAIMS_TABLE = f"{BILLING_SCHEMA}.organization_schedule_claims"
 
 # The task ids of both DAGs, in the order they run. Alerts, the page, the benchmarks and the tests
 # find the tasks by these ids; the operators and the REST API show them.

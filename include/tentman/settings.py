@@ -105,6 +105,9 @@ def priority_weight(run_type: str, environ: Mapping[str, str] | None = None) -> 
 # checked against these by tests/test_deployment.py and tests/orchestration/test_dags.py.
 RENT_SCHEDULE = "0 2 26 * *"
 UTILITY_SCHEDULE = "0 3 * * 1"
+# The organization schedules DAG ticks every hour on the hour: an organization's own due hour is
+# billed by the first tick at or after it.
+SCHEDULES_TICK = "0 * * * *"
 
 
 def _schedule(name: str, default: str) -> str | None:
@@ -121,6 +124,12 @@ def rent_schedule() -> str | None:
 def utility_schedule() -> str | None:
     """Cron of the utility DAG (UTC); TENTMAN_UTILITY_SCHEDULE overrides it."""
     return _schedule("TENTMAN_UTILITY_SCHEDULE", UTILITY_SCHEDULE)
+
+
+def schedules_tick() -> str | None:
+    """Cron of the organization schedules DAG (UTC); TENTMAN_SCHEDULES_TICK overrides it ("manual":
+    it only runs when triggered, as in the tests that trigger each tick themselves)."""
+    return _schedule("TENTMAN_SCHEDULES_TICK", SCHEDULES_TICK)
 
 
 def tentman_database_uri() -> str:
@@ -155,4 +164,5 @@ ENVIRONMENT_VARIABLES = (
     "TENTMAN_UTILITY_DUE_DAYS",
     "TENTMAN_RENT_SCHEDULE",
     "TENTMAN_UTILITY_SCHEDULE",
+    "TENTMAN_SCHEDULES_TICK",
 )

@@ -1,4 +1,5 @@
-"""Per-organization billing settings: an invoicing hold and the organization's own proration method.
+"""Per-organization billing settings: an invoicing hold, the organization's own proration method, and
+its time zone and own rent and utility schedules (tentman.billing.schedules).
 
 Table `tentman_billing.organization_billing_settings` (one row per organization, or none: the defaults, no hold and
 the platform's method) and `organization_billing_settings_audit` (one row per change: who, when, the
@@ -8,6 +9,10 @@ billing bundle does, on the caller's connection and transaction (the caller comm
 Rules (docs/operations.md "Billing settings per organization"):
 - a hold needs a reason; clearing the hold clears the reason (the audit keeps it);
 - `proration_method` is one of tentman.names.ProrationMethod, or None for the platform default;
+- `timezone` is an IANA name or None (UTC); the schedule fields come in pairs (a day or weekday and
+  its hour, both set or both None) within the ranges tentman.billing.schedules states;
+- a change leaves the schedule fields it does not name as they are (the page's hold switch does not
+  name them);
 - a change that changes nothing writes nothing; every other change writes its audit row in the
   same transaction as the settings, so neither exists without the other.
 """
@@ -21,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tentman.billing.locking import lock_organization
+from tentman.billing.schedules import OrganizationSchedule
 from tentman.names import (
     BILLING_SETTINGS_AUDIT_TABLE,
     BILLING_SETTINGS_TABLE,
@@ -44,8 +50,17 @@ class BillingSettings:
     billing_hold: bool = False
     hold_reason: str | None = None
     proration_method: str | None = None
+    timezone: str | None = None
+    rent_schedule_day: int | None = None
+    rent_schedule_hour: int | None = None
+    utility_schedule_weekday: int | None = None
+    utility_schedule_hour: int | None = None
     updated_at: datetime | None = None
     updated_by: str | None = None
+
+    @property
+    def schedule(self) -> OrganizationSchedule:
+        return OrganizationSchedule(self.organization_id, **{name: getattr(self, name) for name in SCHEDULE_FIELDS})
 
     @property
     def effective_proration_method(self) -> ProrationMethod:
@@ -56,9 +71,22 @@ class BillingSettings:
         return asdict(self)
 
 
+# The schedule's settings, in the order of the table, the API and the audit.
+SCHEDULE_FIELDS = (
+    "timezone",
+    "rent_schedule_day",
+    "rent_schedule_hour",
+    "utility_schedule_weekday",
+    "utility_schedule_hour",
+)
+# Every stored setting but the bookkeeping (updated_at, updated_by): what a change compares and audits.
+SETTING_FIELDS = ("billing_hold", "hold_reason", "proration_method", *SCHEDULE_FIELDS)
+# A change's value for a field it does not name: the stored one stays.
+UNCHANGED = object()
+
 _SELECT = f"""
     SELECT o.id AS organization_id, coalesce(s.billing_hold, false) AS billing_hold, s.hold_reason,
-           s.proration_method, s.updated_at, s.updated_by
+           s.proration_method, {", ".join(f"s.{name}" for name in SCHEDULE_FIELDS)}, s.updated_at, s.updated_by
     FROM organizations o LEFT JOIN {BILLING_SETTINGS_TABLE} s ON s.organization_id = o.id
 """
 
@@ -109,12 +137,17 @@ def change_billing_settings(
     hold_reason: object,
     proration_method: object,
     updated_by: str,
+    **schedule: object,
 ) -> tuple[BillingSettings, bool]:
     """Set the organization's settings and write the audit row, on the caller's transaction.
 
+    `schedule`: any of SCHEDULE_FIELDS; one not given (or UNCHANGED) keeps its stored value.
     Returns (the settings now, whether anything changed). Raises ValueError naming a bad value
     (UnknownOrganization for an id that does not exist) before anything is written.
     """
+    unknown = sorted(set(schedule) - set(SCHEDULE_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown settings {unknown}; expected some of {', '.join(SCHEDULE_FIELDS)}")
     hold, reason = _parse_hold(billing_hold, hold_reason)
     method = parse_proration_method(proration_method)
     if not updated_by or not updated_by.strip():
@@ -122,28 +155,27 @@ def change_billing_settings(
     # Two changes of the same organization take turns: each audit row's "old" is the previous "new".
     lock_organization(conn, "billing_settings", organization_id)
     old = billing_settings(conn, organization_id)
-    if (old.billing_hold, old.hold_reason, old.proration_method) == (hold, reason, method):
-        return old, False
-    values = {
-        "org": organization_id,
-        "hold": hold,
-        "reason": reason,
-        "method": method,
-        "by": updated_by,
-        "old_hold": old.billing_hold,
-        "old_reason": old.hold_reason,
-        "old_method": old.proration_method,
+    given = {name: schedule.get(name, UNCHANGED) for name in SCHEDULE_FIELDS}
+    merged = {name: getattr(old, name) if value is UNCHANGED else value for name, value in given.items()}
+    parsed = OrganizationSchedule.parse(organization_id, **merged)
+    new = {
+        "billing_hold": hold,
+        "hold_reason": reason,
+        "proration_method": method,
+        **{name: getattr(parsed, name) for name in SCHEDULE_FIELDS},
     }
+    if all(getattr(old, name) == new[name] for name in SETTING_FIELDS):
+        return old, False
+    values = {"org": organization_id, "by": updated_by, **new, **{f"old_{n}": getattr(old, n) for n in SETTING_FIELDS}}
+    columns = ", ".join(SETTING_FIELDS)
     conn.execute(
         sa.text(
             f"""
-            INSERT INTO {BILLING_SETTINGS_TABLE}
-                (organization_id, billing_hold, hold_reason, proration_method, updated_at, updated_by)
-            VALUES (:org, :hold, :reason, :method, now(), :by)
+            INSERT INTO {BILLING_SETTINGS_TABLE} (organization_id, {columns}, updated_at, updated_by)
+            VALUES (:org, {", ".join(f":{n}" for n in SETTING_FIELDS)}, now(), :by)
             ON CONFLICT (organization_id) DO UPDATE
-            SET billing_hold = excluded.billing_hold, hold_reason = excluded.hold_reason,
-                proration_method = excluded.proration_method, updated_at = excluded.updated_at,
-                updated_by = excluded.updated_by
+            SET {", ".join(f"{n} = excluded.{n}" for n in SETTING_FIELDS)},
+                updated_at = excluded.updated_at, updated_by = excluded.updated_by
             """
         ),
         values,
@@ -152,9 +184,9 @@ def change_billing_settings(
         sa.text(
             f"""
             INSERT INTO {BILLING_SETTINGS_AUDIT_TABLE}
-                (organization_id, changed_at, changed_by, old_billing_hold, new_billing_hold,
-                 old_hold_reason, new_hold_reason, old_proration_method, new_proration_method)
-            VALUES (:org, now(), :by, :old_hold, :hold, :old_reason, :reason, :old_method, :method)
+                (organization_id, changed_at, changed_by,
+                 {", ".join(f"old_{n}, new_{n}" for n in SETTING_FIELDS)})
+            VALUES (:org, now(), :by, {", ".join(f":old_{n}, :{n}" for n in SETTING_FIELDS)})
             """
         ),
         values,

@@ -41,9 +41,11 @@ def describe_failure(context) -> dict:
     """What failed: DAG, billing period, organization(s) and error, from a task's failure context."""
     ti = context["ti"]
     dag_id = context["dag"].dag_id
-    period = None
+    # An organization task names its own period (the schedules DAG bills each with its own);
+    # otherwise the run's, from its first task.
+    period = context.get("billing_period")
     try:
-        run = ti.xcom_pull(task_ids=RESOLVE_PERIOD_TASK)
+        run = None if period else ti.xcom_pull(task_ids=RESOLVE_PERIOD_TASK)
         if run:
             period = run["billing_period_start"][:7]
     except Exception:  # the period may be what failed

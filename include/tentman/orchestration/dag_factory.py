@@ -15,7 +15,13 @@ import pendulum
 from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from tentman.names import BILL_ORGANIZATION_TASK, LIST_ORGANIZATIONS_TASK, RECORD_RUNS_TASK, RESOLVE_PERIOD_TASK
+from tentman.names import (
+    BILL_ORGANIZATION_TASK,
+    LIST_ORGANIZATIONS_TASK,
+    RECORD_RUNS_TASK,
+    RESOLVE_PERIOD_TASK,
+    RunType,
+)
 from tentman.orchestration.alerts import BillingFailureNotifier
 from tentman.settings import PRIORITY_WEIGHT_RULE, OrganizationTaskPolicy, organization_task_policy, priority_weight
 
@@ -112,6 +118,7 @@ def bill_organization_task(organization_id: int, run: dict) -> dict:
     # "organization (#3)" until the name is read (the database may be what fails).
     context["organization_label"] = organization_label(None, organization_id)
     billing_run = BillingRun.from_dict(run)
+    context["billing_period"] = billing_run.period.label  # for the failure alert
     tags = metrics.billing_tags(context["dag"].dag_id, billing_run.run_type, organization_id)
     started = time.monotonic()
     try:  # a failed attempt is counted, the database being down included
@@ -172,6 +179,58 @@ def record_invoice_runs_task(run: dict | None, organization_ids: list[int] | Non
         raise AirflowFailException(str(exc)) from exc
 
 
+@task(task_id=LIST_ORGANIZATIONS_TASK, task_display_name="List due organizations")
+def list_due_organizations_task() -> list[dict]:
+    from tentman.migrate import SchemaNotReady, check_schema
+    from tentman.runs.billing_run import parse_dry_run, parse_organization_ids
+    from tentman.runs.schedules import list_scheduled_billings
+
+    context = get_current_context()
+    dag_run = context["dag_run"]
+    params = dict(context["params"])
+    engine = _tentman_engine()
+    try:
+        for warning in check_schema(engine):
+            raise AirflowFailException(f"TentMan schema not ready: {warning}")
+        organization_ids = parse_organization_ids(params.get("organization_ids"))
+        dry_run = parse_dry_run(params.get("dry_run"))
+    except (ValueError, SchemaNotReady) as exc:
+        raise AirflowFailException(f"Invalid run parameters: {exc}") from exc
+    billings = list_scheduled_billings(
+        engine,
+        # The tick it stands for: a backfill's and a late run's logical date; a manual run has none.
+        tick=context.get("logical_date") or dag_run.run_after,
+        dag_id=context["dag"].dag_id,
+        dag_run_id=context["run_id"],
+        organization_ids=organization_ids,
+        dry_run=dry_run,
+    )
+    return [billing.to_dict() for billing in billings]
+
+
+@task(
+    task_id=RECORD_RUNS_TASK,
+    task_display_name="Record invoice runs",
+    trigger_rule="all_done",
+    on_failure_callback=[BillingFailureNotifier()],
+)
+def record_scheduled_invoice_runs_task(billings: list[dict] | None, results) -> list[dict]:
+    from tentman.runs.record import BillingRunFailed
+    from tentman.runs.schedules import ScheduledBilling, record_scheduled_billings
+
+    context = get_current_context()
+    try:
+        return record_scheduled_billings(
+            _tentman_engine(),
+            [ScheduledBilling.from_dict(b) for b in billings] if billings is not None else None,
+            list(results[:]) if results is not None else [],
+            dag_id=context["dag"].dag_id,
+            dag_run_id=context["run_id"],
+        )
+    except BillingRunFailed as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
 CRON_WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
 
 
@@ -219,4 +278,32 @@ def build_billing_dag(
             .expand(organization_id=organization_ids)
         )
         record_invoice_runs_task(run, organization_ids, results)
+    return dag
+
+
+def build_schedules_dag(*, dag_id: str, schedule: str | None, params: dict[str, Param], doc_md: str) -> DAG:
+    """The organization schedules DAG: list the organizations due at the tick → bill each (mapped,
+    each with its own run type and period) → record their runs."""
+    with DAG(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        # One tick at a time: a tick's claims are settled before the next one looks.
+        max_active_runs=1,
+        tags=[*TAGS, "schedules"],
+        doc_md=doc_md,
+        params=params,
+        default_args={
+            **DEFAULT_ARGS,
+            # An organization's own schedule is rent's or utility's: the higher of the two weights.
+            "priority_weight": max(priority_weight(t) for t in (RunType.MONTHLY_RENT, RunType.UTILITY)),
+            "weight_rule": PRIORITY_WEIGHT_RULE,
+        },
+    ) as dag:
+        billings = list_due_organizations_task()
+        bill = bill_organization_task.override(**_organization_task_settings(organization_task_policy()))
+        # Each organization with its own run (type and period): expand_kwargs, not expand.
+        results = bill.expand_kwargs(billings)
+        record_scheduled_invoice_runs_task(billings, results)
     return dag

@@ -9,10 +9,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from tentman.billing.leases import LeaseStatus
 from tentman.db import UnitOfWork
-from tentman.names import organization_label
+from tentman.names import BILLING_SETTINGS_TABLE, SCHEDULES_DAG_ID, RunType, organization_label
 from tentman.runs.billing_run import BillingRun
 
 log = logging.getLogger(__name__)
+
+# The settings column that, when set, says the organization bills that run type on its own schedule.
+_OWN_SCHEDULE = {RunType.MONTHLY_RENT: "rent_schedule_day", RunType.UTILITY: "utility_schedule_weekday"}
 
 # The run's log names this many organizations to bill, then counts the rest.
 LOGGED_ORGANIZATIONS = 50
@@ -28,19 +31,32 @@ def list_organizations(engine: Engine, run: BillingRun) -> list[int]:
     is read once per organization — at 10,000 organizations, 10,000 times. Names are read by
     the tasks that show them (`organization_labels`).
     """
+    own_schedule = _OWN_SCHEDULE[run.run_type]
     with UnitOfWork(engine, read_only=True) as uow:
         rows = uow.connection.execute(
             sa.text(
-                """
-                SELECT id, name FROM organizations
-                WHERE is_active AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(:ids))
-                ORDER BY id
+                f"""
+                SELECT o.id, o.name, s.{own_schedule} IS NOT NULL AS has_own_schedule
+                FROM organizations o LEFT JOIN {BILLING_SETTINGS_TABLE} s ON s.organization_id = o.id
+                WHERE o.is_active AND (CAST(:ids AS bigint[]) IS NULL OR o.id = ANY(:ids))
+                ORDER BY o.id
                 """
             ),
             {"ids": run.organization_ids},
         ).all()
         if run.organization_ids is None:
             _warn_about_orphan_leases(uow.connection)
+    if run.organization_ids is None:
+        # A run for all organizations leaves out those billed by their own schedule (the schedules
+        # DAG); a run naming organizations bills them whatever their schedule.
+        own = sum(r.has_own_schedule for r in rows)
+        rows = [r for r in rows if not r.has_own_schedule]
+        log.info(
+            "%d organizations bill %s on their own schedule (%s) and are left out of this run",
+            own,
+            run.run_type,
+            SCHEDULES_DAG_ID,
+        )
     labels = [organization_label(r.name, r.id) for r in rows]
     shown = ", ".join(labels[:LOGGED_ORGANIZATIONS])
     more = f" and {len(labels) - LOGGED_ORGANIZATIONS:,} more" if len(labels) > LOGGED_ORGANIZATIONS else ""
