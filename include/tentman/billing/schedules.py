@@ -201,7 +201,7 @@ def occurrences_between(
 
 def due_occurrence(schedule: OrganizationSchedule, run_type: str, tick: datetime) -> Occurrence | None:
     """The occurrence a tick at `tick` bills if nothing billed it yet: the latest due at or before
-    the tick, within CATCH_UP of it. None without an own schedule or with nothing due that recently."""
+    the tick and less than CATCH_UP before it. None without an own schedule or with nothing due that recently."""
     occurrences = occurrences_between(schedule, run_type, tick - CATCH_UP, tick)
     return occurrences[-1] if occurrences else None
 
