@@ -71,7 +71,9 @@ def live_stack(
             workers=workers,
             schedulers=schedulers,
             worker_concurrency=2,
-            extra_env=extra_env,
+            # No hourly tick of the schedules DAG beside a test's own runs: the tests of that DAG
+            # trigger each tick themselves, with the logical date it stands for.
+            extra_env={"TENTMAN_SCHEDULES_TICK": "manual", **(extra_env or {})},
         )
 
     template = _metadata_template(pg_admin_uri, stack_on)

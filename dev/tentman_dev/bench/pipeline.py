@@ -221,6 +221,7 @@ def measured_stack_settings(concurrency: int, organizations: int) -> dict[str, s
         "TENTMAN_BILLING_POOL_SLOTS": str(concurrency),
         "TENTMAN_RENT_SCHEDULE": "manual",
         "TENTMAN_UTILITY_SCHEDULE": "manual",
+        "TENTMAN_SCHEDULES_TICK": "manual",
     }
 
 
