@@ -97,11 +97,12 @@ def airflow_home(pg_admin_uri, tmp_path_factory):
 _SERVER_FIXTURES = {"pg_admin_uri", "template_db", "db_uri", "engine", "airflow_home"}
 
 
-# `make test` runs the suite in two pytest-xdist processes. The tests that start Airflow processes
-# (marked live) all go to one of them, one after the other, in file order: every stack's scheduler
-# and triggerer serve their logs on Airflow's fixed ports (8793, 8794), a module's tests share its
-# stack, and each live test's timeouts assume its stack has the machine's other core, not a second
-# stack beside it. The other process takes the rest, test by test.
+# `make test` runs the suite in two pytest-xdist processes. A module of tests that start Airflow
+# processes (marked live) is one work unit: its tests share the module's stack, so they run in one
+# process, one after the other. These modules are queued first (most tests first: pytest-xdist's
+# reorder), so the two processes start on the two longest-running units and the single tests fill
+# in behind them. Two stacks may run at once: each has its own api-server and log-server ports
+# (tentman_dev.airflow_stack.free_port, log_server_ports) and its own databases.
 AIRFLOW_PROCESS_TESTS = ("tests/live/", "tests/ui/test_billing_ui.py", "tests/ui/test_billing_settings_ui.py")
 
 
@@ -111,14 +112,14 @@ AIRFLOW_PROCESS_TESTS = ("tests/live/", "tests/ui/test_billing_ui.py", "tests/ui
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
-    class AirflowProcessTestsTogether(LoadScopeScheduling):
-        """One work unit of all the tests that start Airflow processes; every other test alone.
+    class AirflowStackModulesWhole(LoadScopeScheduling):
+        """One work unit per module of tests that start Airflow processes; every other test alone.
         (pytest-xdist's own `xdist_group` marks do not group under this pytest.)"""
 
         def _split_scope(self, nodeid: str) -> str:
-            return "airflow processes" if nodeid.startswith(AIRFLOW_PROCESS_TESTS) else nodeid
+            return nodeid.split("::", 1)[0] if nodeid.startswith(AIRFLOW_PROCESS_TESTS) else nodeid
 
-    return AirflowProcessTestsTogether(config, log)
+    return AirflowStackModulesWhole(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -129,7 +130,7 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("live") and not item.nodeid.startswith(AIRFLOW_PROCESS_TESTS):
             raise pytest.UsageError(
                 f"{item.nodeid} is marked live but is not in {', '.join(AIRFLOW_PROCESS_TESTS)}, where `make test` "
-                "runs the tests that start Airflow processes one after the other (tests/conftest.py)"
+                "keeps each module of tests that start Airflow processes in one process (tests/conftest.py)"
             )
 
 

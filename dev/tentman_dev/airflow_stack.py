@@ -65,8 +65,8 @@ def component_commands(
         commands[f"scheduler-{number}"] = ["airflow", "scheduler"]
     if executor_class(executor) == "CeleryExecutor":
         for number in range(1, max(1, workers) + 1):
-            # -s: no log server of its own (port 8793 is one per machine); the api-server reads the
-            # task logs from the log folder the components share on this machine.
+            # -s: no log server of its own (one port per stack; a second worker would need another);
+            # the api-server reads the task logs from the log folder the components share here.
             commands[f"worker-{number}"] = [
                 "airflow", "celery", "worker", "-H", f"w{number}@%h", "-c", str(worker_concurrency), "-s",
             ]  # fmt: skip
@@ -80,6 +80,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def log_server_ports() -> dict[str, str]:
+    """Free ports for the log servers of one stack (the LocalExecutor's, in its scheduler, and the
+    triggerer's). The api-server reads a task's log from the log server of the host that ran it,
+    at the port its own settings name: every process of the stack shares these settings."""
+    return {
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+    }
 
 
 def write_passwords(path: Path, passwords: dict[str, str] | None = None) -> dict[str, str]:
@@ -145,6 +155,9 @@ def stack_environment(
             "TENTMAN_BILLING_POOL": BILLING_POOL,
             # One mapped task per organization: room for ten thousand and more (the default is 1024).
             "AIRFLOW__CORE__MAX_MAP_LENGTH": str(MAX_MAP_LENGTH),
+            # The scheduler's and the triggerer's log servers on ports of this stack's own, not
+            # Airflow's fixed 8793 and 8794: `make test` runs two stacks on the machine at once.
+            **log_server_ports(),
         }
     )
     env.update(FAILURE_DETECTION)

@@ -31,7 +31,7 @@ from support.live import poll
 from tentman.application_schema import create_application_tables
 from tentman.db import create_engine_from_uri
 from tentman.names import DAG_IDS
-from tentman_dev.airflow_stack import AirflowStack, free_port
+from tentman_dev.airflow_stack import AirflowStack, free_port, log_server_ports
 from tentman_dev.local import REPO_ROOT, airflow_metadata_uri, with_database
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
@@ -51,6 +51,8 @@ def existing_airflow(tmp_path: Path, metadata_uri: str, port: int, venv: Path) -
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
             "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            # Not a deployment's setting: this machine runs another test's stack beside this one.
+            **log_server_ports(),
         }
     )
     return env
