@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from support.factories import add_charge, add_lease, add_organization, inject_invoice_fault
 from support.live import Api, live_stack, poll
 from support.priority import critical_before_routine
-from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
+from tentman.names import DAG_IDS, RENT_DAG_ID, SCHEDULES_DAG_ID, UTILITY_DAG_ID
 
 pytestmark = pytest.mark.live
 
@@ -429,3 +429,63 @@ def test_rent_organizations_start_before_waiting_utility_ones(live, admin):
     organizations wait for it gets every one of its organization tasks started first."""
     _, engine = live
     critical_before_routine(admin, engine, billing_slots=1)
+
+
+def test_organization_schedules_dag_bills_at_the_local_hour_once_cleared_or_not(live, admin):
+    """New York, rent on the 20th at 06:00 local: the 10:00 UTC tick of January 20 bills nothing, the
+    11:00 one bills February; the whole tick cleared and re-run, and the next tick, bill it no more."""
+    from tentman.billing.organization_settings import change_billing_settings
+
+    _, engine = live
+    [org], [[lease]] = _orgs_with_leases(engine, "Hudson", [["2100.00"]])
+    with engine.begin() as conn:
+        change_billing_settings(
+            conn,
+            org,
+            billing_hold=False,
+            hold_reason=None,
+            proration_method=None,
+            updated_by="live test",
+            timezone="America/New_York",
+            rent_schedule_day=20,
+            rent_schedule_hour=6,
+        )
+
+    def tick(at: str) -> dict:
+        response = admin.client.post(f"/dags/{SCHEDULES_DAG_ID}/dagRuns", json={"logical_date": at, "conf": {}})
+        assert response.status_code == 200, response.text
+        return admin.wait(SCHEDULES_DAG_ID, response.json()["dag_run_id"])
+
+    def billed() -> list[tuple]:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT i.billing_period_start, i.total, r.dag_id, r.status FROM invoices i "
+                    "JOIN invoice_runs r ON r.id = i.invoice_run_id WHERE i.lease_id = :l"
+                ),
+                {"l": lease},
+            ).all()
+
+    early = tick("2027-01-20T10:00:00Z")
+    assert early["state"] == "success" and billed() == []
+    due = tick("2027-01-20T11:00:00Z")
+    assert due["state"] == "success"
+    tis = admin.task_instances(SCHEDULES_DAG_ID, due["dag_run_id"])
+    assert tis[("bill_organization", 0)]["rendered_map_index"] == f"Hudson 0 (#{org})"
+    assert billed() == [(date(2027, 2, 1), Decimal("2100.00"), SCHEDULES_DAG_ID, "completed")]
+
+    # The whole tick cleared (the UI's "Clear" on the run): it bills the same period into the same row.
+    cleared = admin.client.post(
+        f"/dags/{SCHEDULES_DAG_ID}/clearTaskInstances",
+        json={"dag_run_id": due["dag_run_id"], "only_failed": False, "reset_dag_runs": True, "dry_run": False},
+    )
+    assert cleared.status_code == 200, cleared.text
+    poll(
+        lambda: (
+            admin.task_instances(SCHEDULES_DAG_ID, due["dag_run_id"])[("record_invoice_runs", -1)]["try_number"] == 2
+            and admin.run(SCHEDULES_DAG_ID, due["dag_run_id"])["state"] == "success"
+        )
+    )
+    assert tick("2027-01-20T12:00:00Z")["state"] == "success"
+    assert billed() == [(date(2027, 2, 1), Decimal("2100.00"), SCHEDULES_DAG_ID, "completed")]
+    assert _count(engine, "SELECT count(*) FROM invoice_runs WHERE organization_id = :o", o=org) == 1

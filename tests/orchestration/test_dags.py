@@ -23,10 +23,11 @@ from tentman.names import (
     RECORD_RUNS_TASK,
     RENT_DAG_ID,
     RESOLVE_PERIOD_TASK,
+    SCHEDULES_DAG_ID,
     TASK_IDS,
     UTILITY_DAG_ID,
 )
-from tentman.settings import RENT_SCHEDULE, UTILITY_SCHEDULE
+from tentman.settings import RENT_SCHEDULE, SCHEDULES_TICK, UTILITY_SCHEDULE
 from tentman_dev.local import REPO_ROOT, with_database
 
 pytestmark = pytest.mark.airflow
@@ -102,6 +103,8 @@ def test_rent_dag_definition(airflow_home, monkeypatch):
         ("30 7 1 * *", "at 07:30 UTC on day 1 of every month (cron `30 7 1 * *`)"),
         ("0 3 * * 1", "at 03:00 UTC every Monday (cron `0 3 * * 1`)"),
         ("0 3 * * 7", "at 03:00 UTC every Sunday (cron `0 3 * * 7`)"),
+        ("0 * * * *", "every hour on the hour (cron `0 * * * *`)"),
+        ("15 * * * *", "every hour at minute 15 (cron `15 * * * *`)"),
         ("* * * * *", "on the cron schedule `* * * * *` (UTC)"),
         ("0 2 26 1 *", "on the cron schedule `0 2 26 1 *` (UTC)"),
         ("0 2 * * 1-5", "on the cron schedule `0 2 * * 1-5` (UTC)"),
@@ -124,6 +127,7 @@ def _default_schedules_named_in(text: str) -> list[str]:
     names = {
         RENT_SCHEDULE: (RENT_DAG_ID, "TENTMAN_RENT_SCHEDULE"),
         UTILITY_SCHEDULE: (UTILITY_DAG_ID, "TENTMAN_UTILITY_SCHEDULE"),
+        SCHEDULES_TICK: (SCHEDULES_DAG_ID, "TENTMAN_SCHEDULES_TICK"),
     }
     return [schedule for schedule, named_by in names.items() if any(name in text for name in named_by)]
 
@@ -139,7 +143,7 @@ def test_the_docs_state_the_default_schedules_of_the_settings():
                 named = _default_schedules_named_in(line) or _default_schedules_named_in(lines[number - 1])
                 assert crons == named, f"{path.name}:{number + 1}: {line}"
                 stated += crons
-    assert {RENT_SCHEDULE, UTILITY_SCHEDULE} <= set(stated)
+    assert {RENT_SCHEDULE, UTILITY_SCHEDULE, SCHEDULES_TICK} <= set(stated)
 
 
 def test_retry_and_concurrency_are_configurable(airflow_home, monkeypatch):

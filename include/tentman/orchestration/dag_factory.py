@@ -235,11 +235,14 @@ CRON_WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday
 
 
 def schedule_in_words(schedule: str | None) -> str:
-    """How a DAG's doc states its schedule, read from the one that runs: a monthly or weekly cron in
-    words (with the cron), any other cron as it is; all in UTC."""
+    """How a DAG's doc states its schedule, read from the one that runs: an hourly, monthly or weekly
+    cron in words (with the cron), any other cron as it is; all in UTC."""
     if schedule is None:
         return "only when triggered (no schedule)"
     fields = schedule.split()
+    if len(fields) == 5 and fields[0].isdigit() and fields[1:] == ["*"] * 4:
+        minute = int(fields[0])
+        return f"every hour {'on the hour' if minute == 0 else f'at minute {minute}'} (cron `{schedule}`)"
     if len(fields) == 5 and fields[0].isdigit() and fields[1].isdigit():
         minute, hour, day, month, weekday = fields
         at = f"at {int(hour):02d}:{int(minute):02d} UTC"
