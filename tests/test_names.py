@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from tentman.names import (
     BILLING_SCHEMA,
     PRORATE_FUNCTION,
+    SCHEDULE_CLAIMS_TABLE,
     InvoiceStatus,
     InvoiceType,
     LineType,
@@ -45,6 +46,7 @@ def check_values(conn, table: str, column: str) -> tuple[str, ...]:
         ("invoices", "status", InvoiceStatus),
         ("invoice_lines", "line_type", LineType),
         (f"{BILLING_SCHEMA}.organization_billing_settings", "proration_method", ProrationMethod),
+        (SCHEDULE_CLAIMS_TABLE, "run_type", RunType),
     ],
 )
 def test_each_enum_is_the_check_list_of_its_column(engine, table, column, vocabulary: type[enum.StrEnum]):

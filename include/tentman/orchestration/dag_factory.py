@@ -9,6 +9,7 @@ The task functions are named `*_task` so that they are not mistaken for the step
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pendulum
@@ -24,6 +25,8 @@ from tentman.names import (
 )
 from tentman.orchestration.alerts import BillingFailureNotifier
 from tentman.settings import PRIORITY_WEIGHT_RULE, OrganizationTaskPolicy, organization_task_policy, priority_weight
+
+log = logging.getLogger(__name__)
 
 TAGS = ["tentman", "billing"]
 # Every task's defaults: a few quick retries for a database that blinks. The run-level steps bill
@@ -181,6 +184,8 @@ def record_invoice_runs_task(run: dict | None, organization_ids: list[int] | Non
 
 @task(task_id=LIST_ORGANIZATIONS_TASK, task_display_name="List due organizations")
 def list_due_organizations_task() -> list[dict]:
+    from airflow.sdk.configuration import conf
+
     from tentman.migrate import SchemaNotReady, check_schema
     from tentman.runs.billing_run import parse_dry_run, parse_organization_ids
     from tentman.runs.schedules import list_scheduled_billings
@@ -190,12 +195,15 @@ def list_due_organizations_task() -> list[dict]:
     params = dict(context["params"])
     engine = _tentman_engine()
     try:
-        for warning in check_schema(engine):
-            raise AirflowFailException(f"TentMan schema not ready: {warning}")
         organization_ids = parse_organization_ids(params.get("organization_ids"))
         dry_run = parse_dry_run(params.get("dry_run"))
-    except (ValueError, SchemaNotReady) as exc:
+    except ValueError as exc:
         raise AirflowFailException(f"Invalid run parameters: {exc}") from exc
+    try:
+        for warning in check_schema(engine):
+            log.warning("TentMan schema: %s", warning)
+    except SchemaNotReady as exc:
+        raise AirflowFailException(f"TentMan schema not ready: {exc}") from exc
     billings = list_scheduled_billings(
         engine,
         # The tick it stands for: a backfill's and a late run's logical date; a manual run has none.
@@ -205,6 +213,9 @@ def list_due_organizations_task() -> list[dict]:
         organization_ids=organization_ids,
         dry_run=dry_run,
     )
+    max_map_length = conf.getint("core", "max_map_length", fallback=1024)
+    if len(billings) > max_map_length:
+        raise AirflowFailException(too_many_organizations_message(len(billings), max_map_length))
     return [billing.to_dict() for billing in billings]
 
 
