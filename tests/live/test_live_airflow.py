@@ -489,4 +489,5 @@ def test_organization_schedules_dag_bills_at_the_local_hour_once_cleared_or_not(
     )
     assert tick("2026-01-20T12:00:00Z")["state"] == "success"
     assert billed() == [(date(2026, 2, 1), Decimal("2100.00"), SCHEDULES_DAG_ID, "completed")]
-    assert _count(engine, "SELECT count(*) FROM invoice_runs WHERE organization_id = :o", o=org) == 1
+    one_row = "SELECT count(*) FROM invoice_runs WHERE organization_id = :o AND billing_period_start = '2026-02-01'"
+    assert _count(engine, one_row, o=org) == 1

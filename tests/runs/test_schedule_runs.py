@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization, add_statement
 from tentman.billing.organization_settings import billing_settings, change_billing_settings, settings_audit
-from tentman.names import RENT_DAG_ID, SCHEDULE_CLAIMS_TABLE, SCHEDULES_DAG_ID, RunType
+from tentman.names import BILLING_SETTINGS_TABLE, RENT_DAG_ID, SCHEDULE_CLAIMS_TABLE, SCHEDULES_DAG_ID, RunType
 from tentman.runs.bill import bill_organization
 from tentman.runs.organizations import list_organizations
 from tentman.runs.record import BillingRunFailed
@@ -258,3 +258,16 @@ def test_schedule_changes_are_audited_and_a_change_without_them_keeps_them(engin
         assert len(settings_audit(conn, org)) == 2
     with engine.connect() as conn:
         assert billing_settings(conn, org).schedule.describe(RunType.MONTHLY_RENT) == "day 20 at 06:00 America/New_York"
+
+
+def test_an_unknown_time_zone_stored_by_another_service_skips_that_organization_only(engine, new_york, caplog):
+    ny, plain, *_ = new_york
+    schedule(engine, plain, rent_schedule_day=20, rent_schedule_hour=11)
+    with engine.begin() as conn:  # written around the API, which refuses it
+        conn.execute(
+            sa.text(f"UPDATE {BILLING_SETTINGS_TABLE} SET timezone = 'Mars/Olympus' WHERE organization_id = :o"),
+            {"o": plain},
+        )
+    with caplog.at_level(logging.ERROR, logger="tentman.runs.schedules"):
+        assert tick(engine, JANUARY_DUE) == [(ny, "monthly_rent", "2027-02")]
+    assert f"organization #{plain} has the unknown time zone 'Mars/Olympus'" in caplog.text

@@ -35,6 +35,7 @@ Why each case bills once:
 from __future__ import annotations
 
 import logging
+import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -91,7 +92,18 @@ def due_occurrences(schedules: list[OrganizationSchedule], tick: datetime) -> li
     due = []
     for run_type in RunType:
         for schedule in schedules:
-            occurrence = due_occurrence(schedule, run_type, tick)
+            try:
+                occurrence = due_occurrence(schedule, run_type, tick)
+            except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+                # A time zone another service stored that this machine's zone data lacks: the
+                # others are billed; this one waits for a valid zone (the API refuses such names).
+                log.error(
+                    "organization #%d has the unknown time zone %r: not billed on its own schedule until it "
+                    "is corrected (an IANA name, e.g. 'America/New_York')",
+                    schedule.organization_id,
+                    schedule.timezone,
+                )
+                continue
             if occurrence is not None:
                 due.append(occurrence)
     return due
