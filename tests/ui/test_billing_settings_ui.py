@@ -646,7 +646,7 @@ def test_browser_admin_sets_a_schedule_viewer_cannot_and_the_schedule_view_lists
             )
             first_day = at(utility["due_at"])  # a Wednesday in UTC too (07:00 in New York is 11:00 or 12:00 UTC)
             header = schedule.day_header(f"{first_day:%Y-%m-%d}")
-            assert header.startswith(f"Wednesday {first_day:%Y-%m-%d}") and "1 organizations' own" in header
+            assert header.startswith(f"Wednesday {first_day:%Y-%m-%d}") and "1 organization's own" in header
             assert "no default rent ticks (manual)" in schedule.summary()
             billing_runs.screenshot(artifacts / "schedule-admin.png")
 
