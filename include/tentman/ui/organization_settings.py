@@ -1,4 +1,5 @@
-"""The "Organizations" view's API: each organization's billing settings and their audit, and changing them.
+"""The "Organizations" view's API: each organization's billing settings (its hold, proration method, time zone
+and own schedules) with its next runs, their audit, and changing them.
 
 Everyone who may read DAG runs may read the settings; who may change them is
 tentman.ui.deps.can_edit_billing_settings. Every change is written with its audit row in one
