@@ -117,3 +117,12 @@ def test_upcoming_runs_list_default_ticks_with_counts_and_own_due_times_in_time_
     rent = [(f"{r.due_at:%m-%d %H:%M}", r.source, r.billing_period) for r in later if r.run_type == RENT]
     assert rent == [("12-20 11:00", "organization", "2027-01"), ("12-26 02:00", "default", "2027-01")]
     assert not [r for r in later if r.source == "default" and r.run_type == UTILITY]  # manual: no ticks
+
+
+def test_an_organization_with_an_unknown_stored_time_zone_is_left_out_not_a_failure(caplog):
+    mars = row(OrganizationSchedule(10, "Mars/Olympus_Mons", 20, 6), "Red Planet Rentals")
+    no_crons = {RENT: None, UTILITY: None}
+    organizations = [mars, row(NEW_YORK, "Lakeside Lofts")]
+    runs = upcoming_runs(organizations, {RENT: 1, UTILITY: 1}, no_crons, NOW, NOW + timedelta(days=30))
+    assert {r.organization_id for r in runs} == {7}
+    assert "organization 10 has the unknown time zone 'Mars/Olympus_Mons'" in caplog.text

@@ -185,7 +185,8 @@ class OrganizationBillingSettings(BaseModel):
     last_rent_run: LastRun | None
     last_utility_run: LastRun | None
     next_rent_run: NextRun | None = Field(
-        description="null: not billed by a schedule (an inactive organization, or a default cron set to manual)"
+        description="null: not billed by a schedule (an inactive organization, or a default cron set to manual), "
+        "or a stored time zone this server does not know"
     )
     next_utility_run: NextRun | None = Field(description="As next_rent_run, for the utility run")
 

@@ -50,8 +50,9 @@ def list_billing_settings(conn=Depends(read_only_connection)) -> list[Organizati
         fields["effective_proration_method"] = ProrationMethod.parse(fields["proration_method"]).value
         schedule = schedule_of(row)
         for field, run_type in (("next_rent_run", RunType.MONTHLY_RENT), ("next_utility_run", RunType.UTILITY)):
-            # An inactive organization is billed by no run.
-            fields[field] = next_run(schedule, run_type, now, default_ticks[run_type]) if row.is_active else None
+            # An inactive organization is billed by no run; one with an unknown time zone has none to show.
+            active = row.is_active and schedule is not None
+            fields[field] = next_run(schedule, run_type, now, default_ticks[run_type]) if active else None
         organizations.append(OrganizationBillingSettings(**fields))
     return organizations
 

@@ -5,12 +5,18 @@ which bills every active organization without a schedule of its own for that run
 organization's own due time (tentman.billing.schedules), which the schedules DAG bills at the first
 hourly tick at or after it. A tick's billing period is the one its run resolves from its logical
 date (tentman.billing.periods): rent the month after the tick, utility the tick's month.
+
+The settings table is written by other services too, and a time zone name is not checked by the
+database: an organization whose stored zone is unknown here gets no next runs and no due times
+(logged as a warning) rather than failing the whole list.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from croniter import croniter
 from fastapi import APIRouter, Depends, Query
@@ -22,6 +28,8 @@ from tentman.names import RunType
 from tentman.ui import queries
 from tentman.ui.deps import read_only_connection, requires_reading_runs
 from tentman.ui.models import NextRun, Schedule, ScheduledRun
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(dependencies=[requires_reading_runs])
 
@@ -56,8 +64,19 @@ def tick_period(run_type: str, tick: datetime) -> BillingPeriod:
     return rent_period_for_run(tick) if run_type == RunType.MONTHLY_RENT else utility_period_for_run(tick)
 
 
-def schedule_of(row) -> OrganizationSchedule:
-    """The organization's schedule as stored (a row with organization_id and the five settings)."""
+def schedule_of(row) -> OrganizationSchedule | None:
+    """The organization's schedule as stored (a row with organization_id and the five settings); None when
+    its time zone is not one this server knows."""
+    if row.timezone is not None:
+        try:
+            ZoneInfo(row.timezone)
+        except (KeyError, ValueError):  # ZoneInfoNotFoundError is a KeyError
+            log.warning(
+                "organization %s has the unknown time zone %r in its billing settings; its runs are not shown",
+                row.organization_id,
+                row.timezone,
+            )
+            return None
     return OrganizationSchedule(
         row.organization_id,
         timezone=row.timezone,
@@ -117,6 +136,8 @@ def upcoming_runs(
     ]
     for row in organizations:
         schedule = schedule_of(row)
+        if schedule is None:
+            continue
         for run_type in RUN_TYPES:
             runs.extend(
                 ScheduledRun(
