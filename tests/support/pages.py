@@ -1,4 +1,4 @@
-"""Page objects for the browser tests: the "Billing runs" page, its Organizations view, its API docs and
+"""Page objects for the browser tests: the "Billing runs" page, its Organizations and Schedule views, its API docs and
 Airflow's own trigger form, each wrapping the Playwright locators a user's step needs, so a test reads
 as those steps."""
 
@@ -31,12 +31,13 @@ def chromium(*extra_args: str):
 
 
 class BillingRunsPage:
-    """/tentman/ui/: the runs table, the charts, and (below them) the Organizations view."""
+    """/tentman/ui/: the runs table, the charts, and (below them) the Organizations and Schedule views."""
 
     def __init__(self, page, base_url: str):
         self.page = page
         self.base_url = base_url
         self.organizations = OrganizationsView(page)
+        self.schedule = ScheduleView(page)
 
     @classmethod
     def log_in(cls, context, base_url: str, user: str) -> BillingRunsPage:
@@ -155,6 +156,29 @@ class OrganizationsView:
         if method is not None:
             self.page.select_option(f"{SETTINGS_FORM} select[name=proration_method]", method)
 
+    def fill_schedule(
+        self,
+        organization_id: int,
+        *,
+        timezone: str = "",
+        rent_day: str = "",
+        rent_hour: str = "",
+        utility_weekday: str = "",
+        utility_hour: str = "",
+    ) -> None:
+        """Choose the organization and set its time zone and own schedules ("": UTC, the default schedule);
+        the hold and method stay as shown. `utility_weekday` is the ISO number ("3": Wednesday)."""
+        self.page.select_option(f"{SETTINGS_FORM} select[name=organization_id]", str(organization_id))
+        self.page.fill(f"{SETTINGS_FORM} input[name=timezone]", timezone)
+        self.page.fill(f"{SETTINGS_FORM} input[name=rent_schedule_day]", rent_day)
+        self.page.fill(f"{SETTINGS_FORM} input[name=rent_schedule_hour]", rent_hour)
+        self.page.select_option(f"{SETTINGS_FORM} select[name=utility_schedule_weekday]", utility_weekday)
+        self.page.fill(f"{SETTINGS_FORM} input[name=utility_schedule_hour]", utility_hour)
+
+    def cell_text(self, organization_id: int, cell: str) -> str:
+        """One cell of the organization's row: rent-schedule, utility-schedule, next-rent-run, next-utility-run."""
+        return self.page.inner_text(f"{self._row(organization_id)} td.{cell}")
+
     def submit(self, *, then_see: str) -> None:
         """Save the form; `then_see` is a selector of the result it must show (e.g. `.ok >> text=Saved`)."""
         # The previous save's message goes first, so the one waited for is this save's.
@@ -179,3 +203,31 @@ class OrganizationsView:
     @staticmethod
     def _row(organization_id: int) -> str:
         return f"#organizations-table tr[data-organization-id='{organization_id}']"
+
+
+class ScheduleView:
+    """The Schedule view: the billing runs of the next days, grouped by day (UTC) with their count."""
+
+    def __init__(self, page):
+        self.page = page
+
+    def wait_for_organization(self, organization_id: int, text: str) -> None:
+        """Until a due time of the organization's own schedule shows `text`."""
+        self.page.wait_for_selector(f"{self._organization(organization_id)} >> text={text}", timeout=30_000)
+
+    def organization_rows(self, organization_id: int) -> list[str]:
+        return self.page.locator(self._organization(organization_id)).all_inner_texts()
+
+    def default_ticks(self) -> list[str]:
+        return self.page.locator("#schedule-table tr.source-default").all_inner_texts()
+
+    def day_header(self, day: str) -> str:
+        """The header of a day (YYYY-MM-DD, UTC): its weekday and its counts."""
+        return self.page.inner_text(f"#schedule-table tr.day[data-day='{day}']")
+
+    def summary(self) -> str:
+        return self.page.inner_text("#schedule-summary")
+
+    @staticmethod
+    def _organization(organization_id: int) -> str:
+        return f"#schedule-table tr.source-organization[data-organization-id='{organization_id}']"

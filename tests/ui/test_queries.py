@@ -1,5 +1,6 @@
 """The page's queries on a real database, without Airflow: what a run drafted apart from the period's
-other invoices, void ones left out, failed runs counted; and the CLI summary's drafts of the period."""
+other invoices, void ones left out, failed runs counted; the CLI summary's drafts of the period; what a
+default run bills and who bills on a schedule of their own."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization
+from tentman.billing.organization_settings import change_billing_settings
 from tentman.names import RENT_DAG_ID, RunStatus, RunType
 from tentman.runs.summary import run_summary
 from tentman.ui import queries
@@ -95,3 +97,38 @@ def test_a_runs_drafted_invoices_are_the_ones_linked_to_it_and_the_summary_count
             2,
             Decimal("120.00"),
         )
+
+
+def test_the_schedules_queries_count_what_a_default_run_bills_and_list_own_schedules(engine):
+    with engine.begin() as conn:
+        plain = add_organization(conn, "Plain Rentals")
+        held = add_organization(conn, "Held Homes")
+        own_rent = add_organization(conn, "Lakeside Lofts")
+        own_utility = add_organization(conn, "Shinjuku Heights")
+        inactive = add_organization(conn, "Closed Court")
+        conn.execute(sa.text("UPDATE organizations SET is_active = false WHERE id = :o"), {"o": inactive})
+
+        def change(org, hold=False, reason=None, **schedule):
+            change_billing_settings(
+                conn, org, billing_hold=hold, hold_reason=reason, proration_method=None, updated_by="test", **schedule
+            )
+
+        change(held, hold=True, reason="dispute")
+        change(own_rent, timezone="America/New_York", rent_schedule_day=20, rent_schedule_hour=6)
+        change(own_utility, timezone="Asia/Tokyo", utility_schedule_weekday=1, utility_schedule_hour=12)
+        change(inactive, rent_schedule_day=1, rent_schedule_hour=0)
+
+    with engine.connect() as conn:
+        counts = queries.default_run_organizations(conn)
+        # Rent: Plain and Shinjuku (Held is on hold, Lakeside bills rent on its own, Closed is inactive).
+        assert (counts.rent, counts.utility) == (2, 2)  # utility: Plain and Lakeside
+        own = queries.organizations_on_own_schedules(conn)
+        assert [
+            (r.organization_id, r.name, r.timezone, r.rent_schedule_day, r.utility_schedule_weekday) for r in own
+        ] == [
+            (own_rent, "Lakeside Lofts", "America/New_York", 20, None),
+            (own_utility, "Shinjuku Heights", "Asia/Tokyo", None, 1),
+        ]
+        listed = {r.organization_id: r for r in queries.organizations_with_settings(conn)}
+        assert (listed[own_rent].timezone, listed[own_rent].rent_schedule_hour) == ("America/New_York", 6)
+        assert listed[plain].utility_schedule_weekday is None

@@ -16,7 +16,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from tentman.ui import organization_settings, page, preview, runs
+from tentman.ui import organization_settings, page, preview, runs, schedule
 from tentman.ui.deps import requires_reading_runs
 from tentman.ui.page import VENDOR, VENDOR_URL
 
@@ -25,13 +25,14 @@ def create_app() -> FastAPI:
     app = FastAPI(
         title="TentMan billing runs",
         version="1.0",
-        description="Results, errors and trends of the TentMan billing DAGs, and a preview of a rent run.",
+        description="Results, errors and trends of the TentMan billing DAGs, a preview of a rent run, each "
+        "organization's billing settings and schedule, and the billing runs due in the next days.",
         # Served below behind the same login as everything else.
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
     )
-    for module in (runs, preview, page, organization_settings):
+    for module in (runs, preview, page, organization_settings, schedule):
         app.include_router(module.router)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[requires_reading_runs])

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Literal
 
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, Field, StrictBool, StrictInt
 
 from tentman.names import BILLING_MONTH_PATTERN, DEFAULT_PRORATION_METHOD, ProrationMethod, RunStatus, RunType
 
@@ -146,6 +147,26 @@ class LastRun(BaseModel):
     completed_at: datetime | None
 
 
+class NextRun(BaseModel):
+    """When the organization is billed next for one run type: by its own schedule, else the default cron."""
+
+    due_at: datetime = Field(description="UTC")
+    local_due_at: datetime = Field(description="The same instant in the organization's time zone (UTC without one)")
+    billing_period: str = Field(description="The month it bills, YYYY-MM", examples=["2027-01"])
+    schedule: str = Field(
+        description="The organization's own schedule in words, or 'default' (the DAG's cron)",
+        examples=["day 20 at 06:00 America/New_York", "Monday at 07:00 UTC", "default"],
+    )
+
+
+# The schedule's settings, as the API reads and writes them (tentman.billing.schedules validates them).
+TIMEZONE_DESCRIPTION = "An IANA time zone name, e.g. America/New_York; null: UTC"
+RENT_DAY_DESCRIPTION = "Day of the month (1 to 28) of the organization's own rent run; null: the default cron"
+RENT_HOUR_DESCRIPTION = "Local hour (0 to 23) of its own rent run; set together with rent_schedule_day"
+UTILITY_WEEKDAY_DESCRIPTION = "ISO weekday (1 = Monday to 7 = Sunday) of its own utility run; null: the default cron"
+UTILITY_HOUR_DESCRIPTION = "Local hour (0 to 23) of its own utility run; set together with utility_schedule_weekday"
+
+
 class OrganizationBillingSettings(BaseModel):
     organization_id: int
     name: str | None
@@ -154,19 +175,40 @@ class OrganizationBillingSettings(BaseModel):
     hold_reason: str | None
     proration_method: str | None = Field(description="The organization's own method; null: the platform default")
     effective_proration_method: str = Field(description="What a rent run without its own method bills it with")
+    timezone: str | None = Field(description=TIMEZONE_DESCRIPTION)
+    rent_schedule_day: int | None = Field(description=RENT_DAY_DESCRIPTION)
+    rent_schedule_hour: int | None = Field(description=RENT_HOUR_DESCRIPTION)
+    utility_schedule_weekday: int | None = Field(description=UTILITY_WEEKDAY_DESCRIPTION)
+    utility_schedule_hour: int | None = Field(description=UTILITY_HOUR_DESCRIPTION)
     updated_at: datetime | None = Field(description="null: never changed (the defaults)")
     updated_by: str | None
     last_rent_run: LastRun | None
     last_utility_run: LastRun | None
+    next_rent_run: NextRun | None = Field(
+        description="null: not billed by a schedule (an inactive organization, or a default cron set to manual), "
+        "or a stored time zone this server does not know"
+    )
+    next_utility_run: NextRun | None = Field(description="As next_rent_run, for the utility run")
 
 
 class BillingSettingsChange(BaseModel):
-    """The organization's settings as they should be (all of them: a field left out takes its default)."""
+    """The organization's settings as they should be. The hold, its reason and the method are always set (one
+    left out takes its default); a schedule field left out keeps its stored value, one sent as null clears it."""
 
     billing_hold: StrictBool = Field(description="true: runs for all organizations do not bill it")
     hold_reason: str | None = Field(None, description="Required (non-empty) with a hold; cleared without one")
     proration_method: str | None = Field(
         None, description=f"One of {PRORATION_METHODS}; null: the platform default ({DEFAULT_PRORATION_METHOD.value})"
+    )
+    # Ranges and pairs are checked by the engine, whose refusal names the field, the value and what is accepted.
+    timezone: str | None = Field(None, description=f"{TIMEZONE_DESCRIPTION}. Left out: unchanged")
+    rent_schedule_day: StrictInt | None = Field(None, description=f"{RENT_DAY_DESCRIPTION}. Left out: unchanged")
+    rent_schedule_hour: StrictInt | None = Field(None, description=f"{RENT_HOUR_DESCRIPTION}. Left out: unchanged")
+    utility_schedule_weekday: StrictInt | None = Field(
+        None, description=f"{UTILITY_WEEKDAY_DESCRIPTION}. Left out: unchanged"
+    )
+    utility_schedule_hour: StrictInt | None = Field(
+        None, description=f"{UTILITY_HOUR_DESCRIPTION}. Left out: unchanged"
     )
 
 
@@ -175,6 +217,11 @@ class SettingsChangeResult(BaseModel):
     billing_hold: bool
     hold_reason: str | None
     proration_method: str | None
+    timezone: str | None
+    rent_schedule_day: int | None
+    rent_schedule_hour: int | None
+    utility_schedule_weekday: int | None
+    utility_schedule_hour: int | None
     updated_at: datetime | None
     updated_by: str | None
     changed: bool = Field(description="false: the values were already these; nothing was written")
@@ -191,3 +238,50 @@ class AuditEntry(BaseModel):
     new_hold_reason: str | None
     old_proration_method: str | None
     new_proration_method: str | None
+    old_timezone: str | None
+    new_timezone: str | None
+    old_rent_schedule_day: int | None
+    new_rent_schedule_day: int | None
+    old_rent_schedule_hour: int | None
+    new_rent_schedule_hour: int | None
+    old_utility_schedule_weekday: int | None
+    new_utility_schedule_weekday: int | None
+    old_utility_schedule_hour: int | None
+    new_utility_schedule_hour: int | None
+
+
+# The schedule: /api/schedule
+
+
+class ScheduledRun(BaseModel):
+    """One billing run due in the window: a default cron's tick, or one organization's own due time."""
+
+    run_type: RunType
+    due_at: datetime = Field(description="UTC")
+    billing_period: str = Field(description="The month it bills, YYYY-MM", examples=["2027-01"])
+    source: Literal["default", "organization"] = Field(
+        description="default: a tick of the DAG's cron (every organization without its own schedule); "
+        "organization: one organization's own due time"
+    )
+    organizations: int | None = Field(
+        None,
+        description="default ticks: the active organizations it will bill as of now (no own schedule for that "
+        "run type, not on hold)",
+    )
+    cron: str | None = Field(None, description="default ticks: the DAG's cron (UTC)")
+    organization_id: int | None = None
+    name: str | None = None
+    timezone: str | None = Field(None, description="The organization's time zone (UTC when it has none)")
+    local_due_at: datetime | None = Field(None, description="The due time in the organization's time zone")
+    schedule: str | None = Field(None, description="The organization's own schedule in words")
+    billing_hold: bool | None = Field(None, description="The organization is on hold: its run writes on_hold")
+
+
+class Schedule(BaseModel):
+    start: datetime = Field(description="UTC: now")
+    end: datetime = Field(description="UTC: `days` days later")
+    days: int
+    default_schedules: dict[str, str | None] = Field(
+        description="Each run type's default cron (UTC); null: manual, it has no ticks"
+    )
+    runs: list[ScheduledRun] = Field(description="In time order (default ticks before organizations at one instant)")

@@ -1,4 +1,5 @@
-"""The "Organizations" view's API: each organization's billing settings and their audit, and changing them.
+"""The "Organizations" view's API: each organization's billing settings (its hold, proration method, time zone
+and own schedules) with its next runs, their audit, and changing them.
 
 Everyone who may read DAG runs may read the settings; who may change them is
 tentman.ui.deps.can_edit_billing_settings. Every change is written with its audit row in one
@@ -7,16 +8,19 @@ transaction (tentman.billing.organization_settings); `updated_by` is the Airflow
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Depends, HTTPException
 
 from tentman.billing.organization_settings import (
+    SCHEDULE_FIELDS,
     UnknownOrganization,
     billing_settings,
     change_billing_settings,
     settings_audit,
 )
 from tentman.db import UnitOfWork
-from tentman.names import ProrationMethod
+from tentman.names import ProrationMethod, RunType
 from tentman.ui import queries
 from tentman.ui.deps import (
     read_only_connection,
@@ -25,6 +29,7 @@ from tentman.ui.deps import (
     tentman_db_engine,
 )
 from tentman.ui.models import AuditEntry, BillingSettingsChange, OrganizationBillingSettings, SettingsChangeResult
+from tentman.ui.schedule import default_crons, next_run, next_tick, schedule_of
 
 router = APIRouter()
 
@@ -33,13 +38,21 @@ router = APIRouter()
     "/api/organizations/billing-settings",
     response_model=list[OrganizationBillingSettings],
     dependencies=[requires_reading_runs],
-    summary="Each organization's billing settings and its last rent and utility run",
+    summary="Each organization's billing settings, its last rent and utility run and its next ones",
 )
 def list_billing_settings(conn=Depends(read_only_connection)) -> list[OrganizationBillingSettings]:
+    now = datetime.now(UTC)
+    # One default tick per run type for every organization on the default schedule.
+    default_ticks = {run_type: next_tick(cron, now) for run_type, cron in default_crons().items()}
     organizations = []
     for row in queries.organizations_with_settings(conn):
         fields = dict(row._mapping)
         fields["effective_proration_method"] = ProrationMethod.parse(fields["proration_method"]).value
+        schedule = schedule_of(row)
+        for field, run_type in (("next_rent_run", RunType.MONTHLY_RENT), ("next_utility_run", RunType.UTILITY)):
+            # An inactive organization is billed by no run; one with an unknown time zone has none to show.
+            active = row.is_active and schedule is not None
+            fields[field] = next_run(schedule, run_type, now, default_ticks[run_type]) if active else None
         organizations.append(OrganizationBillingSettings(**fields))
     return organizations
 
@@ -62,6 +75,8 @@ def put_billing_settings(
                 hold_reason=body.hold_reason,
                 proration_method=body.proration_method,
                 updated_by=user.get_name(),
+                # A schedule field the body leaves out keeps its stored value; one sent as null clears it.
+                **{name: getattr(body, name) for name in SCHEDULE_FIELDS if name in body.model_fields_set},
             )
         except UnknownOrganization as exc:
             raise HTTPException(404, str(exc)) from exc

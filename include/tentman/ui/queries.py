@@ -176,7 +176,8 @@ def organizations_with_settings(conn: Connection, limit: int = 5000) -> list[sa.
             f"""
             SELECT o.id AS organization_id, o.name, o.is_active,
                    coalesce(s.billing_hold, false) AS billing_hold, s.hold_reason, s.proration_method,
-                   s.updated_at, s.updated_by,
+                   s.timezone, s.rent_schedule_day, s.rent_schedule_hour, s.utility_schedule_weekday,
+                   s.utility_schedule_hour, s.updated_at, s.updated_by,
                    to_jsonb(rent) AS last_rent_run, to_jsonb(utility) AS last_utility_run
             FROM organizations o
             LEFT JOIN {BILLING_SETTINGS_TABLE} s ON s.organization_id = o.id
@@ -188,3 +189,35 @@ def organizations_with_settings(conn: Connection, limit: int = 5000) -> list[sa.
         ),
         {"rent": RunType.MONTHLY_RENT, "utility": RunType.UTILITY, "limit": limit},
     ).all()
+
+
+def organizations_on_own_schedules(conn: Connection, limit: int = 10000) -> list[sa.Row]:
+    """The active organizations with a schedule of their own (rent or utility): name, hold and the five settings."""
+    return conn.execute(
+        sa.text(
+            f"""
+            SELECT o.id AS organization_id, o.name, s.billing_hold, s.timezone, s.rent_schedule_day,
+                   s.rent_schedule_hour, s.utility_schedule_weekday, s.utility_schedule_hour
+            FROM organizations o JOIN {BILLING_SETTINGS_TABLE} s ON s.organization_id = o.id
+            WHERE o.is_active AND (s.rent_schedule_day IS NOT NULL OR s.utility_schedule_weekday IS NOT NULL)
+            ORDER BY o.id
+            LIMIT :limit
+            """
+        ),
+        {"limit": limit},
+    ).all()
+
+
+def default_run_organizations(conn: Connection) -> sa.Row:
+    """How many organizations a default run of each type bills now (`rent`, `utility`): the active ones
+    without a schedule of their own for that type and not on hold (one on hold gets an on_hold row)."""
+    return conn.execute(
+        sa.text(
+            f"""
+            SELECT count(*) FILTER (WHERE s.rent_schedule_day IS NULL) AS rent,
+                   count(*) FILTER (WHERE s.utility_schedule_weekday IS NULL) AS utility
+            FROM organizations o LEFT JOIN {BILLING_SETTINGS_TABLE} s ON s.organization_id = o.id
+            WHERE o.is_active AND NOT coalesce(s.billing_hold, false)
+            """
+        )
+    ).one()
