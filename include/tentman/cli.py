@@ -10,7 +10,7 @@ import os
 import sys
 
 from tentman import __version__
-from tentman.names import RENT_DAG_ID
+from tentman.names import RENT_DAG_ID, RunType
 from tentman.settings import TENTMAN_CONN_ENV
 
 
@@ -100,6 +100,34 @@ def _runs_summary(args) -> int:
     return 0
 
 
+def _runs_reconcile(args) -> int:
+    from tentman.billing.periods import BillingPeriod
+    from tentman.runs.organizations import organization_labels
+    from tentman.runs.reconcile import reconcile_period
+
+    try:
+        period = BillingPeriod.parse(args.billing_month)
+    except ValueError as exc:
+        print(f"tentman: error: --billing-month: {exc}", file=sys.stderr)
+        return 2
+    engine = tentman_engine()
+    try:
+        results = reconcile_period(engine, run_type=args.run_type, period=period, organization_id=args.organization_id)
+        labels = organization_labels(engine, [r.organization_id for r in results])
+    finally:
+        engine.dispose()
+    if not results:
+        print(
+            f"no {args.run_type} run billed {period.label}"
+            + (f" for organization {args.organization_id}" if args.organization_id else "")
+        )
+    for r in results:
+        print(
+            f"{'ok  ' if r.ok else 'FAIL'} {labels[r.organization_id]} (invoice run {r.invoice_run_id}): {r.describe()}"
+        )
+    return 0 if all(r.ok for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tentman", description="TentMan billing jobs")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -133,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     summary = runs.add_parser("summary", help="per-organization summary of a DAG's latest run")
     summary.add_argument("--dag-id", default=RENT_DAG_ID)
     summary.set_defaults(func=_runs_summary)
+    reconcile = runs.add_parser(
+        "reconcile",
+        help="re-run the reconciliation of each organization's latest run of a month; exit 1 on any violation",
+    )
+    reconcile.add_argument("--billing-month", required=True, metavar="YYYY-MM")
+    reconcile.add_argument("--run-type", required=True, choices=[t.value for t in RunType])
+    reconcile.add_argument("--organization-id", type=int)
+    reconcile.set_defaults(func=_runs_reconcile)
     return parser
 
 

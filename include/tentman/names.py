@@ -25,6 +25,8 @@ BILLING_SETTINGS_AUDIT_TABLE = f"{BILLING_SCHEMA}.organization_billing_settings_
 PRORATE_FUNCTION = f"{BILLING_SCHEMA}.tentman_prorate"
 # Which organization was billed, on its own schedule, for which period (tentman.runs.schedules).
 SCHEDULE_CLAIMS_TABLE = f"{BILLING_SCHEMA}.organization_schedule_claims"
+# Each organization's part of each run, reconciled after it (tentman.billing.reconciliation).
+RECONCILIATIONS_TABLE = f"{BILLING_SCHEMA}.run_reconciliations"
 
 # The task ids of both DAGs, in the order they run. Alerts, the page, the benchmarks and the tests
 # find the tasks by these ids; the operators and the REST API show them.
@@ -32,7 +34,8 @@ RESOLVE_PERIOD_TASK = "resolve_billing_period"
 LIST_ORGANIZATIONS_TASK = "list_organizations"
 BILL_ORGANIZATION_TASK = "bill_organization"
 RECORD_RUNS_TASK = "record_invoice_runs"
-TASK_IDS = (RESOLVE_PERIOD_TASK, LIST_ORGANIZATIONS_TASK, BILL_ORGANIZATION_TASK, RECORD_RUNS_TASK)
+RECONCILE_TASK = "reconcile_invoice_runs"
+TASK_IDS = (RESOLVE_PERIOD_TASK, LIST_ORGANIZATIONS_TASK, BILL_ORGANIZATION_TASK, RECORD_RUNS_TASK, RECONCILE_TASK)
 
 
 # The values billing writes into the application's CHECK-constrained text columns. The CHECK lists

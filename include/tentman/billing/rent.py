@@ -32,14 +32,15 @@ from tentman.billing.staging import InsertFast, analyze_staging
 from tentman.billing.timing import StageClock, StageTimings, stage_clock
 from tentman.names import PRORATE_FUNCTION, InvoiceStatus, InvoiceType, LineType, ProrationMethod
 
+# The lease vocabulary RENT_LEASES_OF_PERIOD reads.
+RENT_LEASE_BINDS = {"active": LeaseStatus.ACTIVE.value, "lease_statuses": [status.value for status in LeaseStatus]}
 # The vocabulary the statements below read, bound by these names.
 _VOCABULARY = {
     "rent_invoice": InvoiceType.RENT.value,
     "draft": InvoiceStatus.DRAFT.value,
     "rent_line": LineType.RENT.value,
     "recurring_charge_line": LineType.RECURRING_CHARGE.value,
-    "active": LeaseStatus.ACTIVE.value,
-    "lease_statuses": [status.value for status in LeaseStatus],
+    **RENT_LEASE_BINDS,
     **OUTCOME_BINDS,
 }
 
@@ -166,10 +167,12 @@ FROM tm_rent_line WHERE lease_id = ANY(:lease_ids) ORDER BY lease_id, line_type 
 """
 
 
-# Stage 1: the leases in scope, with the reason each one cannot be billed (null = billable).
-# Leases with an unknown status that touch the period are in scope so the bad status is reported.
-_STAGE_LEASES = """
-CREATE TEMP TABLE tm_rent_lease ON COMMIT DROP AS
+# The rent engine's rule, stated once: the leases of an organization in scope for a period, with the
+# reason each one cannot be billed (null = billable). Leases with an unknown status that touch the
+# period are in scope so the bad status is reported. Stage 1 stages it; the reconciliation after
+# each run (tentman.billing.reconciliation) reads it again. Binds :organization_id, :period_start,
+# :period_end, :active and :lease_statuses (RENT_LEASE_BINDS).
+RENT_LEASES_OF_PERIOD = """
 SELECT l.id AS lease_id,
        coalesce(l.unit_label, '') AS unit_label,
        l.monthly_rent,
@@ -192,6 +195,9 @@ WHERE l.organization_id = :organization_id
   AND (l.start_date IS NULL OR l.start_date <= :period_end)
   AND (l.end_date IS NULL OR l.end_date >= :period_start)
 """
+
+# Stage 1: the leases in scope, with the reason each one cannot be billed (null = billable).
+_STAGE_LEASES = f"CREATE TEMP TABLE tm_rent_lease ON COMMIT DROP AS {RENT_LEASES_OF_PERIOD}"
 
 # Stage 2: the lines every billable lease should have (the charges are read once). A charge without a
 # start date runs from the start of the occupancy. A bad active charge in the occupied days is

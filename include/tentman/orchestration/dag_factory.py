@@ -19,6 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from tentman.names import (
     BILL_ORGANIZATION_TASK,
     LIST_ORGANIZATIONS_TASK,
+    RECONCILE_TASK,
     RECORD_RUNS_TASK,
     RESOLVE_PERIOD_TASK,
     RunType,
@@ -182,6 +183,36 @@ def record_invoice_runs_task(run: dict | None, organization_ids: list[int] | Non
         raise AirflowFailException(str(exc)) from exc
 
 
+@task(
+    task_id=RECONCILE_TASK,
+    task_display_name="Reconcile invoice runs",
+    # After the aggregation whatever it found: the organizations it completed are reconciled even
+    # when another failed. No retry: a retry cannot fix data.
+    trigger_rule="all_done",
+    retries=0,
+    on_failure_callback=[BillingFailureNotifier()],
+)
+def reconcile_invoice_runs_task(summary) -> int:
+    from tentman.orchestration import metrics
+    from tentman.runs.reconcile import ReconciliationFailed, raise_on_violations, reconcile_dag_run
+
+    context = get_current_context()
+    dag_id = context["dag"].dag_id
+    engine = _tentman_engine()
+    reconciliations = reconcile_dag_run(engine, dag_id=dag_id, dag_run_id=context["run_id"])
+    metrics.emit_reconciliation_violations(reconciliations, dag_id=dag_id)
+    try:
+        raise_on_violations(engine, reconciliations)
+    except ReconciliationFailed as exc:
+        raise AirflowFailException(str(exc)) from exc
+    if summary is None:
+        # This task is the run's last: succeeding here would hide the aggregation's failure.
+        raise AirflowFailException(
+            f"{RECORD_RUNS_TASK} failed (see its log and alert); the organizations it completed reconcile"
+        )
+    return len(reconciliations)
+
+
 @task(task_id=LIST_ORGANIZATIONS_TASK, task_display_name="List due organizations")
 def list_due_organizations_task() -> list[dict]:
     from airflow.sdk.configuration import conf
@@ -291,7 +322,7 @@ def build_billing_dag(
             .partial(run=run)
             .expand(organization_id=organization_ids)
         )
-        record_invoice_runs_task(run, organization_ids, results)
+        reconcile_invoice_runs_task(record_invoice_runs_task(run, organization_ids, results))
     return dag
 
 
@@ -319,5 +350,5 @@ def build_schedules_dag(*, dag_id: str, schedule: str | None, params: dict[str, 
         bill = bill_organization_task.override(**_organization_task_settings(organization_task_policy()))
         # Each organization with its own run (type and period): expand_kwargs, not expand.
         results = bill.expand_kwargs(billings)
-        record_scheduled_invoice_runs_task(billings, results)
+        reconcile_invoice_runs_task(record_scheduled_invoice_runs_task(billings, results))
     return dag

@@ -67,6 +67,13 @@ ENGINE_DURATION = Metric(
     f"{PREFIX}.engine_duration", "timer", "Time of the bill_organization call (engine and its transaction)"
 )
 
+# One per organization, run and failing check, counting its offending ids (extra tag: `check`).
+RECONCILIATION_VIOLATIONS = Metric(
+    f"{PREFIX}.reconciliation_violations",
+    "counter",
+    "Violations the reconciliation after a run found, extra tag: the check",
+)
+
 METRICS: tuple[Metric, ...] = (
     LEASES_BILLED,
     LEASES_SKIPPED,
@@ -79,6 +86,7 @@ METRICS: tuple[Metric, ...] = (
     INVOICE_RUNS,
     ORGANIZATION_FAILURES,
     ENGINE_DURATION,
+    RECONCILIATION_VIOLATIONS,
 )
 
 
@@ -122,3 +130,16 @@ def emit_organization_failure(*, tags: dict[str, str], engine_seconds: float) ->
         stats.timing(ENGINE_DURATION.name, engine_seconds * 1000.0, tags=tags)
     except Exception:
         log.warning("Could not send the billing failure metric of %s", tags, exc_info=True)
+
+
+def emit_reconciliation_violations(reconciliations, *, dag_id: str) -> None:
+    """`tentman.reconciliation_violations` for each failing check of each reconciled organization."""
+    try:
+        from airflow.sdk.observability import stats
+
+        for reconciliation in reconciliations:
+            tags = billing_tags(dag_id, reconciliation.run_type, reconciliation.organization_id)
+            for check in reconciliation.violations:
+                stats.incr(RECONCILIATION_VIOLATIONS.name, check.violations, tags={**tags, "check": check.check})
+    except Exception:
+        log.warning("Could not send the reconciliation metrics of %s", dag_id, exc_info=True)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from sqlalchemy.engine import Connection, Engine
 
 from tentman.billing.organization_settings import BillingSettings, billing_settings
+from tentman.billing.reconciliation import record_run_start
 from tentman.billing.rent import generate_rent_invoices
 from tentman.billing.results import OrganizationBillingResult
 from tentman.billing.utility import default_due_date, generate_utility_invoices
@@ -131,6 +132,8 @@ def _bill_and_record_organization(
         invoice_run_id = invoice_runs.open_invoice_run(
             uow.connection, key, run_type=run.run_type, period=run.period, proration_method=method
         )
+        # The start of the window in which an issued invoice must not change (reconciliation).
+        record_run_start(uow.connection, invoice_run_id)
         uow.commit()
     try:
         with UnitOfWork(engine) as uow:

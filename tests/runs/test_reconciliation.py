@@ -1,0 +1,215 @@
+"""Reconciliation after a run: clean runs pass; each check fails, naming the right ids, when the data is
+broken the way real incidents break it (an invoice deleted, a line edited, an issued invoice edited
+while the run goes, a statement unlinked, a lease activated mid-run, a run row hand-edited)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from support.commands import tentman
+from support.factories import add_charge, add_lease, add_organization, add_statement
+from tentman.billing.reconciliation import CHECKS_OF_RUN
+from tentman.names import RECONCILIATIONS_TABLE, RENT_DAG_ID, UTILITY_DAG_ID, RunType
+from tentman.runs.bill import bill_organization
+from tentman.runs.organizations import list_organizations
+from tentman.runs.reconcile import ReconciliationFailed, raise_on_violations, reconcile_dag_run, reconcile_period
+from tentman.runs.record import record_invoice_runs
+from tentman.runs.resolve import resolve_billing_period
+
+RENT_TICK = datetime(2027, 1, 26, 2, tzinfo=UTC)  # bills February 2027
+UTILITY_TICK = datetime(2027, 2, 1, 3, tzinfo=UTC)  # bills February 2027
+
+
+def run_steps(engine, run_type: str, moment: datetime, dag_run_id: str, between=None):
+    """A whole run, its steps in order; `between(conn)` runs after the organizations' runs opened and
+    before the reconciliation (a writer concurrent with the run)."""
+    dag_id = RENT_DAG_ID if run_type == RunType.MONTHLY_RENT else UTILITY_DAG_ID
+    run = resolve_billing_period(engine, run_type=run_type, params={}, logical_date=moment, run_after=moment)
+    organizations = list_organizations(engine, run)
+    results = [bill_organization(engine, run, o, dag_id=dag_id, dag_run_id=dag_run_id) for o in organizations]
+    record_invoice_runs(engine, run, organizations, results, dag_id=dag_id, dag_run_id=dag_run_id)
+    if between:
+        with engine.begin() as conn:
+            between(conn)
+    return reconcile_dag_run(engine, dag_id=dag_id, dag_run_id=dag_run_id)
+
+
+def verdicts(results) -> dict:
+    """organization → {failing check: offending ids}."""
+    return {r.organization_id: {c.check: c.ids for c in r.violations} for r in results}
+
+
+@pytest.fixture
+def rent_org(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn, "Checked Homes")
+        a = add_lease(conn, org, date(2025, 1, 1), None, "1200.00")
+        b = add_lease(conn, org, date(2027, 2, 10), None, "1400.00")
+        add_charge(conn, a, "50.00", date(2025, 1, 1))
+        bad = add_lease(conn, org, date(2025, 1, 1), None, "-1.00")  # failed, named in the errors
+        # January's invoice of lease a, issued before the run.
+        issued = conn.execute(
+            sa.text(
+                """
+                INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
+                                      billing_period_end, status, currency, subtotal, total, due_date)
+                VALUES (:org, :lease, 'rent', '2027-01-01', '2027-01-31', 'issued', 'USD', 1250, 1250, '2027-01-01')
+                RETURNING id
+                """
+            ),
+            {"org": org, "lease": a},
+        ).scalar_one()
+        conn.execute(
+            sa.text("INSERT INTO invoice_lines (invoice_id, line_type, source_id, description, amount) "
+                    "VALUES (:i, 'rent', :l, 'Rent', 1250)"),
+            {"i": issued, "l": a},
+        )  # fmt: skip
+    return org, a, b, bad, issued
+
+
+def test_a_clean_rent_run_passes_every_check_and_stores_the_verdict(engine, rent_org):
+    org, *_ = rent_org
+    [result] = run_steps(engine, RunType.MONTHLY_RENT, RENT_TICK, "r1")
+    assert result.ok and [c.check for c in result.checks] == list(CHECKS_OF_RUN[RunType.MONTHLY_RENT])
+    raise_on_violations(engine, [result])  # nothing to raise
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text(f"SELECT * FROM {RECONCILIATIONS_TABLE}")).one()
+    assert (stored.organization_id, stored.ok, stored.dag_run_id) == (org, True, "r1")
+    assert stored.started_xid is not None and stored.ended_xid is not None
+    assert {c["check"]: c["ok"] for c in stored.checks} == dict.fromkeys(CHECKS_OF_RUN[RunType.MONTHLY_RENT], True)
+
+
+def test_an_invoice_deleted_after_the_run_is_a_lost_lease(engine, rent_org):
+    org, a, *_ = rent_org
+
+    def delete_a(conn):
+        conn.execute(
+            sa.text("DELETE FROM invoices WHERE lease_id = :l AND billing_period_start = '2027-02-01'"), {"l": a}
+        )
+
+    [result] = run_steps(engine, RunType.MONTHLY_RENT, RENT_TICK, "r1", between=delete_a)
+    assert verdicts([result]) == {org: {"rent_coverage": [a], "counts": [result.invoice_run_id]}}
+    with pytest.raises(ReconciliationFailed, match=rf"Checked Homes \(#{org}\): rent_coverage: 1 violation \({a}\)"):
+        raise_on_violations(engine, [result])
+
+
+def test_a_line_amount_edited_breaks_the_invoice_total(engine, rent_org):
+    org, a, *_ = rent_org
+    edited = {}
+
+    def edit_line(conn):
+        edited["invoice"] = conn.execute(
+            sa.text(
+                """
+                UPDATE invoice_lines SET amount = amount + 1 WHERE id = (
+                    SELECT l.id FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
+                    WHERE i.lease_id = :l AND i.billing_period_start = '2027-02-01' AND l.line_type = 'rent')
+                RETURNING invoice_id
+                """
+            ),
+            {"l": a},
+        ).scalar_one()
+
+    [result] = run_steps(engine, RunType.MONTHLY_RENT, RENT_TICK, "r1", between=edit_line)
+    assert verdicts([result]) == {org: {"totals": [edited["invoice"]]}}
+
+
+def test_an_issued_invoice_edited_while_the_run_goes_is_caught_and_one_edited_before_is_not(engine, rent_org):
+    org, a, b, bad, issued = rent_org
+    with engine.begin() as conn:  # before the run: the application's business, not the run's
+        conn.execute(sa.text("UPDATE invoices SET due_date = '2027-01-05' WHERE id = :i"), {"i": issued})
+
+    def edit_issued(conn):  # a concurrent writer, with updated_at set back so it looks untouched
+        conn.execute(sa.text("UPDATE invoices SET total = 1, updated_at = '2020-01-01' WHERE id = :i"), {"i": issued})
+
+    [clean] = run_steps(engine, RunType.MONTHLY_RENT, RENT_TICK, "r1")
+    assert clean.ok
+    [result] = run_steps(engine, RunType.MONTHLY_RENT, RENT_TICK, "r2", between=edit_issued)
+    assert verdicts([result]) == {org: {"hands_off": [issued]}}
+
+
+def test_a_lease_activated_mid_run_is_billable_but_not_billed(engine, rent_org):
+    org, *_ = rent_org
+    with engine.begin() as conn:
+        late = add_lease(conn, org, date(2025, 1, 1), None, "900.00", status="draft")
+
+    def activate(conn):
+        conn.execute(sa.text("UPDATE leases SET status = 'active' WHERE id = :l"), {"l": late})
+
+    [result] = run_steps(engine, RunType.MONTHLY_RENT, RENT_TICK, "r1", between=activate)
+    assert verdicts([result])[org]["rent_coverage"] == [late]
+
+
+def test_a_hand_edited_run_row_does_not_add_up(engine, rent_org):
+    org, *_ = rent_org
+
+    def edit_row(conn):
+        conn.execute(
+            sa.text("UPDATE invoice_runs SET success_count = success_count + 1, total_leases = total_leases + 1")
+        )
+
+    [result] = run_steps(engine, RunType.MONTHLY_RENT, RENT_TICK, "r1", between=edit_row)
+    assert verdicts([result]) == {org: {"counts": [result.invoice_run_id]}}
+
+
+@pytest.fixture
+def utility_org(engine):
+    with engine.begin() as conn:
+        org = add_organization(conn, "Metered Homes")
+        lease = add_lease(conn, org, date(2025, 1, 1))
+        s1 = add_statement(conn, org, lease, "41.17", date(2027, 1, 1), date(2027, 1, 31))
+        s2 = add_statement(conn, org, lease, "12.03", date(2027, 1, 1), date(2027, 1, 31), utility_type="gas")
+        bad = add_statement(conn, org, lease, None, date(2027, 1, 1), date(2027, 1, 31), utility_type="power")
+    return org, lease, s1, s2, bad
+
+
+def test_a_clean_utility_run_passes_and_an_unlinked_statement_is_caught(engine, utility_org):
+    org, lease, s1, s2, bad = utility_org
+    [clean] = run_steps(engine, RunType.UTILITY, UTILITY_TICK, "u1")
+    assert clean.ok, clean.describe()
+
+    def unlink(conn):
+        conn.execute(sa.text("UPDATE utility_statements SET invoice_line_id = NULL WHERE id = :s"), {"s": s1})
+
+    with engine.begin() as conn:
+        unlink(conn)
+    [result] = reconcile_period(engine, run_type=RunType.UTILITY, period=_february())
+    # Its line still bills it (the engine links such a statement back at the next run), so it is
+    # not lost; but its invoice line is linked from no statement.
+    assert verdicts([result]) == {org: {"utility_coverage": [s1]}}
+
+
+def test_a_statement_whose_line_was_deleted_is_lost(engine, utility_org):
+    org, lease, s1, s2, bad = utility_org
+
+    def delete_line(conn):
+        conn.execute(sa.text("UPDATE utility_statements SET invoice_line_id = NULL WHERE id = :s"), {"s": s2})
+        conn.execute(sa.text("DELETE FROM invoice_lines WHERE line_type = 'utility' AND source_id = :s"), {"s": s2})
+
+    [result] = run_steps(engine, RunType.UTILITY, UTILITY_TICK, "u1", between=delete_line)
+    assert verdicts([result])[org]["utility_coverage"] == [s2]
+
+
+def _february():
+    from tentman.billing.periods import BillingPeriod
+
+    return BillingPeriod.for_month(2027, 2)
+
+
+def test_the_command_reconciles_on_demand_and_exits_1_on_a_violation(engine, db_uri, rent_org):
+    org, a, *_ = rent_org
+    run_steps(engine, RunType.MONTHLY_RENT, RENT_TICK, "r1")
+    env = {"AIRFLOW_CONN_TENTMAN_DB": db_uri}
+    args = ("runs", "reconcile", "--billing-month", "2027-02", "--run-type", "monthly_rent")
+    clean = tentman(*args, env_extra=env)
+    assert (clean.returncode, clean.stdout) == (0, f"ok   Checked Homes (#{org}) (invoice run 1): ok\n")
+    with engine.begin() as conn:  # a manual "fix" in the application that loses an invoice
+        conn.execute(sa.text("DELETE FROM invoices WHERE lease_id = :l AND status = 'draft'"), {"l": a})
+    broken = tentman(*args, "--organization-id", str(org), env_extra=env)
+    assert broken.returncode == 1
+    assert broken.stdout.startswith(f"FAIL Checked Homes (#{org}) (invoice run 1): rent_coverage: 1 violation ({a})")
+    bad = tentman("runs", "reconcile", "--billing-month", "2027-13", "--run-type", "monthly_rent", env_extra=env)
+    assert bad.returncode == 2 and "billing_month '2027-13' is not a valid month" in bad.stderr
