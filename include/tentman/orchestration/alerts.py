@@ -18,6 +18,7 @@ import urllib.request
 from html import escape
 
 from airflow.sdk import BaseNotifier
+from airflow.sdk.exceptions import AirflowFailException
 
 from tentman.names import BILL_ORGANIZATION_TASK, RESOLVE_PERIOD_TASK
 
@@ -73,6 +74,11 @@ def describe_failure(context) -> dict:
     }
 
 
+class AlreadyAlerted(AirflowFailException):
+    """Fails a task whose failure another task's alert already reported (the run's last task failing
+    only so that the run shows as failed): no second alert."""
+
+
 class BillingFailureNotifier(BaseNotifier):
     """Sends a billing failure to every configured channel; a failing channel never hides another."""
 
@@ -84,6 +90,9 @@ class BillingFailureNotifier(BaseNotifier):
         self.webhook_conn_id = webhook_conn_id
 
     def notify(self, context) -> None:
+        if isinstance(context.get("exception"), AlreadyAlerted):
+            log.info("Not alerting again: %s", context["exception"])
+            return
         alert = describe_failure(context)
         log.error("%s", alert["text"])
         for channel, send in (("e-mail", self._send_email), ("webhook", self._send_webhook)):

@@ -24,7 +24,7 @@ from tentman.names import (
     RESOLVE_PERIOD_TASK,
     RunType,
 )
-from tentman.orchestration.alerts import BillingFailureNotifier
+from tentman.orchestration.alerts import AlreadyAlerted, BillingFailureNotifier
 from tentman.settings import PRIORITY_WEIGHT_RULE, OrganizationTaskPolicy, organization_task_policy, priority_weight
 
 log = logging.getLogger(__name__)
@@ -206,8 +206,9 @@ def reconcile_invoice_runs_task(summary) -> int:
     except ReconciliationFailed as exc:
         raise AirflowFailException(str(exc)) from exc
     if summary is None:
-        # This task is the run's last: succeeding here would hide the aggregation's failure.
-        raise AirflowFailException(
+        # This task is the run's last: succeeding here would hide the aggregation's failure, which
+        # that task alerted already.
+        raise AlreadyAlerted(
             f"{RECORD_RUNS_TASK} failed (see its log and alert); the organizations it completed reconcile"
         )
     return len(reconciliations)
