@@ -114,6 +114,7 @@ def test_upgrade_adopts_a_database_the_application_made_and_changes_none_of_its_
             "organization_billing_settings",
             "organization_billing_settings_audit",
             "organization_schedule_claims",
+            "run_reconciliations",
         }
         # Nothing of the bundle's in the application's schema.
         assert conn.execute(sa.text("SELECT to_regclass('public.alembic_version')")).scalar() is None

@@ -7,11 +7,12 @@ import json
 from datetime import UTC, date, datetime
 
 import pytest
+import sqlalchemy as sa
 
 from support.dags import load_dag
 from support.factories import add_lease, add_organization, inject_invoice_fault
 from support.sinks import HttpSink, SmtpSink
-from tentman.names import BILL_ORGANIZATION_TASK, RECORD_RUNS_TASK, RENT_DAG_ID
+from tentman.names import BILL_ORGANIZATION_TASK, RECONCILE_TASK, RECONCILIATIONS_TABLE, RECORD_RUNS_TASK, RENT_DAG_ID
 
 pytestmark = pytest.mark.airflow
 
@@ -106,3 +107,55 @@ def test_bad_params_alert_names_the_run_level_failure(engine, sinks):
     assert hook["task_id"] == RECORD_RUNS_TASK and hook["billing_period"] is None
     assert hook["organizations"] == [] and "billing period could not be resolved" in hook["error"]
     assert "none (run level)" in hook["text"]
+
+
+def test_a_reconciliation_violation_fails_the_run_and_alerts_naming_organization_check_and_ids(engine, sinks):
+    """An issued invoice edited by a concurrent writer while the run bills (a trigger plays the writer,
+    in the billing transaction itself): every organization task succeeds, the reconciliation fails."""
+    smtp, http = sinks
+    with engine.begin() as conn:
+        org = add_organization(conn, "Watched Homes")
+        lease = add_lease(conn, org, date(2025, 1, 1))
+        issued = conn.execute(
+            sa.text(
+                """
+                INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
+                                      billing_period_end, status, currency, subtotal, total, due_date)
+                VALUES (:org, :lease, 'rent', '2026-01-01', '2026-01-31', 'issued', 'USD', 0, 0, '2026-01-01')
+                RETURNING id
+                """
+            ),
+            {"org": org, "lease": lease},
+        ).scalar_one()
+        conn.execute(
+            sa.text(
+                f"""
+                CREATE FUNCTION test_concurrent_writer() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN UPDATE invoices SET due_date = due_date + 1 WHERE id = {issued}; RETURN NEW; END $$;
+                CREATE TRIGGER test_concurrent_writer AFTER UPDATE OF status ON invoice_runs
+                FOR EACH ROW WHEN (NEW.status = 'completed') EXECUTE FUNCTION test_concurrent_writer();
+                """
+            )
+        )
+    dag_run = load_dag(RENT_DAG_ID).test(logical_date=datetime(2026, 1, 26, 2, tzinfo=UTC))
+    assert dag_run.state == "failed"
+    states = {(ti.task_id, ti.map_index): ti.state for ti in _task_instances(dag_run)}
+    assert states[(BILL_ORGANIZATION_TASK, 0)] == states[(RECORD_RUNS_TASK, -1)] == "success"
+    assert states[(RECONCILE_TASK, -1)] == "failed"
+    [hook] = [r["json"] for r in http.requests]
+    assert (hook["task_id"], hook["organizations"]) == (RECONCILE_TASK, [f"Watched Homes (#{org})"])
+    assert f"Watched Homes (#{org}): hands_off: 1 violation ({issued})" in hook["error"]
+    assert len(smtp.messages) == 1
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text(f"SELECT ok, checks FROM {RECONCILIATIONS_TABLE}")).one()
+    assert stored.ok is False
+    assert [c for c in stored.checks if not c["ok"]] == [
+        {"check": "hands_off", "ok": False, "violations": 1, "ids": [issued], "note": None}
+    ]
+
+
+def _task_instances(dag_run):
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return dag_run.get_task_instances(session=session)
