@@ -197,10 +197,11 @@ def test_clearing_one_organization_reruns_only_it_and_the_aggregation(live, admi
     assert sorted((t["task_id"], t["map_index"]) for t in cleared.json()["task_instances"]) == [
         ("bill_organization", 1),
         ("record_invoice_runs", -1),
+        ("reconcile_invoice_runs", -1),
     ]
     poll(
         lambda: (
-            admin.task_instances(RENT_DAG_ID, run_id)[("record_invoice_runs", -1)]["try_number"] == 2
+            admin.task_instances(RENT_DAG_ID, run_id)[("reconcile_invoice_runs", -1)]["try_number"] == 2
             and admin.run(RENT_DAG_ID, run_id)["state"] == "success"
         )
     )
@@ -212,6 +213,7 @@ def test_clearing_one_organization_reruns_only_it_and_the_aggregation(live, admi
         ("bill_organization", 1): 2,
         ("bill_organization", 2): 1,
         ("record_invoice_runs", -1): 2,
+        ("reconcile_invoice_runs", -1): 2,
     }
     assert (
         _count(engine, "SELECT count(*) FROM invoices WHERE organization_id = ANY(:o)", o=orgs) == invoices_before == 4
@@ -483,7 +485,7 @@ def test_organization_schedules_dag_bills_at_the_local_hour_once_cleared_or_not(
     assert cleared.status_code == 200, cleared.text
     poll(
         lambda: (
-            admin.task_instances(SCHEDULES_DAG_ID, due["dag_run_id"])[("record_invoice_runs", -1)]["try_number"] == 2
+            admin.task_instances(SCHEDULES_DAG_ID, due["dag_run_id"])[("reconcile_invoice_runs", -1)]["try_number"] == 2
             and admin.run(SCHEDULES_DAG_ID, due["dag_run_id"])["state"] == "success"
         )
     )

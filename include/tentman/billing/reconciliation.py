@@ -115,13 +115,15 @@ class Reconciliation:
 
 def record_run_start(conn: Connection, invoice_run_id: int) -> None:
     """Note the transaction that opens an organization's run: the start of the `hands_off` window.
-    A retried task keeps the first attempt's start."""
+    Each attempt (a retry, a cleared task) starts a new window and forgets the last verdict: what
+    an earlier attempt wrote was rolled back or is written again by this one."""
     conn.execute(
         sa.text(
             f"""
             INSERT INTO {RECONCILIATIONS_TABLE} (invoice_run_id, started_xid)
             VALUES (:id, CAST(CAST(pg_current_xact_id() AS text) AS bigint) % :space)
-            ON CONFLICT (invoice_run_id) DO NOTHING
+            ON CONFLICT (invoice_run_id) DO UPDATE
+            SET started_xid = excluded.started_xid, ended_xid = NULL, checked_at = NULL, ok = NULL, checks = NULL
             """
         ),
         {"id": invoice_run_id, "space": _XID_SPACE},
