@@ -13,12 +13,12 @@ from support.factories import add_lease, add_organization
 from support.steps import run_steps
 from tentman.billing.organization_settings import change_billing_settings
 from tentman.billing.periods import BillingPeriod
-from tentman.billing.reconciliation import CHECKS_OF_RUN
+from tentman.billing.reconciliation import CHECKS, CHECKS_OF_RUN
 from tentman.names import RENT_DAG_ID, RunStatus, RunType
 from tentman.runs.reconcile import reconcile_period
 from tentman.runs.summary import run_summary
 from tentman.ui import queries
-from tentman.ui.models import RunReconciliation
+from tentman.ui.models import RECONCILIATION_IDS, RunReconciliation
 
 NOVEMBER = date(2026, 11, 1)
 
@@ -174,3 +174,4 @@ def test_each_run_lists_its_reconciliation_ok_failed_or_none(engine):
         }
         assert queries.get_run(conn, second.invoice_run_id).reconciliation == rows[0].reconciliation
         assert queries.get_run(conn, failed).reconciliation is None
+    assert set(RECONCILIATION_IDS) == set(CHECKS)  # the page names every check's ids

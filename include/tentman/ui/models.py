@@ -7,7 +7,15 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, StrictBool, StrictInt
 
-from tentman.billing.reconciliation import CHECKS, MAX_IDS
+from tentman.billing.reconciliation import (
+    CHECKS,
+    COUNTS,
+    HANDS_OFF,
+    MAX_IDS,
+    RENT_COVERAGE,
+    TOTALS,
+    UTILITY_COVERAGE,
+)
 from tentman.names import BILLING_MONTH_PATTERN, DEFAULT_PRORATION_METHOD, ProrationMethod, RunStatus, RunType
 
 PRORATION_METHODS = ", ".join(m.value for m in ProrationMethod)
@@ -21,6 +29,16 @@ class LeaseError(BaseModel):
     error: str
 
 
+# What a check's ids are ids of (the page names them).
+RECONCILIATION_IDS = {
+    RENT_COVERAGE: "lease",
+    UTILITY_COVERAGE: "statement",
+    TOTALS: "invoice",
+    HANDS_OFF: "invoice",
+    COUNTS: "invoice run",
+}
+
+
 class ReconciliationCheck(BaseModel):
     """One check of a run's reconciliation (tentman.billing.reconciliation says what each proves)."""
 
@@ -28,8 +46,8 @@ class ReconciliationCheck(BaseModel):
     ok: bool
     violations: int = Field(description="How many ids break the check (0 when ok)")
     ids: list[int] = Field(
-        description=f"The first {MAX_IDS} offending ids, ascending: leases (rent_coverage), statements "
-        "(utility_coverage), invoices (totals, hands_off), the invoice run (counts)"
+        description=f"The first {MAX_IDS} offending ids, ascending, of: "
+        + ", ".join(f"{kind} ({check})" for check, kind in RECONCILIATION_IDS.items())
     )
     note: str | None = Field(description="Why the check could not be made (then ok), e.g. no run window recorded")
 
