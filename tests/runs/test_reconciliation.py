@@ -11,30 +11,13 @@ import sqlalchemy as sa
 
 from support.commands import tentman
 from support.factories import add_charge, add_lease, add_organization, add_statement
+from support.steps import run_steps
 from tentman.billing.reconciliation import CHECKS_OF_RUN
-from tentman.names import RECONCILIATIONS_TABLE, RENT_DAG_ID, UTILITY_DAG_ID, RunType
-from tentman.runs.bill import bill_organization
-from tentman.runs.organizations import list_organizations
-from tentman.runs.reconcile import ReconciliationFailed, raise_on_violations, reconcile_dag_run, reconcile_period
-from tentman.runs.record import record_invoice_runs
-from tentman.runs.resolve import resolve_billing_period
+from tentman.names import RECONCILIATIONS_TABLE, RunType
+from tentman.runs.reconcile import ReconciliationFailed, raise_on_violations, reconcile_period
 
 RENT_TICK = datetime(2027, 1, 26, 2, tzinfo=UTC)  # bills February 2027
 UTILITY_TICK = datetime(2027, 2, 1, 3, tzinfo=UTC)  # bills February 2027
-
-
-def run_steps(engine, run_type: str, moment: datetime, dag_run_id: str, between=None):
-    """A whole run, its steps in order; `between(conn)` runs after the organizations' runs opened and
-    before the reconciliation (a writer concurrent with the run)."""
-    dag_id = RENT_DAG_ID if run_type == RunType.MONTHLY_RENT else UTILITY_DAG_ID
-    run = resolve_billing_period(engine, run_type=run_type, params={}, logical_date=moment, run_after=moment)
-    organizations = list_organizations(engine, run)
-    results = [bill_organization(engine, run, o, dag_id=dag_id, dag_run_id=dag_run_id) for o in organizations]
-    record_invoice_runs(engine, run, organizations, results, dag_id=dag_id, dag_run_id=dag_run_id)
-    if between:
-        with engine.begin() as conn:
-            between(conn)
-    return reconcile_dag_run(engine, dag_id=dag_id, dag_run_id=dag_run_id)
 
 
 def verdicts(results) -> dict:

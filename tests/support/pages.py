@@ -67,8 +67,20 @@ class BillingRunsPage:
 
     def run_cells(self, month: str, organization: str) -> list[str]:
         """The cells of the first run row of that billing month (YYYY-MM) and organization."""
-        row = self.page.locator("#runs-table tbody tr", has_text=month).filter(has_text=organization).first
-        return row.locator("td").all_inner_texts()
+        return self._run_row(month, organization).locator("td").all_inner_texts()
+
+    def reconciliation(self, month: str, organization: str) -> str:
+        """The Reconciled cell of that run row: ✓, — or, for violations, its folded summary."""
+        return self._run_row(month, organization).locator("td.reconciliation").inner_text().strip()
+
+    def reconciliation_details(self, month: str, organization: str) -> list[str]:
+        """Unfold the ✗ of that run row: one line per failing check, with its count and first ids."""
+        cell = self._run_row(month, organization).locator("td.reconciliation")
+        cell.locator("summary").click()
+        return cell.locator("li").all_inner_texts()
+
+    def _run_row(self, month: str, organization: str):
+        return self.page.locator("#runs-table tbody tr", has_text=month).filter(has_text=organization).first
 
     # The charts (ECharts' SVG renderer: legends and axes are text in the DOM)
 

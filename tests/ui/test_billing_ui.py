@@ -1,4 +1,5 @@
-"""The "Billing runs" plugin on live Airflow: its JSON API, its access control, and its preview."""
+"""The "Billing runs" plugin on live Airflow: its JSON API, its access control, its preview, and each
+run's reconciliation on the page."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import sqlalchemy as sa
 from support.factories import add_charge, add_lease, add_organization
 from support.live import PASSWORDS, Api, live_stack
 from support.pages import OFFLINE_ARGS, BillingRunsPage, chromium
-from tentman.names import RENT_DAG_ID
+from tentman.billing.periods import BillingPeriod
+from tentman.billing.reconciliation import CHECKS_OF_RUN
+from tentman.names import RENT_DAG_ID, RunType
+from tentman.runs.reconcile import reconcile_period
 from tentman_dev.local import REPO_ROOT
 
 pytestmark = pytest.mark.live
@@ -183,7 +187,10 @@ def test_openapi_documents_the_endpoints(ui):
     assert {"/api/runs", "/api/runs/{run_id}", "/api/organizations", "/api/trends", "/api/preview"} <= set(
         schema["paths"]
     )
-    assert "Run" in schema["components"]["schemas"] and "Trends" in schema["components"]["schemas"]
+    schemas = schema["components"]["schemas"]
+    assert {"Run", "Trends", "RunReconciliation", "ReconciliationCheck"} <= set(schemas)
+    assert "reconciliation" in schemas["Run"]["properties"]
+    assert set(schemas["ReconciliationCheck"]["properties"]) == {"check", "ok", "violations", "ids", "note"}
 
 
 def test_preview_equals_what_the_real_run_then_writes(ui):
@@ -301,3 +308,64 @@ def test_browser_sees_runs_charts_and_api_docs_with_no_network(ui):
         "/tentman/static/vendor/swagger-ui/swagger-ui.css",
     } <= set(loaded)
     assert (artifacts / "billing-runs.png").stat().st_size > 10_000
+
+
+def test_the_page_shows_each_runs_reconciliation(ui):
+    """✓ for a clean run, — for a run without a verdict, and ✗ with the failing checks and their ids once
+    a run's data is broken and its period reconciled again (`reconcile_period`, as `tentman runs
+    reconcile` does)."""
+    stack, engine, admin = ui["stack"], ui["engine"], ui["admin"]
+    client = plugin(stack, token(stack, "admin"))
+    with engine.begin() as conn:
+        org = add_organization(conn, "Audited <Arms>")  # tenant-controlled text, escaped by the page
+        lost = add_lease(conn, org, date(2025, 1, 1), None, "1000.00")
+        add_lease(conn, org, date(2025, 1, 1), None, "700.00")
+        # A run row of an earlier release: no verdict.
+        conn.execute(
+            sa.text(
+                "INSERT INTO invoice_runs (organization_id, run_type, billing_period_start, billing_period_end, "
+                "status, errors, dag_id, dag_run_id, started_at, completed_at) VALUES (:org, 'monthly_rent', "
+                "'2026-10-01', '2026-10-31', 'failed', '[]', :dag, 'before-reconciliation', now(), now())"
+            ),
+            {"org": org, "dag": RENT_DAG_ID},
+        )
+    run = admin.trigger(RENT_DAG_ID, {"billing_month": "2027-01", "organization_ids": [org]}).json()
+    assert admin.wait(RENT_DAG_ID, run["dag_run_id"])["state"] == "success"
+    january, october = client.get("/api/runs", params={"organization_id": org}).json()["items"]
+    assert october["reconciliation"] is None
+    assert january["reconciliation"]["ok"] is True
+    assert [c["check"] for c in january["reconciliation"]["checks"]] == list(CHECKS_OF_RUN[RunType.MONTHLY_RENT])
+
+    with chromium() as browser:
+        context = browser.new_context(viewport={"width": 1600, "height": 1000})
+        billing_runs = BillingRunsPage.log_in(context, stack.base_url, "admin")
+        billing_runs.wait_for_run("Audited <Arms>")
+        assert "Reconciled" in billing_runs.runs_headers()
+        assert billing_runs.reconciliation("2027-01", "Audited <Arms>") == "✓"
+        assert billing_runs.reconciliation("2026-11", "Harbor View") == "✓"
+        assert billing_runs.reconciliation("2026-10", "Audited <Arms>") == "—"
+
+        with engine.begin() as conn:  # a "fix" in the application that loses one lease's invoice
+            conn.execute(sa.text("DELETE FROM invoices WHERE lease_id = :l"), {"l": lost})
+        [verdict] = reconcile_period(
+            engine, run_type=RunType.MONTHLY_RENT, period=BillingPeriod.for_month(2027, 1), organization_id=org
+        )
+        assert verdict.invoice_run_id == january["id"] and not verdict.ok
+        rec = client.get(f"/api/runs/{january['id']}").json()["reconciliation"]
+        assert rec["ok"] is False
+        assert {c["check"]: c["ids"] for c in rec["checks"] if not c["ok"]} == {
+            "rent_coverage": [lost],
+            "counts": [january["id"]],
+        }
+
+        billing_runs.reload()
+        billing_runs.wait_for_run("Audited <Arms>")
+        assert billing_runs.reconciliation("2027-01", "Audited <Arms>") == "✗ 2 checks failed"
+        assert billing_runs.reconciliation_details("2027-01", "Audited <Arms>") == [
+            f"rent_coverage: 1 violation (lease {lost})",
+            f"counts: 1 violation (invoice run {january['id']})",
+        ]
+        assert billing_runs.reconciliation("2026-11", "Harbor View") == "✓"  # other runs keep theirs
+        artifacts = REPO_ROOT / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        billing_runs.screenshot(artifacts / "billing-runs-reconciliation.png")

@@ -1,19 +1,24 @@
 """The page's queries on a real database, without Airflow: what a run drafted apart from the period's
-other invoices, void ones left out, failed runs counted; the CLI summary's drafts of the period; what a
-default run bills and who bills on a schedule of their own."""
+other invoices, void ones left out, failed runs counted; each run's reconciliation; the CLI summary's
+drafts of the period; what a default run bills and who bills on a schedule of their own."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization
+from support.steps import run_steps
 from tentman.billing.organization_settings import change_billing_settings
+from tentman.billing.periods import BillingPeriod
+from tentman.billing.reconciliation import CHECKS, CHECKS_OF_RUN
 from tentman.names import RENT_DAG_ID, RunStatus, RunType
+from tentman.runs.reconcile import reconcile_period
 from tentman.runs.summary import run_summary
 from tentman.ui import queries
+from tentman.ui.models import RECONCILIATION_IDS, RunReconciliation
 
 NOVEMBER = date(2026, 11, 1)
 
@@ -132,3 +137,41 @@ def test_the_schedules_queries_count_what_a_default_run_bills_and_list_own_sched
         listed = {r.organization_id: r for r in queries.organizations_with_settings(conn)}
         assert (listed[own_rent].timezone, listed[own_rent].rent_schedule_hour) == ("America/New_York", 6)
         assert listed[plain].utility_schedule_weekday is None
+
+
+def test_each_run_lists_its_reconciliation_ok_failed_or_none(engine):
+    """Verdicts written by the real steps: two clean rent runs, then a draft deleted and the latest run
+    reconciled again on demand; a failed run has none."""
+    with engine.begin() as conn:
+        org = add_organization(conn, "Checked Homes")
+        lease = add_lease(conn, org, date(2025, 1, 1), None, "1200.00")
+        add_lease(conn, org, date(2025, 1, 1), None, "800.00")
+        failed = add_run(conn, org, "r0", "failed", "2026-11-02T02:00:00Z")
+    tick = datetime(2027, 1, 26, 2, tzinfo=UTC)  # bills February 2027
+    [first] = run_steps(engine, RunType.MONTHLY_RENT, tick, "r1")
+    [second] = run_steps(engine, RunType.MONTHLY_RENT, tick, "r2")
+    assert first.ok and second.ok
+    with engine.begin() as conn:  # a "fix" in the application that loses the lease's invoice
+        conn.execute(sa.text("DELETE FROM invoices WHERE lease_id = :l"), {"l": lease})
+    [again] = reconcile_period(engine, run_type=RunType.MONTHLY_RENT, period=BillingPeriod.for_month(2027, 2))
+    assert again.invoice_run_id == second.invoice_run_id and not again.ok
+
+    with engine.connect() as conn:
+        total, rows = queries.list_runs(
+            conn, organization_id=org, period_start=None, status=None, run_type=None, limit=10, offset=0
+        )
+        assert [r.id for r in rows] == [second.invoice_run_id, first.invoice_run_id, failed]
+        latest, earlier, none = (RunReconciliation.model_validate(r.reconciliation) if r.reconciliation else None
+                                 for r in rows)  # fmt: skip
+        assert none is None
+        assert earlier.ok and [(c.check, c.ok, c.violations, c.ids) for c in earlier.checks] == [
+            (check, True, 0, []) for check in CHECKS_OF_RUN[RunType.MONTHLY_RENT]
+        ]
+        assert latest.ok is False and latest.checked_at > earlier.checked_at
+        assert {c.check: (c.violations, c.ids) for c in latest.checks if not c.ok} == {
+            "rent_coverage": (1, [lease]),
+            "counts": (1, [second.invoice_run_id]),
+        }
+        assert queries.get_run(conn, second.invoice_run_id).reconciliation == rows[0].reconciliation
+        assert queries.get_run(conn, failed).reconciliation is None
+    assert set(RECONCILIATION_IDS) == set(CHECKS)  # the page names every check's ids

@@ -7,6 +7,15 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, StrictBool, StrictInt
 
+from tentman.billing.reconciliation import (
+    CHECKS,
+    COUNTS,
+    HANDS_OFF,
+    MAX_IDS,
+    RENT_COVERAGE,
+    TOTALS,
+    UTILITY_COVERAGE,
+)
 from tentman.names import BILLING_MONTH_PATTERN, DEFAULT_PRORATION_METHOD, ProrationMethod, RunStatus, RunType
 
 PRORATION_METHODS = ", ".join(m.value for m in ProrationMethod)
@@ -18,6 +27,38 @@ PRORATION_METHODS = ", ".join(m.value for m in ProrationMethod)
 class LeaseError(BaseModel):
     lease_id: int | None = Field(description="The lease, or null for an organization-level error")
     error: str
+
+
+# What a check's ids are ids of (the page names them).
+RECONCILIATION_IDS = {
+    RENT_COVERAGE: "lease",
+    UTILITY_COVERAGE: "statement",
+    TOTALS: "invoice",
+    HANDS_OFF: "invoice",
+    COUNTS: "invoice run",
+}
+
+
+class ReconciliationCheck(BaseModel):
+    """One check of a run's reconciliation (tentman.billing.reconciliation says what each proves)."""
+
+    check: str = Field(description=f"One of {', '.join(CHECKS)}")
+    ok: bool
+    violations: int = Field(description="How many ids break the check (0 when ok)")
+    ids: list[int] = Field(
+        description=f"The first {MAX_IDS} offending ids, ascending, of: "
+        + ", ".join(f"{kind} ({check})" for check, kind in RECONCILIATION_IDS.items())
+    )
+    note: str | None = Field(description="Why the check could not be made (then ok), e.g. no run window recorded")
+
+
+class RunReconciliation(BaseModel):
+    """The verdict stored for the run after it (tentman_billing.run_reconciliations), or by `tentman runs
+    reconcile` since."""
+
+    ok: bool = Field(description="true: every check passed; false: at least one check found violations")
+    checked_at: datetime
+    checks: list[ReconciliationCheck] = Field(description="Every check of the run's type, in the order run")
 
 
 class Run(BaseModel):
@@ -65,6 +106,10 @@ class Run(BaseModel):
         json_schema_extra={"deprecated": True},
     )
     task_url: str = Field(description="The organization's task instance (and its log) in the Airflow UI")
+    reconciliation: RunReconciliation | None = Field(
+        description="The run's reconciliation; null: not reconciled (a failed, on_hold or dry run, a run of an "
+        "earlier release, or one whose reconciliation has not run yet)"
+    )
 
 
 class RunPage(BaseModel):

@@ -20,6 +20,7 @@ from tentman.names import (
     RunType,
 )
 from tentman.ui.deps import can_edit_billing_settings, current_user
+from tentman.ui.models import RECONCILIATION_IDS
 
 STATIC = Path(__file__).with_name("static")
 # Third-party files (charts, Swagger UI) shipped with the package: see static/vendor/README.md.
@@ -49,7 +50,8 @@ def whoami(user=Depends(current_user)) -> dict:
 
 @functools.cache
 def _page_html() -> str:
-    """The page, with the names it shows (DAG ids, run types, statuses, proration methods) from tentman.names."""
+    """The page, with the names it shows (DAG ids, run types, statuses, proration methods, what
+    each reconciliation check's ids are) from tentman.names and tentman.ui.models."""
     names = {
         "rent_dag_id": RENT_DAG_ID,
         "utility_dag_id": UTILITY_DAG_ID,
@@ -62,5 +64,6 @@ def _page_html() -> str:
         "draft_invoice": InvoiceStatus.DRAFT.value,
         "proration_methods": [method.value for method in ProrationMethod],
         "default_proration_method": DEFAULT_PRORATION_METHOD.value,
+        "reconciliation_ids": RECONCILIATION_IDS,
     }
     return (STATIC / "index.html").read_text().replace("__TENTMAN_NAMES__", json.dumps(names))

@@ -7,14 +7,26 @@ from datetime import date
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tentman.names import BILLING_SETTINGS_TABLE, InvoiceStatus, RunStatus, RunType, invoice_type_sql
+from tentman.names import (
+    BILLING_SETTINGS_TABLE,
+    RECONCILIATIONS_TABLE,
+    InvoiceStatus,
+    RunStatus,
+    RunType,
+    invoice_type_sql,
+)
 
+# With RECONCILIATION_OF_RUN joined as rc: the run's verdict, null while it has none (a failed, held or
+# dry run, a run of an earlier release, or one whose reconciliation has not run yet: only its window).
 RUN_COLUMNS = """
     r.id, r.dag_id, r.dag_run_id, r.organization_id, o.name AS organization_name, r.run_type,
     r.billing_period_start, r.billing_period_end, r.proration_method, r.status, r.total_leases,
     r.success_count, r.skipped_count, r.failure_count, r.errors, r.started_at, r.completed_at,
-    extract(epoch FROM r.completed_at - r.started_at) AS duration_seconds
+    extract(epoch FROM r.completed_at - r.started_at) AS duration_seconds,
+    CASE WHEN rc.ok IS NOT NULL
+         THEN jsonb_build_object('ok', rc.ok, 'checked_at', rc.checked_at, 'checks', rc.checks) END AS reconciliation
 """
+RECONCILIATION_OF_RUN = f"LEFT JOIN {RECONCILIATIONS_TABLE} rc ON rc.invoice_run_id = r.id"
 
 # The organization's invoices of the run's type and period (void ones left out), split into the
 # ones this run drafted (linked to it by invoice_run_id: both engines link every draft they create
@@ -66,6 +78,7 @@ def list_runs(
             FROM (SELECT * FROM invoice_runs r {where}
                   ORDER BY r.started_at DESC, r.id DESC LIMIT :limit OFFSET :offset) r
             JOIN organizations o ON o.id = r.organization_id
+            {RECONCILIATION_OF_RUN}
             {INVOICES_OF_RUN}
             ORDER BY r.started_at DESC, r.id DESC
             """
@@ -81,6 +94,7 @@ def get_run(conn: Connection, run_id: int) -> sa.Row | None:
             f"""
             SELECT {RUN_COLUMNS}, amounts.*
             FROM invoice_runs r JOIN organizations o ON o.id = r.organization_id
+            {RECONCILIATION_OF_RUN}
             {INVOICES_OF_RUN}
             WHERE r.id = :id
             """
