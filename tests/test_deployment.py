@@ -552,6 +552,22 @@ def test_monitoring_docs_give_the_metrics_settings_the_live_test_runs():
     assert "AIRFLOW__METRICS__STATSD_ON=True docker-compose --profile monitoring config -q" in section
 
 
+def test_monitoring_docs_list_every_metric_and_alert_rule():
+    """docs/monitoring.md's tables: a row per billing metric and per alert rule, with its severity."""
+    from tentman.orchestration.metrics import METRICS
+
+    rows = [line for line in (REPO_ROOT / "docs" / "monitoring.md").read_text().splitlines() if line.startswith("| `")]
+    for metric in METRICS:
+        # Three invoice counters share a row: `tentman.invoices_created` / `_updated` / `_removed`.
+        short = "_" + metric.name.rsplit("_", 1)[1]
+        assert any(f"`{metric.name}`" in row or f"`{short}`" in row for row in rows), metric.name
+    for rule in _alert_rules():
+        assert any(
+            row.startswith(f"| `{rule['alert']}` |") and row.endswith(f"| {rule['labels']['severity']} |")
+            for row in rows
+        ), rule["alert"]
+
+
 def _promtool(*args: str) -> subprocess.CompletedProcess:
     binary = shutil.which("promtool")
     assert binary, "promtool is required (make tools installs Debian's prometheus package)"
