@@ -480,7 +480,13 @@ def test_dashboard_and_alert_rules_read_only_metrics_that_are_emitted():
 
 def test_dashboard_has_the_panels_the_on_call_engineer_needs():
     titles = [panel["title"] for panel in _dashboard()["panels"]]
-    for wanted in ("Leases billed per run", "Amount drafted per run", "Failures per organization", "Run durations"):
+    for wanted in (
+        "Leases billed per run",
+        "Amount drafted per run",
+        "Failures per organization",
+        "Run durations",
+        "Reconciliation violations",
+    ):
         assert wanted in titles
     assert any("Task durations" in t for t in titles) and any("Queue waits" in t for t in titles)
     datasources = {panel["datasource"]["uid"] for panel in _dashboard()["panels"]}
@@ -492,7 +498,16 @@ def test_dashboard_has_the_panels_the_on_call_engineer_needs():
         "TentManLeasesFailing",
         "TentManNoRentRun",
         "TentManQueueWaitHigh",
+        "TentManReconciliationViolations",
     }
+    # A violation is shown and paged with what the on-call engineer acts on: which organization,
+    # run type and check (the DAG too: the schedules DAG bills both run types).
+    from support.monitoring import labels_in, queries
+
+    for where in ("panel 'Reconciliation violations' A", "alert TentManReconciliationViolations"):
+        assert labels_in(queries()[where]) == {"dag_id", "run_type", "organization_id", "check"}, where
+    (rule,) = [rule for rule in _alert_rules() if rule["alert"] == "TentManReconciliationViolations"]
+    assert rule["labels"]["severity"] == "page" and "for" not in rule  # pages at once
 
 
 def test_the_mapping_names_every_metric_the_way_the_exporter_would():
@@ -501,6 +516,11 @@ def test_the_mapping_names_every_metric_the_way_the_exporter_would():
 
     assert map_statsd_name("airflow.tentman.leases_billed", "counter") == ("tentman_leases_billed_total", {})
     assert map_statsd_name("airflow.tentman.engine_duration", "observer") == ("tentman_engine_duration_seconds", {})
+    # Its `check`, like every tag, travels in the line and becomes a label.
+    assert map_statsd_name("airflow.tentman.reconciliation_violations", "counter") == (
+        "tentman_reconciliation_violations_total",
+        {},
+    )
     assert map_statsd_name("airflow.dagrun.duration.failed", "observer") == (
         "airflow_dagrun_duration_seconds",
         {"state": "failed"},
@@ -530,6 +550,22 @@ def test_monitoring_docs_give_the_metrics_settings_the_live_test_runs():
     for key, value in live.items():
         assert f"`{key}`" in section or f"`{key}={value}`" in section, key
     assert "AIRFLOW__METRICS__STATSD_ON=True docker-compose --profile monitoring config -q" in section
+
+
+def test_monitoring_docs_list_every_metric_and_alert_rule():
+    """docs/monitoring.md's tables: a row per billing metric and per alert rule, with its severity."""
+    from tentman.orchestration.metrics import METRICS
+
+    rows = [line for line in (REPO_ROOT / "docs" / "monitoring.md").read_text().splitlines() if line.startswith("| `")]
+    for metric in METRICS:
+        # Three invoice counters share a row: `tentman.invoices_created` / `_updated` / `_removed`.
+        short = "_" + metric.name.rsplit("_", 1)[1]
+        assert any(f"`{metric.name}`" in row or f"`{short}`" in row for row in rows), metric.name
+    for rule in _alert_rules():
+        assert any(
+            row.startswith(f"| `{rule['alert']}` |") and row.endswith(f"| {rule['labels']['severity']} |")
+            for row in rows
+        ), rule["alert"]
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess:
@@ -585,10 +621,31 @@ def test_the_no_rent_run_alert_follows_the_default_rent_schedule():
     assert "`TENTMAN_RENT_SCHEDULE`" in row and "alert-rules.yml" in row, row
 
 
+def _violations(dag_id: str, run_type: str, organization_id: int, check: str) -> tuple[str, dict]:
+    """A series of tentman.reconciliation_violations as the exporter stores it, and the page it makes."""
+    labels = {"dag_id": dag_id, "run_type": run_type, "organization_id": str(organization_id), "check": check}
+    selector = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    series = f"tentman_reconciliation_violations_total{{{selector}}}"
+    page = {
+        "exp_labels": {"severity": "page", **labels},
+        "exp_annotations": {
+            "summary": f"Reconciliation of organization {organization_id} failed check {check} ({run_type})",
+            "description": f"{dag_id} found {check} violations in the last hour: its reconcile_invoice_runs task "
+            "log and failure alert name the ids; after a fix, `tentman runs reconcile --billing-month <YYYY-MM> "
+            f"--run-type {run_type} --organization-id {organization_id}` checks again.",
+        },
+    }
+    return series, page
+
+
 def test_alert_rules_fire_when_they_should(tmp_path):
     """promtool's rule unit tests: a failed run pages; a missing rent run pages on the day of the
     default schedule, six hours after its tick (the tests' clock starts on 1970-01-01 00:00 UTC, so
-    the 26th at 08:00 is 608 h)."""
+    the 26th at 08:00 is 608 h); a reconciliation violation pages for an hour, an organization's
+    first one too, and the dashboard's table counts that one whole.
+
+    Evaluation times keep clear of a window's edge: promtool here is Prometheus 2's, whose windows
+    include their start, the compose profile's Prometheus 3's do not."""
     day, hour, _ = _rent_alert_time()
     fires = (day - 1) * 24 + hour  # hours from the clock's start
     rent_success = 'airflow_dagrun_duration_seconds_count{dag_id="tentman_monthly_rent_generation", state="success"}'
@@ -610,10 +667,15 @@ def test_alert_rules_fire_when_they_should(tmp_path):
         "exp_labels": {"severity": "page", "dag_id": "tentman_utility_billing"},
         "exp_annotations": {
             "summary": "Billing run of tentman_utility_billing failed",
-            "description": "A tentman_utility_billing run failed in the last hour: see its record_invoice_runs task "
-            "and the alert e-mail/webhook.",
+            "description": "A tentman_utility_billing run failed in the last hour: see its record_invoice_runs and "
+            "reconcile_invoice_runs tasks and the alert e-mail/webhook.",
         },
     }
+    first, first_page = _violations("tentman_monthly_rent_generation", "monthly_rent", 3, "rent_coverage")
+    again, again_page = _violations("tentman_utility_billing", "utility", 4, "totals")
+    from support.monitoring import queries
+
+    table = queries()["panel 'Reconciliation violations' A"]
     tests = {
         "rule_files": [str(REPO_ROOT / "deploy" / "monitoring" / "alert-rules.yml")],
         "evaluation_interval": "10m",
@@ -644,6 +706,35 @@ def test_alert_rules_fire_when_they_should(tmp_path):
                     {"eval_time": "1h", "alertname": "TentManBillingRunFailed", "exp_alerts": []},
                     {"eval_time": "2h30m", "alertname": "TentManBillingRunFailed", "exp_alerts": [failed_run]},
                     {"eval_time": "4h", "alertname": "TentManBillingRunFailed", "exp_alerts": []},
+                ],
+            },
+            {  # Organization 3's first violation (a new series) at 02:15, three more at 02:45; organization
+                # 4, whose series has counted one since before, another at 02:15.
+                "interval": "15m",
+                "input_series": [{"series": first, "values": "_x9 2 2 5x18"}, {"series": again, "values": "1x8 4x20"}],
+                "alert_rule_test": [
+                    {"eval_time": "1h30m", "alertname": "TentManReconciliationViolations", "exp_alerts": []},
+                    {
+                        "eval_time": "2h30m",
+                        "alertname": "TentManReconciliationViolations",
+                        "exp_alerts": [first_page, again_page],
+                    },
+                    {"eval_time": "3h20m", "alertname": "TentManReconciliationViolations", "exp_alerts": [first_page]},
+                    {"eval_time": "4h", "alertname": "TentManReconciliationViolations", "exp_alerts": []},
+                ],
+            },
+            {  # The dashboard's table over the last 4 hours at 05:00: organization 3's five violations,
+                # all in its first series' range; organization 4's, counted before the range, not shown.
+                "interval": "15m",
+                "input_series": [{"series": first, "values": "_x9 2 2 5x18"}, {"series": again, "values": "1x40"}],
+                "promql_expr_test": [
+                    {
+                        "expr": table.replace("$__range", "4h"),
+                        "eval_time": "5h",
+                        "exp_samples": [
+                            {"labels": first.removeprefix("tentman_reconciliation_violations_total"), "value": 5}
+                        ],
+                    }
                 ],
             },
         ],

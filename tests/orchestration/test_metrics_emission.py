@@ -34,6 +34,36 @@ RESULT = {
 TAGS = metrics.billing_tags("tentman_monthly_rent_generation", "monthly_rent", 7)
 
 
+def _reconciliations():
+    """Organization 7's run with a failing check, organization 8's clean: only 7's violations are sent."""
+    from tentman.billing.reconciliation import CHECKS_OF_RUN, CheckResult, Reconciliation
+    from tentman.names import RunType
+
+    def reconciliation(organization_id, checks):
+        return Reconciliation(
+            invoice_run_id=organization_id * 10,
+            organization_id=organization_id,
+            run_type="monthly_rent",
+            billing_period_start="2027-02-01",
+            dag_id="tentman_monthly_rent_generation",
+            dag_run_id="scheduled__2027-01-26T02:00:00+00:00",
+            checks=checks,
+        )
+
+    return [
+        reconciliation(
+            7,
+            [
+                CheckResult("rent_coverage", ok=False, violations=3, ids=[101, 102, 103]),
+                CheckResult("totals", ok=True),
+                CheckResult("hands_off", ok=True, note="no run window recorded"),
+                CheckResult("counts", ok=True),
+            ],
+        ),
+        reconciliation(8, [CheckResult(check, ok=True) for check in CHECKS_OF_RUN[RunType.MONTHLY_RENT]]),
+    ]
+
+
 def _stats():
     from airflow.sdk.observability import stats
 
@@ -126,6 +156,24 @@ def test_a_failed_attempt_is_counted_and_a_dry_run_sends_nothing(udp):
     assert _received(udp) == []
 
 
+def test_a_reconciliation_violation_is_counted_per_check(udp):
+    _statsd(udp)
+    metrics.emit_reconciliation_violations(_reconciliations(), dag_id="tentman_monthly_rent_generation")
+    assert [(line.name, line.kind, line.value, line.tags) for line in map(parse_statsd_line, _received(udp))] == [
+        (
+            "airflow.tentman.reconciliation_violations",
+            "counter",
+            3,
+            {
+                "dag_id": "tentman_monthly_rent_generation",
+                "run_type": "monthly_rent",
+                "organization_id": "7",
+                "check": "rent_coverage",
+            },
+        )
+    ]
+
+
 def test_a_backend_that_fails_never_fails_billing(caplog):
     class Broken:
         def __getattr__(self, name):
@@ -135,9 +183,11 @@ def test_a_backend_that_fails_never_fails_billing(caplog):
     try:
         metrics.emit_organization_result(RESULT, tags=TAGS, engine_seconds=1, dry_run=False)
         metrics.emit_organization_failure(tags=TAGS, engine_seconds=1)
+        metrics.emit_reconciliation_violations(_reconciliations(), dag_id="tentman_monthly_rent_generation")
     finally:
         _no_metrics()
     assert caplog.text.count("Could not send the billing") == 2
+    assert caplog.text.count("Could not send the reconciliation metrics") == 1
 
 
 def test_opentelemetry_records_the_same_metrics_with_the_tags_as_attributes():
@@ -151,6 +201,7 @@ def test_opentelemetry_records_the_same_metrics_with_the_tags_as_attributes():
     try:
         metrics.emit_organization_result(RESULT, tags=TAGS, engine_seconds=1.5, dry_run=False)
         metrics.emit_organization_failure(tags=TAGS, engine_seconds=0.5)
+        metrics.emit_reconciliation_violations(_reconciliations(), dag_id="tentman_monthly_rent_generation")
     finally:
         _no_metrics()
     recorded = {}
@@ -158,7 +209,9 @@ def test_opentelemetry_records_the_same_metrics_with_the_tags_as_attributes():
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
                 for point in metric.data.data_points:
-                    recorded[(metric.name, point.attributes.get("status"))] = (
+                    extra = point.attributes.get("status") or point.attributes.get("check")
+                    assert (metric.name, extra) not in recorded, (metric.name, extra)
+                    recorded[(metric.name, extra)] = (
                         dict(point.attributes),
                         getattr(point, "value", None) if hasattr(point, "value") else (point.count, point.sum),
                     )
@@ -169,4 +222,12 @@ def test_opentelemetry_records_the_same_metrics_with_the_tags_as_attributes():
     assert recorded[("airflow.tentman.invoice_runs", "completed_with_errors")][1] == 1
     # Engine time: a histogram of both attempts, in ms (OTel's unit for Airflow's timers).
     assert recorded[("airflow.tentman.engine_duration", None)] == (attributes, (2, 2000.0))
+    # Organization 7's failing check only: 8's clean checks and 7's passing ones send nothing.
+    assert [key for key in recorded if key[0] == "airflow.tentman.reconciliation_violations"] == [
+        ("airflow.tentman.reconciliation_violations", "rent_coverage")
+    ]
+    assert recorded[("airflow.tentman.reconciliation_violations", "rent_coverage")] == (
+        {**attributes, "check": "rent_coverage"},
+        3,
+    )
     assert {name for name, _ in recorded} == {f"airflow.{m.name}" for m in metrics.METRICS}
