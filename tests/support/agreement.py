@@ -3,9 +3,9 @@ own statement of a correct result and never calls production code; the reconcili
 (tentman.billing.reconciliation) is what production checks after every run and stores in
 `run_reconciliations`. A reliability scenario compares the two over the audit's scope:
 
-- the audit is clean: every invoice run in scope that billed its organization (completed,
-  completed_with_errors) has a stored verdict, and every verdict is ok; a scenario whose invoices
-  came from invoice runs has at least one;
+- the audit is clean: every billing invoice run in scope (rent, utility) that billed its
+  organization (completed, completed_with_errors) has a stored verdict, and every verdict is ok;
+  a scenario whose invoices came from invoice runs has at least one;
 - the audit found anomalies: the reconciliation flagged at least one of those runs too.
 
 A scenario that runs the steps without Airflow (no reconcile task) reconciles its runs itself
@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from support.audit import AuditReport
-from tentman.names import RECONCILIATIONS_TABLE, RunStatus
+from tentman.names import RECONCILIATIONS_TABLE, RunStatus, RunType
 
 BILLED = [RunStatus.COMPLETED.value, RunStatus.COMPLETED_WITH_ERRORS.value]
+# Billing's own runs: an application's database may hold invoice runs of its own (late fees, say).
+RUN_TYPES = [t.value for t in RunType]
 
 
 @dataclass
@@ -31,7 +33,7 @@ class StoredVerdicts:
     runs: list[int] = field(default_factory=list)
     unchecked: list[int] = field(default_factory=list)  # billed, never reconciled
     failed: dict[int, list[str]] = field(default_factory=dict)  # invoice run → its failing checks
-    invoices_of_runs: int = 0  # the scope's invoices written by an invoice run
+    invoices_of_runs: int = 0  # the scope's invoices written by a billing invoice run
 
     def summary(self) -> str:
         """The reliability report's column: "✓ 3 runs", "✗ rent_coverage", "✗ 1 unchecked" or "—"."""
@@ -56,22 +58,23 @@ def stored_verdicts(conn, *, organization_ids: list[int] | None = None) -> Store
             f"""
             SELECT r.id, c.ok, c.checks
             FROM invoice_runs r LEFT JOIN {RECONCILIATIONS_TABLE} c ON c.invoice_run_id = r.id
-            WHERE r.status = ANY(:billed) AND (CAST(:orgs AS bigint[]) IS NULL OR r.organization_id = ANY(:orgs))
+            WHERE r.status = ANY(:billed) AND r.run_type = ANY(:run_types)
+              AND (CAST(:orgs AS bigint[]) IS NULL OR r.organization_id = ANY(:orgs))
             ORDER BY r.id
             """
         ),
-        {"billed": BILLED, "orgs": organization_ids},
+        {"billed": BILLED, "run_types": RUN_TYPES, "orgs": organization_ids},
     ).all()
     verdicts = StoredVerdicts(runs=[r.id for r in rows])
     verdicts.unchecked = [r.id for r in rows if r.ok is None]
     verdicts.failed = {r.id: [c["check"] for c in r.checks if not c["ok"]] for r in rows if r.ok is False}
     verdicts.invoices_of_runs = conn.execute(
         sa.text(
-            """SELECT count(*) FROM invoices
-               WHERE invoice_run_id IS NOT NULL
-                 AND (CAST(:orgs AS bigint[]) IS NULL OR organization_id = ANY(:orgs))"""
+            """SELECT count(*) FROM invoices i JOIN invoice_runs r ON r.id = i.invoice_run_id
+               WHERE r.run_type = ANY(:run_types)
+                 AND (CAST(:orgs AS bigint[]) IS NULL OR i.organization_id = ANY(:orgs))"""
         ),
-        {"orgs": organization_ids},
+        {"run_types": RUN_TYPES, "orgs": organization_ids},
     ).scalar_one()
     return verdicts
 
