@@ -157,16 +157,25 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def audited(request):
-    """`audited(engine, before=snapshot)`: run the audit, count it for the report, fail on anomalies."""
+    """`audited(engine, before=snapshot)`: run the audit, check that the production reconciliation's
+    stored verdicts agree with it over the same organizations (support.agreement), count both for the
+    report, fail on anomalies or on a disagreement."""
+    from support.agreement import ReconciliationDisagrees, assert_reconciliation_agrees
     from support.audit import audit
 
-    row = {"scenario": request.node.name, "invoices": 0, "anomalies": 0}
+    row = {"scenario": request.node.name, "invoices": 0, "anomalies": 0, "reconciliation": "—"}
 
     def check(engine, **kwargs):
         with engine.connect() as conn:
             report = audit(conn, **kwargs)
-        row["invoices"] += report.invoices_checked
-        row["anomalies"] += len(report.anomalies)
+            row["invoices"] += report.invoices_checked
+            row["anomalies"] += len(report.anomalies)
+            try:
+                verdicts = assert_reconciliation_agrees(conn, report, organization_ids=kwargs.get("organization_ids"))
+            except ReconciliationDisagrees as disagreement:
+                row["reconciliation"] = disagreement.verdicts.summary()
+                raise
+        row["reconciliation"] = verdicts.summary()
         report.assert_clean()
         return report
 
@@ -182,17 +191,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not rows or not config.getoption("--reliability-report"):
         return
     width = max(len(r["scenario"]) for r in rows)
+    verdict_width = max(len("reconciliation"), *(len(r["reconciliation"]) for r in rows))
     table = [
-        f"| {'scenario':<{width}} | outcome | invoices checked | anomalies |",
-        f"|{'-' * (width + 2)}|---------|------------------|-----------|",
+        f"| {'scenario':<{width}} | outcome | invoices checked | anomalies | {'reconciliation':<{verdict_width}} |",
+        f"|{'-' * (width + 2)}|---------|------------------|-----------|{'-' * (verdict_width + 2)}|",
     ]
     table += [
-        f"| {r['scenario']:<{width}} | {r['outcome']:<7} | {r['invoices']:>16} | {r['anomalies']:>9} |" for r in rows
+        f"| {r['scenario']:<{width}} | {r['outcome']:<7} | {r['invoices']:>16} | {r['anomalies']:>9} | "
+        f"{r['reconciliation']:<{verdict_width}} |"
+        for r in rows
     ]
+    reconciled = sum(1 for r in rows if r["reconciliation"].startswith("✓"))
     table.append(
         f"| {'TOTAL (' + str(len(rows)) + ' scenarios)':<{width}} | "
         f"{'passed' if all(r['outcome'] == 'passed' for r in rows) else 'FAILED':<7} | "
-        f"{sum(r['invoices'] for r in rows):>16} | {sum(r['anomalies'] for r in rows):>9} |"
+        f"{sum(r['invoices'] for r in rows):>16} | {sum(r['anomalies'] for r in rows):>9} | "
+        f"{str(reconciled) + ' reconciled':<{verdict_width}} |"
     )
     terminalreporter.write_sep("=", "reliability report")
     for line in table:

@@ -9,6 +9,8 @@ from datetime import UTC, date, datetime
 import pytest
 import sqlalchemy as sa
 
+from support.agreement import ReconciliationDisagrees, assert_reconciliation_agrees
+from support.audit import audit
 from support.commands import tentman
 from support.factories import add_charge, add_lease, add_organization, add_statement
 from support.steps import run_steps
@@ -196,3 +198,39 @@ def test_the_command_reconciles_on_demand_and_exits_1_on_a_violation(engine, db_
     assert broken.stdout.startswith(f"FAIL Checked Homes (#{org}) (invoice run 1): rent_coverage: 1 violation ({a})")
     bad = tentman("runs", "reconcile", "--billing-month", "2027-13", "--run-type", "monthly_rent", env_extra=env)
     assert bad.returncode == 2 and "billing_month '2027-13' is not a valid month" in bad.stderr
+
+
+def test_the_audit_and_the_reconciliation_agree_on_a_lost_lease(engine, rent_org):
+    """The reliability scenarios' cross-check (support.agreement): both see an invoice deleted after
+    the run."""
+    org, a, *_ = rent_org
+
+    def delete_a(conn):
+        conn.execute(
+            sa.text("DELETE FROM invoices WHERE lease_id = :l AND billing_period_start = '2027-02-01'"), {"l": a}
+        )
+
+    run_steps(engine, RunType.MONTHLY_RENT, RENT_TICK, "r1", between=delete_a)
+    with engine.connect() as conn:
+        report = audit(conn)
+        assert f"lease {a} of organization {org} has no rent invoice for 2027-02 (lost)" in report.anomalies
+        verdicts = assert_reconciliation_agrees(conn, report)
+    assert verdicts.summary() == "✗ counts, rent_coverage"
+
+
+def test_a_billed_run_never_reconciled_disagrees_with_a_clean_audit(engine, rent_org):
+    org, *_ = rent_org
+    run = resolve_billing_period(
+        engine, run_type=RunType.MONTHLY_RENT, params={}, logical_date=RENT_TICK, run_after=RENT_TICK
+    )
+    results = [bill_organization(engine, run, org, dag_id=RENT_DAG_ID, dag_run_id="r1")]
+    record_invoice_runs(engine, run, [org], results, dag_id=RENT_DAG_ID, dag_run_id="r1")  # no reconciliation
+    with engine.connect() as conn:
+        report = audit(conn)
+        report.assert_clean()
+        with pytest.raises(ReconciliationDisagrees, match=r"have no stored verdict \(never reconciled\)") as err:
+            assert_reconciliation_agrees(conn, report, organization_ids=[org])
+    assert err.value.verdicts.summary() == "✗ 1 unchecked"
+    reconcile_period(engine, run_type=RunType.MONTHLY_RENT, period=run.period)
+    with engine.connect() as conn:
+        assert assert_reconciliation_agrees(conn, report, organization_ids=[org]).summary() == "✓ 1 run"

@@ -16,6 +16,7 @@ from support.factories import add_charge, add_lease, add_organization, add_state
 from tentman.names import RENT_DAG_ID
 from tentman.runs.bill import bill_organization
 from tentman.runs.organizations import list_organizations
+from tentman.runs.reconcile import reconcile_dag_run
 from tentman.runs.record import BillingRunFailed, record_invoice_runs
 from tentman.runs.resolve import resolve_billing_period
 
@@ -27,10 +28,12 @@ DAG = RENT_DAG_ID
 
 
 def run_rent(engine, params=None, run_id="r1", *, failing=()):
-    """One whole DAG run's steps in-process; returns {organization id: invoice_runs row}.
+    """One whole DAG run's steps in-process, the reconciliation last; returns {organization id:
+    invoice_runs row}.
 
     `failing`: the labels of the organizations expected to fail, which fails the run with
-    BillingRunFailed naming them; any other exception fails the test."""
+    BillingRunFailed naming them; any other exception fails the test. The organizations it completed
+    are reconciled all the same, as the DAG's reconcile task does after a failed aggregation."""
     run = resolve_billing_period(
         engine, run_type="monthly_rent", params=params or {}, logical_date=RUN_AFTER, run_after=RUN_AFTER
     )
@@ -42,6 +45,7 @@ def run_rent(engine, params=None, run_id="r1", *, failing=()):
         assert failed.value.organizations == list(failing)
     else:
         record_invoice_runs(engine, run, orgs, results, dag_id=DAG, dag_run_id=run_id)
+    reconcile_dag_run(engine, dag_id=DAG, dag_run_id=run_id)  # the verdicts the audit is compared with
     with engine.connect() as conn:
         return {
             r.organization_id: r
@@ -201,6 +205,7 @@ def test_bad_utility_statements(engine, org_with_good_lease, audited, case):
         run_after=RUN_AFTER,
     )
     result = bill_organization(engine, run, list_organizations(engine, run)[0], dag_id="u", dag_run_id="u1")
+    reconcile_dag_run(engine, dag_id="u", dag_run_id="u1")
     expected = {
         "null amount": f"utility statement {bad} of lease {good} has no amount",
         "inverted period": (
