@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection
 
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.rent import RENT_LEASE_BINDS, RENT_LEASES_OF_PERIOD
+from tentman.billing.timing import StageTimings, stage_clock
 from tentman.names import (
     RECONCILIATIONS_TABLE,
     InvoiceStatus,
@@ -168,8 +169,12 @@ def latest_invoice_runs(
     )
 
 
-def reconcile_invoice_run(conn: Connection, invoice_run_id: int) -> Reconciliation:
-    """Run every check of the invoice run's type and store the verdict (on the caller's transaction)."""
+def reconcile_invoice_run(
+    conn: Connection, invoice_run_id: int, timings: StageTimings | None = None
+) -> Reconciliation:
+    """Run every check of the invoice run's type and store the verdict (on the caller's transaction);
+    `timings` gets each check's seconds, by its name (`make bench`)."""
+    clock = stage_clock(timings)
     run = conn.execute(sa.text("SELECT * FROM invoice_runs WHERE id = :id"), {"id": invoice_run_id}).one()
     window = conn.execute(
         sa.text(
@@ -206,7 +211,8 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int) -> Reconciliati
         if check == HANDS_OFF and window.started_xid is None:
             checks.append(CheckResult(check, True, note="no run window recorded (a run of an earlier release)"))
             continue
-        count, ids = conn.execute(sa.text(_offending(check, run.run_type)), params).one()
+        with clock.stage(check):
+            count, ids = conn.execute(sa.text(_offending(check, run.run_type)), params).one()
         checks.append(CheckResult(check, count == 0, count, list(ids or [])))
     result = Reconciliation(
         run.id,
