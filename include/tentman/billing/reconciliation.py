@@ -169,9 +169,7 @@ def latest_invoice_runs(
     )
 
 
-def reconcile_invoice_run(
-    conn: Connection, invoice_run_id: int, timings: StageTimings | None = None
-) -> Reconciliation:
+def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageTimings | None = None) -> Reconciliation:
     """Run every check of the invoice run's type and store the verdict (on the caller's transaction);
     `timings` gets each check's seconds, by its name (`make bench`)."""
     clock = stage_clock(timings)
