@@ -11,11 +11,14 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from tentman.billing.reconciliation import CHECKS_OF_RUN
 from tentman.billing.rent import RENT_STAGES
 from tentman.billing.utility import UTILITY_STAGES, generate_utility_invoices
 from tentman.db import create_engine_from_uri
+from tentman.names import BILL_ORGANIZATION_TASK, RECONCILE_TASK, RECORD_RUNS_TASK, RunType
 from tentman_dev.bench import common as bench_common
 from tentman_dev.bench import engines as bench
+from tentman_dev.bench import pipeline as bench_pipeline
 from tentman_dev.bench import scale as bench_scale
 
 
@@ -38,7 +41,13 @@ def test_benchmark_reports_its_figures(pg_admin_uri, capsys):
     for key in ("rent_stages_s", "rent_rerun_stages_s", "rent_changed_rerun_stages_s"):
         assert tuple(figures[key]) == (*RENT_STAGES, "commit")
     assert tuple(figures["utility_stages_s"]) == (*UTILITY_STAGES, "commit")
+    # Each run reconciled as a phase of its own (clean: a violation stops the benchmark), check by check.
+    for run_type, prefix in ((RunType.MONTHLY_RENT, "rent"), (RunType.UTILITY, "utility")):
+        assert figures[f"{prefix}_reconcile_s"] > 0 and figures[f"{prefix}_reconcile_vs_engine"] > 0
+        assert tuple(figures[f"{prefix}_reconcile_stages_s"]) == (*CHECKS_OF_RUN[run_type], "commit")
     out = capsys.readouterr().out
+    assert "rent reconciliation: rent_coverage, totals, hands_off, counts in " in out
+    assert "utility reconciliation: utility_coverage, totals, hands_off, counts in " in out
     assert all(name in out for name in (*RENT_STAGES, *UTILITY_STAGES, "other", "commit"))
     assert "utility update floor: COPY of the invoices and lines, then one UPDATE linking the statements" in out
     json.dumps(figures)
@@ -110,3 +119,27 @@ def test_bench_scale_engine_only_times_the_largest_organization_in_the_populatio
     assert figures["largest_org_wal_mb"] > 0
     assert list(figures["largest_org_copy_floor_parts"]) == ["invoices", "invoice_lines"]
     assert tuple(figures["largest_org_stages_s"]) == (*RENT_STAGES, "commit")
+
+
+def test_bench_scale_reports_the_reconcile_task_as_a_phase_of_each_run(engine, capsys):
+    """A DAG run's summary (`make bench-scale`) holds the reconcile task's time, from its task
+    instance's start and end as the API lists them, and its share of the run's wall time."""
+    run = {"dag_run_id": "manual__2026-03-01", "state": "success"}
+    run |= {"start_date": "2026-03-01T10:00:00Z", "end_date": "2026-03-01T10:01:40Z"}  # 100 s
+    task_instances = [
+        {"task_id": BILL_ORGANIZATION_TASK, "map_index": i, "state": "success",
+         "start_date": f"2026-03-01T10:00:{10 + i:02}Z", "end_date": f"2026-03-01T10:00:{20 + i:02}Z"}
+        for i in range(3)
+    ] + [
+        {"task_id": RECORD_RUNS_TASK, "map_index": -1, "state": "success",
+         "start_date": "2026-03-01T10:01:00Z", "end_date": "2026-03-01T10:01:02Z"},
+        {"task_id": RECONCILE_TASK, "map_index": -1, "state": "success",
+         "start_date": "2026-03-01T10:01:03.5Z", "end_date": "2026-03-01T10:01:38Z"},
+    ]  # fmt: skip
+    figures = bench_pipeline.summarize(
+        "rent", engine, {"run": run, "task_instances": task_instances}, "leases", 300, concurrency=2
+    )
+    assert (figures["rent_wall_s"], figures["rent_mapped_tasks"]) == (100.0, 3)
+    assert figures["rent_reconcile_s"] == 34.5 and figures["rent_reconcile_share"] == 0.345
+    assert figures["rent_reconcile_state"] == "success"
+    assert "rent: reconcile_invoice_runs 34.5s (success), 34.5% of the run's 100.0s" in capsys.readouterr().out

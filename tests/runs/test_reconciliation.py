@@ -116,6 +116,17 @@ def test_an_issued_invoice_edited_while_the_run_goes_is_caught_and_one_edited_be
     assert verdicts([result]) == {org: {"hands_off": [issued]}}
 
 
+def test_a_line_of_an_issued_invoice_edited_while_the_run_goes_names_its_invoice(engine, rent_org):
+    org, a, b, bad, issued = rent_org
+
+    def edit_line(conn):  # the invoice row untouched: only its line was written
+        conn.execute(sa.text("UPDATE invoice_lines SET description = 'Rent (edited)' WHERE invoice_id = :i"),
+                     {"i": issued})  # fmt: skip
+
+    [result] = run_steps(engine, RunType.MONTHLY_RENT, RENT_TICK, "r1", between=edit_line)
+    assert verdicts([result]) == {org: {"hands_off": [issued]}}
+
+
 def test_a_lease_activated_mid_run_is_billable_but_not_billed(engine, rent_org):
     org, *_ = rent_org
     with engine.begin() as conn:

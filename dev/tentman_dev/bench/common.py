@@ -15,15 +15,20 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from tentman.billing.periods import BillingPeriod
+from tentman.billing.reconciliation import reconcile_invoice_run, record_run_start
 from tentman.billing.rent import generate_rent_invoices
 from tentman.billing.timing import StageTimings, stage_clock
 from tentman.db import create_engine_from_uri
 from tentman.migrate import upgrade
-from tentman.names import ProrationMethod
+from tentman.names import ProrationMethod, RunType
+from tentman.runs.invoice_runs import RunKey, complete_invoice_run, open_invoice_run
 from tentman_dev.local import ensure_database, server_uri, start_embedded_postgres, with_database
 
-# The month every engine benchmark bills.
+# The month every engine benchmark bills, and how.
 PERIOD = BillingPeriod.for_month(2026, 3)
+BENCH_PRORATION = ProrationMethod.ACTUAL_DAYS_IN_MONTH
+# The `invoice_runs.dag_id` of the runs `make bench` reconciles (no DAG runs them).
+BENCH_DAG_ID = "make_bench"
 
 
 @contextlib.contextmanager
@@ -139,7 +144,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bill_rent(engine, organization_id: int, period: BillingPeriod = PERIOD, timings: StageTimings | None = None):
+def bill_rent(
+    engine,
+    organization_id: int,
+    period: BillingPeriod = PERIOD,
+    timings: StageTimings | None = None,
+    invoice_run_id: int | None = None,
+):
     """One rent run and its commit (its result); `timings` gets the stages and the commit. The
     benchmark times it as a phase (timed_phase)."""
     with engine.connect() as conn:
@@ -147,13 +158,56 @@ def bill_rent(engine, organization_id: int, period: BillingPeriod = PERIOD, timi
             conn,
             organization_id=organization_id,
             period=period,
-            proration_method=ProrationMethod.ACTUAL_DAYS_IN_MONTH,
-            invoice_run_id=None,
+            proration_method=BENCH_PRORATION,
+            invoice_run_id=invoice_run_id,
             timings=timings,
         )
         with stage_clock(timings).stage("commit"):
             conn.commit()
     return result
+
+
+def open_bench_run(engine, organization_id: int, run_type: RunType) -> int:
+    """The organization's `invoice_runs` row for one engine run, opened as a DAG task opens it (the
+    reconciliation's window starts here); its id, for the engine and reconcile_phase."""
+    with engine.begin() as conn:
+        invoice_run_id = open_invoice_run(
+            conn,
+            RunKey(BENCH_DAG_ID, f"{run_type}-{uuid.uuid4().hex[:8]}", organization_id),
+            run_type=run_type,
+            period=PERIOD,
+            proration_method=BENCH_PRORATION if run_type == RunType.MONTHLY_RENT else None,
+        )
+        record_run_start(conn, invoice_run_id)
+    return invoice_run_id
+
+
+def reconcile_phase(engine, invoice_run_id: int, result, engine_s: float, label: str) -> dict:
+    """Complete the run's `invoice_runs` row with the engine's result, then time its reconciliation
+    (reconcile_invoice_run and its commit, as the reconcile task runs it) as a phase of its own:
+    seconds, the ratio to the engine's `engine_s`, the seconds of each check. Violations stop the
+    benchmark: the engine it measured billed wrongly."""
+    with engine.begin() as conn:
+        complete_invoice_run(conn, invoice_run_id, result)
+    timings = StageTimings()
+    with timed_phase(engine) as phase, engine.connect() as conn:
+        reconciliation = reconcile_invoice_run(conn, invoice_run_id, timings=timings)
+        with timings.stage("commit"):
+            conn.commit()
+    if not reconciliation.ok:
+        raise SystemExit(f"{label} reconciliation found violations: {reconciliation.describe()}")
+    print(
+        f"{label} reconciliation: {', '.join(c.check for c in reconciliation.checks)} in {phase.seconds:.2f}s, "
+        f"{phase.seconds / engine_s:.1%} of the engine's {engine_s:.2f}s",
+        flush=True,
+    )
+    print(stage_table({f"{label} reconcile": phase.seconds}, {f"{label} reconcile": timings}), flush=True)
+    prefix = label.replace(" ", "_")
+    return {
+        f"{prefix}_reconcile_s": round(phase.seconds, 3),
+        f"{prefix}_reconcile_vs_engine": round(phase.seconds / engine_s, 3),
+        f"{prefix}_reconcile_stages_s": rounded_stages(timings),
+    }
 
 
 def stage_table(total_s: dict[str, float], stages: dict[str, StageTimings]) -> str:

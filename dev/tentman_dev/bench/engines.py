@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from tentman.billing.leases import LeaseStatus
 from tentman.billing.timing import StageTimings
 from tentman.billing.utility import generate_utility_invoices
-from tentman.names import InvoiceType, LineType, StatementStatus
+from tentman.names import InvoiceType, LineType, RunType, StatementStatus
 from tentman_dev.bench.common import (
     PERIOD,
     Phase,
@@ -33,7 +33,9 @@ from tentman_dev.bench.common import (
     copy_floor,
     dump_rows,
     load_rows,
+    open_bench_run,
     peak_rss_mb,
+    reconcile_phase,
     rounded_stages,
     scratch_database,
     stage_table,
@@ -106,10 +108,11 @@ def benchmark_utility(engine, organization_id: int, n_statements: int) -> dict:
     # From vacuumed tables, as its floor starts: the rent runs before it left a dead version of
     # every invoice and line they rewrote, which the floor's own VACUUM would otherwise spare it only.
     vacuum_analyze(engine, "invoices", "invoice_lines", "utility_statements")
+    invoice_run_id = open_bench_run(engine, organization_id, RunType.UTILITY)
     timings = StageTimings()
     with timed_phase(engine) as billing, engine.connect() as conn:
         result = generate_utility_invoices(
-            conn, organization_id=organization_id, period=PERIOD, invoice_run_id=None, timings=timings
+            conn, organization_id=organization_id, period=PERIOD, invoice_run_id=invoice_run_id, timings=timings
         )
         with timings.stage("commit"):
             conn.commit()
@@ -120,6 +123,8 @@ def benchmark_utility(engine, organization_id: int, n_statements: int) -> dict:
         flush=True,
     )
     print(stage_table({"utility": billing_s}, {"utility": timings}), flush=True)
+    # Reconciled before the floors below rewrite the rows it checks.
+    reconciled = reconcile_phase(engine, invoice_run_id, result, billing_s, "utility")
     org = int(organization_id)
     output = utility_output(org)
     # The floor is every row the engine wrote: the invoices, their lines, and each statement's new
@@ -165,6 +170,7 @@ def benchmark_utility(engine, organization_id: int, n_statements: int) -> dict:
         "utility_copy_floor_parts": floor.parts,
         "utility_update_floor_parts": update.parts,
         "utility_stages_s": rounded_stages(timings),
+        **reconciled,
     }
 
 
@@ -228,14 +234,17 @@ def run(n: int, admin_uri: str) -> dict:
         vacuum_analyze(engine, "leases", "lease_recurring_charges")
 
         stages = {run: StageTimings() for run in ("first run", "re-run", "changed")}
+        invoice_run_id = open_bench_run(engine, org, RunType.MONTHLY_RENT)
         with timed_phase(engine) as first_phase:
-            first = bill_rent(engine, org, timings=stages["first run"])
+            first = bill_rent(engine, org, timings=stages["first run"], invoice_run_id=invoice_run_id)
         first_s = first_phase.seconds
         print(
             f"rent first run: {first.success_count} leases billed in {first_s:.2f}s "
             f"({n / first_s:,.0f} leases/s), {first.invoices_created} invoices, {first_phase.wal_mb:,.0f} MB of WAL",
             flush=True,
         )
+        # The reconcile task's work after this run: the first run's invoices, as a DAG run leaves them.
+        reconciled = reconcile_phase(engine, invoice_run_id, first, first_s, "rent")
         with timed_phase(engine) as rerun_phase:
             rerun = bill_rent(engine, org, timings=stages["re-run"])
         rerun_s = rerun_phase.seconds
@@ -288,6 +297,7 @@ def run(n: int, admin_uri: str) -> dict:
             "rent_stages_s": rounded_stages(stages["first run"]),
             "rent_rerun_stages_s": rounded_stages(stages["re-run"]),
             "rent_changed_rerun_stages_s": rounded_stages(stages["changed"]),
+            **reconciled,
         }
         figures.update(benchmark_utility(engine, org, n))
         return figures

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from tentman.billing.leases import LeaseStatus
 from tentman.billing.periods import BillingPeriod
-from tentman.names import BILL_ORGANIZATION_TASK, DAG_IDS, RECORD_RUNS_TASK, StatementStatus
+from tentman.names import BILL_ORGANIZATION_TASK, DAG_IDS, RECONCILE_TASK, StatementStatus
 from tentman_dev.airflow_stack import (
     MAX_MAP_LENGTH,
     AirflowApi,
@@ -158,7 +158,7 @@ def run_dag(api, dag_id: str, conf: dict, timeout: float) -> dict:
     # task instance), which would be measured as Airflow's overhead. The figures come from the run's
     # own start and end dates, not from when we noticed.
     deadline = time.monotonic() + timeout
-    last_task = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{RECORD_RUNS_TASK}"
+    last_task = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{RECONCILE_TASK}"
     while time.monotonic() < deadline:
         response = api.client.get(last_task)
         if response.status_code == 200 and response.json()["state"] in ("success", "failed", "upstream_failed"):
@@ -301,6 +301,12 @@ def summarize(
         ).scalar()
     task_s = [_seconds(t["start_date"], t["end_date"]) for t in mapped]
     overhead = max(0.0, wall - float(engine_s) / concurrency) / max(1, len(mapped))
+    reconcile = reconcile_phase(outcome["task_instances"], wall)
+    print(
+        f"{name}: {RECONCILE_TASK} {reconcile['seconds']:.1f}s ({reconcile['state']}), "
+        f"{reconcile['share']:.1%} of the run's {wall:.1f}s",
+        flush=True,
+    )
     return {
         f"{name}_state": run["state"],
         f"{name}_wall_s": round(wall, 1),
@@ -311,4 +317,15 @@ def summarize(
         f"{name}_{rows_label}_per_s": round(rows / wall) if wall else None,
         # CPU seconds per organization task, by component, over the whole run (2 cores here).
         f"{name}_cpu_per_task_s": {k: round(v / max(1, len(mapped)), 3) for k, v in sorted((cpu or {}).items())},
+        # The reconciliation after the aggregation, a phase of the run: its task instance's own time.
+        f"{name}_reconcile_s": round(reconcile["seconds"], 1),
+        f"{name}_reconcile_share": round(reconcile["share"], 4),
+        f"{name}_reconcile_state": reconcile["state"],
     }
+
+
+def reconcile_phase(task_instances: list[dict], wall_s: float) -> dict:
+    """The reconcile task's seconds (its start to its end), state, and share of the run's wall time."""
+    [ti] = [t for t in task_instances if t["task_id"] == RECONCILE_TASK]
+    seconds = _seconds(ti["start_date"], ti["end_date"])
+    return {"seconds": seconds, "state": ti["state"], "share": seconds / wall_s if wall_s else 0.0}
