@@ -15,8 +15,11 @@ from support.commands import tentman
 from support.factories import add_charge, add_lease, add_organization, add_statement
 from support.steps import run_steps
 from tentman.billing.reconciliation import CHECKS_OF_RUN
-from tentman.names import RECONCILIATIONS_TABLE, RunType
+from tentman.names import RECONCILIATIONS_TABLE, RENT_DAG_ID, RunType
+from tentman.runs.bill import bill_organization
 from tentman.runs.reconcile import ReconciliationFailed, raise_on_violations, reconcile_period
+from tentman.runs.record import record_invoice_runs
+from tentman.runs.resolve import resolve_billing_period
 
 RENT_TICK = datetime(2027, 1, 26, 2, tzinfo=UTC)  # bills February 2027
 UTILITY_TICK = datetime(2027, 2, 1, 3, tzinfo=UTC)  # bills February 2027
