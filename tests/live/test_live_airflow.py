@@ -196,8 +196,8 @@ def test_clearing_one_organization_reruns_only_it_and_the_aggregation(live, admi
     assert cleared.status_code == 200, cleared.text
     assert sorted((t["task_id"], t["map_index"]) for t in cleared.json()["task_instances"]) == [
         ("bill_organization", 1),
-        ("record_invoice_runs", -1),
         ("reconcile_invoice_runs", -1),
+        ("record_invoice_runs", -1),
     ]
     poll(
         lambda: (
