@@ -159,3 +159,37 @@ def _task_instances(dag_run):
 
     with create_session() as session:
         return dag_run.get_task_instances(session=session)
+
+
+EVIL_NAME = "<!channel> <https://evil.example|Billing login expired – sign in>"
+
+
+def test_tenant_text_reaches_the_webhook_escaped_and_the_email_escaped_and_no_sql_anywhere(engine, sinks):
+    smtp, http = sinks
+    with engine.begin() as conn:
+        evil = add_organization(conn, EVIL_NAME)
+        add_lease(conn, evil, date(2025, 1, 1))
+        inject_invoice_fault(conn, evil)
+    dag_run = load_dag(RENT_DAG_ID).test(logical_date=datetime(2026, 1, 26, 2, tzinfo=UTC))
+    assert dag_run.state == "failed"
+
+    raw = [r["body"] if "body" in r else json.dumps(r["json"]) for r in http.requests]
+    for body in raw:
+        assert "<!channel>" not in body and "<https://" not in body
+    for hook in (r["json"] for r in http.requests):
+        assert hook["organizations"] == [
+            f"&lt;!channel&gt; &lt;https://evil.example|Billing login expired – sign in&gt; (#{evil})"
+        ]
+        assert "[SQL:" not in hook["error"] and "[parameters:" not in hook["error"]
+        assert "injected fault" in hook["error"]
+    for message in smtp.messages:
+        body = email.message_from_string(message["data"])
+        html = next(p for p in body.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+        assert "&lt;!channel&gt;" in html and "<!channel>" not in html
+        assert "[SQL:" not in html
+    with engine.connect() as conn:
+        [errors] = conn.execute(
+            sa.text("SELECT errors FROM invoice_runs WHERE organization_id = :o"), {"o": evil}
+        ).scalars()
+    assert errors[0]["error"].startswith("RaiseException: injected fault")
+    assert "[SQL:" not in errors[0]["error"] and "INSERT" not in errors[0]["error"]

@@ -57,7 +57,15 @@ def describe_failure(context) -> dict:
     if not organizations and ti.task_id == BILL_ORGANIZATION_TASK:
         label = context.get("organization_label") or getattr(ti, "rendered_map_index", None)
         organizations = [label or f"map index {ti.map_index}"]
-    error = str(exception) if exception is not None else "unknown error (see the task log)"
+    # A database error's text carries its statement and parameters: the operator's sentence only.
+    if exception is None:
+        error = "unknown error (see the task log)"
+    elif getattr(exception, "orig", None) is not None:
+        from tentman.errors import describe_error
+
+        error = describe_error(exception)
+    else:
+        error = str(exception)
     text = (
         f"TentMan billing failed: DAG {dag_id}, billing period {period or 'unresolved'}, "
         f"organization(s): {', '.join(organizations) if organizations else 'none (run level)'}. "
@@ -137,10 +145,37 @@ class BillingFailureNotifier(BaseNotifier):
             return
         url = conn.extra_dejson.get("url") or _webhook_url(conn)
         request = urllib.request.Request(
-            url, data=json.dumps(alert).encode(), headers={"Content-Type": "application/json"}, method="POST"
+            url,
+            data=json.dumps(webhook_payload(alert)).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             response.read()
+
+
+# Slack and the webhooks modelled on it read `<…>` as a mention or a link and `&` as an entity; an
+# organization's name, a hold reason or a currency is tenants' text, so an alert escapes all three
+# (Slack's own rule) and caps each text: a name like "<!channel> <https://evil.example|Sign in>"
+# reaches the channel as the characters it is.
+WEBHOOK_TEXT_LIMIT = 3000
+
+
+def webhook_text(text: str, limit: int = WEBHOOK_TEXT_LIMIT) -> str:
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def webhook_payload(alert: dict) -> dict:
+    """The alert as the webhook receives it: every text escaped and capped (webhook_text)."""
+    return {
+        key: webhook_text(value)
+        if isinstance(value, str)
+        else [webhook_text(v) if isinstance(v, str) else v for v in value]
+        if isinstance(value, list)
+        else value
+        for key, value in alert.items()
+    }
 
 
 def _webhook_url(conn) -> str:

@@ -15,6 +15,7 @@ from tentman.billing.rent import generate_rent_invoices
 from tentman.billing.results import OrganizationBillingResult
 from tentman.billing.utility import default_due_date, generate_utility_invoices
 from tentman.db import UnitOfWork
+from tentman.errors import describe_error
 from tentman.names import ProrationMethod, RunStatus, RunType
 from tentman.runs import invoice_runs
 from tentman.runs.billing_run import BillingRun
@@ -185,7 +186,7 @@ def _on_hold_result(label: str, settings: BillingSettings, method: str | None, *
 def _note_attempt_error(engine: Engine, invoice_run_id: int, exc: Exception) -> None:
     try:
         with UnitOfWork(engine) as uow:
-            invoice_runs.note_attempt_error(uow.connection, invoice_run_id, f"{type(exc).__name__}: {exc}"[:2000])
+            invoice_runs.note_attempt_error(uow.connection, invoice_run_id, describe_error(exc))
             uow.commit()
     except Exception:  # the database may be the thing that is down
         log.warning("Could not record the error on invoice run %s", invoice_run_id, exc_info=True)
