@@ -96,7 +96,9 @@ def invoice_type_sql(run_type_column: str) -> str:
 
 # A billing month as the DAG params, the page and its API take it.
 BILLING_MONTH_FORMAT = "YYYY-MM"
-BILLING_MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+# Years 1900 to 9999 (what BillingPeriod.parse accepts): a form or an API call outside them is
+# refused by its own validation, naming the field, not by a failure deep in parsing.
+BILLING_MONTH_PATTERN = r"^(19[0-9]{2}|[2-9][0-9]{3})-(0[1-9]|1[0-2])$"
 
 
 class ProrationMethod(enum.StrEnum):

@@ -118,6 +118,47 @@ def test_runs_with_their_counts_errors_amounts_and_links(ui):
     assert client.get("/api/runs/999999").status_code == 404
 
 
+BIGINT_PLUS_ONE = 2**63
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "request_args", "field"),
+    [
+        ("get", "/api/runs", {"params": {"billing_month": "0999-01"}}, "billing_month"),
+        ("get", "/api/runs", {"params": {"organization_id": BIGINT_PLUS_ONE}}, "organization_id"),
+        ("get", "/api/runs", {"params": {"offset": BIGINT_PLUS_ONE}}, "offset"),
+        ("get", f"/api/runs/{BIGINT_PLUS_ONE}", {}, "run_id"),
+        ("get", f"/api/organizations/{BIGINT_PLUS_ONE}/billing-settings/audit", {}, "organization_id"),
+        (
+            "put",
+            f"/api/organizations/{BIGINT_PLUS_ONE}/billing-settings",
+            {"json": {"billing_hold": False}},
+            "organization_id",
+        ),
+        (
+            "post",
+            "/api/preview",
+            {"json": {"organization_ids": [BIGINT_PLUS_ONE], "billing_month": "2027-01"}},
+            "organization_ids",
+        ),
+        ("post", "/api/preview", {"json": {"organization_ids": [1], "billing_month": "1899-12"}}, "billing_month"),
+        (
+            "post",
+            "/api/preview",
+            {"json": {"organization_ids": [1], "billing_month": "2027-01", "offset": BIGINT_PLUS_ONE}},
+            "offset",
+        ),
+    ],
+)
+def test_values_beyond_their_bounds_are_a_422_naming_the_field_not_a_500(ui, method, path, request_args, field):
+    """A year before 1900 passed the month's pattern and failed in parsing; ids and offsets beyond a
+    bigint reached the database: both answered 500."""
+    client = plugin(ui["stack"], token(ui["stack"], "admin"))
+    response = getattr(client, method)(path, **request_args)
+    assert response.status_code == 422, response.text
+    assert field in {str(part) for error in response.json()["detail"] for part in error["loc"]}, response.text
+
+
 def test_trends(ui):
     client = plugin(ui["stack"], token(ui["stack"], "admin"))
     trends = client.get("/api/trends", params={"months": 24}).json()

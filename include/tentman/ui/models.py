@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StrictBool, StrictInt
 
@@ -22,6 +22,12 @@ PRORATION_METHODS = ", ".join(m.value for m in ProrationMethod)
 
 
 # Runs: /api/runs, /api/runs/{run_id}
+
+
+# Ids and offsets are PostgreSQL bigints: a larger number is refused here (422 naming the field),
+# not by the database (500).
+BIGINT_MAX = 2**63 - 1
+DatabaseId = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
 
 
 class LeaseError(BaseModel):
@@ -168,13 +174,13 @@ class Trends(BaseModel):
 
 
 class PreviewRequest(BaseModel):
-    organization_ids: list[int] = Field(min_length=1, max_length=20)
+    organization_ids: list[DatabaseId] = Field(min_length=1, max_length=20)
     billing_month: str = Field(pattern=BILLING_MONTH_PATTERN, examples=["2027-01"])
     proration_method: ProrationMethod | None = Field(
         None, description="null: each organization's own method (its billing settings), as a run without one"
     )
     limit: int = Field(100, ge=1, le=500)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=BIGINT_MAX)
 
 
 # Billing settings: /api/organizations/billing-settings, /api/organizations/{organization_id}/billing-settings[/audit]

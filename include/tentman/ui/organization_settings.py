@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Path
 
 from tentman.billing.organization_settings import (
     SCHEDULE_FIELDS,
@@ -28,7 +28,13 @@ from tentman.ui.deps import (
     requires_reading_runs,
     tentman_db_engine,
 )
-from tentman.ui.models import AuditEntry, BillingSettingsChange, OrganizationBillingSettings, SettingsChangeResult
+from tentman.ui.models import (
+    BIGINT_MAX,
+    AuditEntry,
+    BillingSettingsChange,
+    OrganizationBillingSettings,
+    SettingsChangeResult,
+)
 from tentman.ui.schedule import default_crons, next_run, next_tick, schedule_of
 
 router = APIRouter()
@@ -64,7 +70,9 @@ def list_billing_settings(conn=Depends(read_only_connection)) -> list[Organizati
     responses={403: {"description": "Not allowed"}, 404: {"description": "No such organization"}},
 )
 def put_billing_settings(
-    organization_id: int, body: BillingSettingsChange, user=Depends(requires_billing_settings_editor)
+    body: BillingSettingsChange,
+    organization_id: int = Path(ge=1, le=BIGINT_MAX),
+    user=Depends(requires_billing_settings_editor),
 ) -> SettingsChangeResult:
     with UnitOfWork(tentman_db_engine(), statement_timeout="15s") as uow:
         try:
@@ -92,7 +100,9 @@ def put_billing_settings(
     dependencies=[requires_reading_runs],
     summary="The organization's billing settings changes, newest first",
 )
-def get_billing_settings_audit(organization_id: int, conn=Depends(read_only_connection)) -> list[AuditEntry]:
+def get_billing_settings_audit(
+    organization_id: int = Path(ge=1, le=BIGINT_MAX), conn=Depends(read_only_connection)
+) -> list[AuditEntry]:
     try:
         billing_settings(conn, organization_id)
     except UnknownOrganization as exc:

@@ -6,25 +6,25 @@ from datetime import date
 
 import pendulum
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from tentman.billing.periods import BillingPeriod
 from tentman.names import BILL_ORGANIZATION_TASK, BILLING_MONTH_PATTERN, RunStatus, RunType, organization_label
 from tentman.ui import queries
 from tentman.ui.deps import read_only_connection, requires_reading_runs
-from tentman.ui.models import Duration, MonthFailures, MonthInvoices, Organization, Run, RunPage, Trends
+from tentman.ui.models import BIGINT_MAX, Duration, MonthFailures, MonthInvoices, Organization, Run, RunPage, Trends
 
 router = APIRouter(dependencies=[requires_reading_runs])
 
 
 @router.get("/api/runs", response_model=RunPage, summary="Invoice runs, newest first")
 def list_runs(
-    organization_id: int | None = None,
+    organization_id: int | None = Query(None, ge=1, le=BIGINT_MAX),
     billing_month: str | None = Query(None, pattern=BILLING_MONTH_PATTERN),
     status: RunStatus | None = None,
     run_type: RunType | None = None,
     limit: int = Query(50, ge=1, le=200),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=BIGINT_MAX),
     conn=Depends(read_only_connection),
 ) -> RunPage:
     period = BillingPeriod.parse(billing_month).start if billing_month else None
@@ -42,7 +42,7 @@ def list_runs(
 
 
 @router.get("/api/runs/{run_id}", response_model=Run, summary="One invoice run")
-def get_run(run_id: int, conn=Depends(read_only_connection)) -> Run:
+def get_run(run_id: int = Path(ge=1, le=BIGINT_MAX), conn=Depends(read_only_connection)) -> Run:
     row = queries.get_run(conn, run_id)
     if row is None:
         raise HTTPException(404, f"invoice run {run_id} does not exist")
