@@ -18,7 +18,7 @@ pytestmark = pytest.mark.unit
 
 PACKAGE = REPO_ROOT / "include" / "tentman"
 DEV_PACKAGE = REPO_ROOT / "dev" / "tentman_dev"
-SHARED_MODULES = {"__init__", "names", "settings", "deployment", "db", "migrate", "application_schema", "cli"}
+SHARED_MODULES = {"__init__", "names", "settings", "deployment", "db", "migrate", "application_schema", "cli", "errors"}
 # Airflow's entry into the package (the plugin of the distribution's entry point).
 AIRFLOW_ENTRY_MODULES = {"plugin"}
 FOLDERS = {"billing", "runs", "orchestration", "ui", "migrations"}
