@@ -133,7 +133,6 @@ def test_bad_param_is_refused_and_nothing_written(live, admin, conf, named):
 
 def test_unknown_organization_fails_the_first_task_and_writes_nothing(live, admin):
     _, engine = live
-    before = _count(engine, "SELECT count(*) FROM invoice_runs")
     response = admin.trigger(RENT_DAG_ID, {"organization_ids": [987654321]})
     assert response.status_code == 200
     run = admin.wait(RENT_DAG_ID, response.json()["dag_run_id"])
@@ -141,7 +140,9 @@ def test_unknown_organization_fails_the_first_task_and_writes_nothing(live, admi
     tis = admin.task_instances(RENT_DAG_ID, run["dag_run_id"])
     assert tis[("resolve_billing_period", -1)]["state"] == "failed"
     assert tis[("resolve_billing_period", -1)]["try_number"] == 1  # a bad parameter is not retried
-    assert _count(engine, "SELECT count(*) FROM invoice_runs") == before
+    # Nothing written by this run. (Not a count of every row: the stack's own scheduled runs, started
+    # when the module unpaused the DAGs, may still be writing theirs.)
+    assert _count(engine, "SELECT count(*) FROM invoice_runs WHERE dag_run_id = :r", r=run["dag_run_id"]) == 0
 
 
 def test_transient_fault_is_retried_with_growing_delays_and_others_not_rerun(live, admin):
