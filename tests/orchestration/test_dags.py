@@ -112,7 +112,7 @@ def test_rent_dag_definition(airflow_home, monkeypatch):
         (None, "only when triggered (no schedule)"),
     ],
 )
-def test_the_dag_docs_state_the_schedule_in_words(schedule, words):
+def test_the_dag_docs_state_the_schedule_in_words(schedule, words, airflow_home):
     from tentman.orchestration.dag_factory import schedule_in_words
 
     assert schedule_in_words(schedule) == words
