@@ -76,18 +76,24 @@ def resolve_billing_period_task(run_type: str) -> dict:
 
 @task(task_id=LIST_ORGANIZATIONS_TASK, task_display_name="List organizations")
 def list_organizations_task(run: dict) -> list[int]:
-    from airflow.sdk.configuration import conf
 
     from tentman.runs.billing_run import BillingRun
     from tentman.runs.organizations import list_organizations
 
     organizations = list_organizations(_tentman_engine(), BillingRun.from_dict(run))
+    _check_map_length(len(organizations))
+    return organizations
+
+
+def _check_map_length(tasks: int) -> None:
+    """Fail the listing at once when Airflow would refuse to map that many organization tasks."""
+    from airflow.sdk.configuration import conf
+
     max_map_length = conf.getint("core", "max_map_length", fallback=1024)
-    if len(organizations) > max_map_length:
+    if tasks > max_map_length:
         # Airflow itself would refuse the list with "pushed value is too large to map", naming neither
         # the setting nor the number; and retrying cannot shrink the list.
-        raise AirflowFailException(too_many_organizations_message(len(organizations), max_map_length))
-    return organizations
+        raise AirflowFailException(too_many_organizations_message(tasks, max_map_length))
 
 
 def too_many_organizations_message(organizations: int, max_map_length: int) -> str:
@@ -216,7 +222,6 @@ def reconcile_invoice_runs_task(summary) -> int:
 
 @task(task_id=LIST_ORGANIZATIONS_TASK, task_display_name="List due organizations")
 def list_due_organizations_task() -> list[dict]:
-    from airflow.sdk.configuration import conf
 
     from tentman.migrate import SchemaNotReady, check_schema
     from tentman.runs.billing_run import parse_dry_run, parse_organization_ids
@@ -245,9 +250,7 @@ def list_due_organizations_task() -> list[dict]:
         organization_ids=organization_ids,
         dry_run=dry_run,
     )
-    max_map_length = conf.getint("core", "max_map_length", fallback=1024)
-    if len(billings) > max_map_length:
-        raise AirflowFailException(too_many_organizations_message(len(billings), max_map_length))
+    _check_map_length(len(billings))
     return [billing.to_dict() for billing in billings]
 
 
@@ -296,10 +299,11 @@ def schedule_in_words(schedule: str | None) -> str:
     return f"on the cron schedule `{schedule}` (UTC)"
 
 
-def build_billing_dag(
-    *, dag_id: str, run_type: str, schedule: str | None, params: dict[str, Param], doc_md: str, tags: list[str]
-) -> DAG:
-    with DAG(
+def _billing_dag_frame(*, dag_id: str, schedule: str | None, params: dict, doc_md: str, tags: list[str], weight: int):
+    """What every billing DAG shares: no catch-up, one run at a time (a schedules tick's claims are
+    settled before the next one looks), and every task, the organization tasks included, waiting in
+    the queue with its DAG's weight (settings.priority_weight)."""
+    return DAG(
         dag_id=dag_id,
         schedule=schedule,
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
@@ -308,21 +312,24 @@ def build_billing_dag(
         tags=TAGS + tags,
         doc_md=doc_md,
         params=params,
-        # Every task of the DAG, the organization tasks included, waits in the queue with its DAG's
-        # weight: rent's before utility's (settings.priority_weight).
-        default_args={
-            **DEFAULT_ARGS,
-            "priority_weight": priority_weight(run_type),
-            "weight_rule": PRIORITY_WEIGHT_RULE,
-        },
-    ) as dag:
+        default_args={**DEFAULT_ARGS, "priority_weight": weight, "weight_rule": PRIORITY_WEIGHT_RULE},
+    )
+
+
+def _organization_tasks():
+    return bill_organization_task.override(**_organization_task_settings(organization_task_policy()))
+
+
+def build_billing_dag(
+    *, dag_id: str, run_type: str, schedule: str | None, params: dict[str, Param], doc_md: str, tags: list[str]
+) -> DAG:
+    frame = _billing_dag_frame(
+        dag_id=dag_id, schedule=schedule, params=params, doc_md=doc_md, tags=tags, weight=priority_weight(run_type)
+    )
+    with frame as dag:
         run = resolve_billing_period_task(run_type)
         organization_ids = list_organizations_task(run)
-        results = (
-            bill_organization_task.override(**_organization_task_settings(organization_task_policy()))
-            .partial(run=run)
-            .expand(organization_id=organization_ids)
-        )
+        results = _organization_tasks().partial(run=run).expand(organization_id=organization_ids)
         reconcile_invoice_runs_task(record_invoice_runs_task(run, organization_ids, results))
     return dag
 
@@ -330,26 +337,14 @@ def build_billing_dag(
 def build_schedules_dag(*, dag_id: str, schedule: str | None, params: dict[str, Param], doc_md: str) -> DAG:
     """The organization schedules DAG: list the organizations due at the tick → bill each (mapped,
     each with its own run type and period) → record their runs."""
-    with DAG(
-        dag_id=dag_id,
-        schedule=schedule,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
-        # One tick at a time: a tick's claims are settled before the next one looks.
-        max_active_runs=1,
-        tags=[*TAGS, "schedules"],
-        doc_md=doc_md,
-        params=params,
-        default_args={
-            **DEFAULT_ARGS,
-            # An organization's own schedule is rent's or utility's: the higher of the two weights.
-            "priority_weight": max(priority_weight(t) for t in (RunType.MONTHLY_RENT, RunType.UTILITY)),
-            "weight_rule": PRIORITY_WEIGHT_RULE,
-        },
-    ) as dag:
+    # An organization's own schedule is rent's or utility's: the higher of the two weights.
+    weight = max(priority_weight(t) for t in (RunType.MONTHLY_RENT, RunType.UTILITY))
+    frame = _billing_dag_frame(
+        dag_id=dag_id, schedule=schedule, params=params, doc_md=doc_md, tags=["schedules"], weight=weight
+    )
+    with frame as dag:
         billings = list_due_organizations_task()
-        bill = bill_organization_task.override(**_organization_task_settings(organization_task_policy()))
         # Each organization with its own run (type and period): expand_kwargs, not expand.
-        results = bill.expand_kwargs(billings)
+        results = _organization_tasks().expand_kwargs(billings)
         reconcile_invoice_runs_task(record_scheduled_invoice_runs_task(billings, results))
     return dag
