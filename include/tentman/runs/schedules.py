@@ -42,6 +42,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from tentman.billing.organization_settings import SCHEDULE_FIELDS
 from tentman.billing.schedules import Occurrence, OrganizationSchedule, due_occurrence
 from tentman.db import UnitOfWork
 from tentman.names import BILLING_SETTINGS_TABLE, SCHEDULE_CLAIMS_TABLE, RunStatus, RunType
@@ -50,7 +51,7 @@ from tentman.runs.record import BillingRunFailed, record_invoice_runs
 
 log = logging.getLogger(__name__)
 
-_SCHEDULE_COLUMNS = "timezone, rent_schedule_day, rent_schedule_hour, utility_schedule_weekday, utility_schedule_hour"
+_SCHEDULE_COLUMNS = ", ".join(SCHEDULE_FIELDS)
 
 
 @dataclass(frozen=True)
