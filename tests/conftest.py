@@ -8,6 +8,7 @@ migrated template, with a unique name; nothing is shared with a running schedule
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -87,10 +88,23 @@ def airflow_home(pg_admin_uri, tmp_path_factory):
     os.environ.update(env)
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=dict(os.environ))
+    _share_one_in_process_execution_api()
     yield home
     if "airflow.settings" in sys.modules:
         sys.modules["airflow.settings"].dispose_orm()
     drop_database(pg_admin_uri, metadata_db)
+
+
+def _share_one_in_process_execution_api() -> None:
+    """dag.test() runs each task against an in-process execution API that it builds anew for every
+    task. On Airflow 3.2 building it (Cadwyn's versioned routes) costs seconds of CPU each time, on
+    3.3 a fraction of one, and that made the lowest-Airflow run of test_distribution.py several
+    times slower than the same tests on the pinned Airflow. The session's DAG tests share one, as the
+    tasks of a deployment share one api-server; each task still sets its own DAG bag on it.
+    """
+    from airflow.sdk.execution_time import supervisor
+
+    supervisor.in_process_api_server = functools.cache(supervisor.in_process_api_server)
 
 
 # The fixtures a `unit` test may not use: `make test-unit` runs with no database and no Airflow metadata.
