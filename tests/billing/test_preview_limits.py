@@ -42,14 +42,6 @@ LONG_SECONDS = 600
 MARGIN_SECONDS = 30
 
 
-def wait_until(condition, what: str, timeout: float = MARGIN_SECONDS):
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.02)
-    return found
-
-
 def preview_sessions(engine) -> list[int]:
     with engine.connect() as conn:
         return list(
