@@ -67,23 +67,39 @@ class UnitOfWork:
     The three shapes TentMan's code needs: bill and commit (call `commit()` at the end); compute and
     roll back (a dry run or a preview: never call it); read only with a statement timeout (the
     page's queries). An exception inside the block rolls everything back.
+
+    `statement_timeout`, `lock_timeout` (PostgreSQL durations such as "2s") and `application_name`
+    hold for this transaction only.
     """
 
-    def __init__(self, engine: Engine, *, read_only: bool = False, statement_timeout: str | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        read_only: bool = False,
+        statement_timeout: str | None = None,
+        lock_timeout: str | None = None,
+        application_name: str | None = None,
+    ):
         self._engine = engine
         self._read_only = read_only
-        self._statement_timeout = statement_timeout
+        self._settings = {
+            "statement_timeout": statement_timeout,
+            "lock_timeout": lock_timeout,
+            "application_name": application_name,
+        }
 
     def __enter__(self) -> UnitOfWork:
         self.connection = self._engine.connect()
         self._transaction = self.connection.begin()
         if self._read_only:
             self.connection.execute(sa.text("SET TRANSACTION READ ONLY"))
-        if self._statement_timeout:
-            # set_config(..., true) is SET LOCAL with a bound value: it ends with the transaction.
-            self.connection.execute(
-                sa.text("SELECT set_config('statement_timeout', :timeout, true)"), {"timeout": self._statement_timeout}
-            )
+        for name, value in self._settings.items():
+            if value is not None:
+                # set_config(..., true) is SET LOCAL with a bound value: it ends with the transaction.
+                self.connection.execute(
+                    sa.text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value}
+                )
         return self
 
     def commit(self) -> None:

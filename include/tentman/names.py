@@ -94,6 +94,11 @@ def invoice_type_sql(run_type_column: str) -> str:
     return f"(CASE {run_type_column} {whens} END)"
 
 
+# The application_name of a preview's transactions (the "Billing runs" page): a real billing run
+# that finds an organization's lock held by a session of this name ends that session
+# (tentman.billing.locking), so a preview never holds billing up.
+PREVIEW_APPLICATION_NAME = "tentman-preview"
+
 # A billing month as the DAG params, the page and its API take it.
 BILLING_MONTH_FORMAT = "YYYY-MM"
 # Years 1900 to 9999 (what BillingPeriod.parse accepts): a form or an API call outside them is

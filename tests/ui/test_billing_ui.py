@@ -16,6 +16,7 @@ from support.factories import add_charge, add_lease, add_organization
 from support.live import PASSWORDS, Api, live_stack
 from support.pages import OFFLINE_ARGS, BillingRunsPage, chromium
 from tentman.billing.periods import BillingPeriod
+from tentman.billing.preview import preview_slot
 from tentman.billing.reconciliation import CHECKS_OF_RUN
 from tentman.names import RENT_DAG_ID, RunType
 from tentman.runs.reconcile import reconcile_period
@@ -232,6 +233,24 @@ def test_openapi_documents_the_endpoints(ui):
     assert {"Run", "Trends", "RunReconciliation", "ReconciliationCheck"} <= set(schemas)
     assert "reconciliation" in schemas["Run"]["properties"]
     assert set(schemas["ReconciliationCheck"]["properties"]) == {"check", "ok", "violations", "ids", "note"}
+    refusals = schema["paths"]["/api/preview"]["post"]["responses"]
+    assert {"409", "429", "503"} <= set(refusals)
+    assert "Previews are limited to 2 at a time" in refusals["429"]["description"]
+    assert "Retry-After" in refusals["429"]["headers"]
+    assert refusals["429"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Refusal"}
+
+
+def test_a_third_preview_at_once_is_a_429(ui):
+    """Previews are limited to two at a time across every api-server process: the test holds both
+    slots as two running previews would, through the same session advisory locks."""
+    client = plugin(ui["stack"], token(ui["stack"], "admin"))
+    body = {"organization_ids": [ui["good"]], "billing_month": "2026-11"}
+    with preview_slot(ui["engine"]), preview_slot(ui["engine"]):
+        refused = client.post("/api/preview", json=body)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["Retry-After"] == "5"
+    assert refused.json() == {"detail": "previews are limited to 2 at a time and 2 are running; try again in 5 seconds"}
+    assert client.post("/api/preview", json=body).status_code == 200  # a slot free again: it runs
 
 
 def test_preview_equals_what_the_real_run_then_writes(ui):

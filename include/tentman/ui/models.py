@@ -183,6 +183,12 @@ class PreviewRequest(BaseModel):
     offset: int = Field(0, ge=0, le=BIGINT_MAX)
 
 
+class Refusal(BaseModel):
+    """Why a request was refused (FastAPI's error body)."""
+
+    detail: str
+
+
 # Billing settings: /api/organizations/billing-settings, /api/organizations/{organization_id}/billing-settings[/audit]
 
 
