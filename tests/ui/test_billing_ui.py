@@ -17,8 +17,9 @@ from support.live import PASSWORDS, Api, live_stack
 from support.pages import OFFLINE_ARGS, BillingRunsPage, chromium
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.reconciliation import CHECKS_OF_RUN
-from tentman.names import RENT_DAG_ID, RunType
+from tentman.names import BILLING_SETTINGS_AUDIT_TABLE, RENT_DAG_ID, RunType
 from tentman.runs.reconcile import reconcile_period
+from tentman.ui.deps import CSRF_HEADER, CSRF_HEADER_VALUE
 from tentman_dev.local import REPO_ROOT
 
 pytestmark = pytest.mark.live
@@ -68,7 +69,9 @@ def ui(pg_admin_uri, tmp_path_factory):
 
 
 def plugin(stack, token: str | None = None) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    """A client of the plugin's API; like every API client it sends the header that requests changing
+    something need (tentman.ui.deps)."""
+    headers = {CSRF_HEADER: CSRF_HEADER_VALUE, **({"Authorization": f"Bearer {token}"} if token else {})}
     return httpx.Client(base_url=f"{stack.base_url}/tentman", headers=headers, timeout=60)
 
 
@@ -157,6 +160,51 @@ def test_values_beyond_their_bounds_are_a_422_naming_the_field_not_a_500(ui, met
     response = getattr(client, method)(path, **request_args)
     assert response.status_code == 422, response.text
     assert field in {str(part) for error in response.json()["detail"] for part in error["loc"]}, response.text
+
+
+SETTINGS = "/api/organizations/{org}/billing-settings"
+MONTH = {"organization_ids": [1], "billing_month": "2027-01"}
+NOT_JSON = {"content": b"\xff\xfe\x0e", "headers": {"Content-Type": "application/json"}}
+JSON_AS_TEXT = {"content": b'{"billing_hold": false}', "headers": {"Content-Type": "text/plain"}}
+
+
+@pytest.mark.parametrize(
+    ("user", "method", "path", "request_args", "status", "says"),
+    [
+        # A boolean taken for the number 0.
+        ("admin", "post", "/api/preview", {"json": {**MONTH, "offset": False}}, 422, "offset"),
+        # A misspelt field, silently ignored.
+        (
+            "admin",
+            "put",
+            SETTINGS,
+            {"json": {"billing_hold": False, "rent_schedule_dya": 20}},
+            422,
+            "rent_schedule_dya",
+        ),
+        ("admin", "post", "/api/preview", {"json": {**MONTH, "limts": 5}}, 422, "limts"),
+        # A body that is not JSON: an undocumented 400, answered before the credentials were even looked at.
+        ("admin", "put", SETTINGS, NOT_JSON, 422, "Invalid JSON"),
+        ("viewer", "put", SETTINGS, NOT_JSON, 403, "needs the right to change Airflow Variables"),
+        (None, "put", SETTINGS, NOT_JSON, 401, "Not authenticated"),
+        ("viewer", "post", "/api/preview", NOT_JSON, 403, "Forbidden"),
+        ("admin", "put", SETTINGS, JSON_AS_TEXT, 415, "expected application/json"),
+        # A NUL character, which PostgreSQL's text cannot hold: a 500.
+        ("admin", "put", SETTINGS, {"json": {"billing_hold": True, "hold_reason": "dispute\x00"}}, 422, "NUL"),
+    ],
+)
+def test_what_the_fuzzing_found_is_refused_with_a_4xx(ui, user, method, path, request_args, status, says):
+    """Requests answered wrongly until the API was fuzzed (by Schemathesis, below, and by hand beside it): each
+    now refused with a 4xx saying why, and nothing written."""
+    stack, engine = ui["stack"], ui["engine"]
+    audit = f"SELECT count(*) FROM {BILLING_SETTINGS_AUDIT_TABLE}"
+    with engine.connect() as conn:
+        before = conn.execute(sa.text(audit)).scalar_one()
+    client = plugin(stack, token(stack, user) if user else None)
+    response = getattr(client, method)(path.format(org=ui["good"]), **request_args)
+    assert (response.status_code, says in response.text) == (status, True), response.text
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(audit)).scalar_one() == before
 
 
 def test_trends(ui):

@@ -10,16 +10,20 @@ from tentman.billing.preview import preview_rent
 from tentman.db import UnitOfWork
 from tentman.names import ProrationMethod
 from tentman.ui import queries
-from tentman.ui.deps import requires_triggering_rent, tentman_db_engine
-from tentman.ui.models import PreviewRequest
+from tentman.ui.deps import json_body, requires_triggering_rent, tentman_db_engine
+from tentman.ui.models import Preview, PreviewRequest, error_responses
 
 router = APIRouter()
 
 
 @router.post(
-    "/api/preview", dependencies=[requires_triggering_rent], summary="What a rent run would write, written nowhere"
+    "/api/preview",
+    response_model=Preview,
+    dependencies=[requires_triggering_rent],
+    summary="What a rent run would write, written nowhere",
+    responses=error_responses(415, 422),
 )
-def preview(body: PreviewRequest) -> dict:
+def preview(body: PreviewRequest = json_body(PreviewRequest)) -> dict:
     period = BillingPeriod.parse(body.billing_month)
     with UnitOfWork(tentman_db_engine(), read_only=True) as uow:
         known = set(queries.existing_organization_ids(uow.connection, body.organization_ids))
