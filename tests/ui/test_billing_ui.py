@@ -3,7 +3,10 @@ run's reconciliation on the page."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+from collections import defaultdict
 from datetime import date
 from decimal import Decimal
 from urllib.parse import urlsplit
@@ -17,9 +20,9 @@ from support.live import PASSWORDS, Api, live_stack
 from support.pages import OFFLINE_ARGS, BillingRunsPage, chromium
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.reconciliation import CHECKS_OF_RUN
-from tentman.names import BILLING_SETTINGS_AUDIT_TABLE, RENT_DAG_ID, RunType
+from tentman.names import BILLING_SETTINGS_AUDIT_TABLE, BILLING_SETTINGS_TABLE, RENT_DAG_ID, RunType
 from tentman.runs.reconcile import reconcile_period
-from tentman.ui.deps import CSRF_HEADER, CSRF_HEADER_VALUE
+from tentman.ui.deps import CSRF_HEADER, CSRF_HEADER_VALUE, SAFE_METHODS
 from tentman_dev.local import REPO_ROOT
 
 pytestmark = pytest.mark.live
@@ -458,3 +461,69 @@ def test_the_page_shows_each_runs_reconciliation(ui):
         artifacts = REPO_ROOT / "test-artifacts"
         artifacts.mkdir(exist_ok=True)
         billing_runs.screenshot(artifacts / "billing-runs-reconciliation.png")
+
+
+# Fuzzed by a tool we did not write: Schemathesis reads the plugin's own openapi.json from this stack and sends
+# what it generates from it to every operation (docs/testing.md "Fuzzing the API"). The command is the one the
+# docs show, run as shown against this stack.
+
+
+def fuzzing_command(stack, user: str) -> str:
+    """docs/testing.md's Schemathesis command, for `user` and this stack."""
+    text = (REPO_ROOT / "docs" / "testing.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```bash\n")[1:]]
+    (block,) = [b for b in blocks if "schemathesis" in b]
+    return (
+        block.replace("http://127.0.0.1:8080", stack.base_url)
+        .replace('"username": "admin", "password": "…"', f'"username": "{user}", "password": "{PASSWORDS[user]}"')
+        .replace("schemathesis-admin.har", f"schemathesis-{user}.har")
+    )
+
+
+@pytest.fixture
+def settings_restored(ui):
+    """The organizations' billing settings as they were before the test (an admin's fuzzing changes them)."""
+    with ui["engine"].connect() as conn:
+        before = [dict(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM {BILLING_SETTINGS_TABLE}"))]
+    yield
+    with ui["engine"].begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {BILLING_SETTINGS_TABLE}"))
+        if before:
+            columns = ", ".join(before[0])
+            values = ", ".join(f":{c}" for c in before[0])
+            conn.execute(sa.text(f"INSERT INTO {BILLING_SETTINGS_TABLE} ({columns}) VALUES ({values})"), before)
+
+
+@pytest.mark.parametrize("user", ["admin", "viewer"])
+def test_schemathesis_finds_no_error_and_every_answer_as_documented(ui, user, settings_restored):
+    """No 5xx; every status, content type and body as the document says; invalid values refused, valid ones
+    not; no credentials refused. Then, from the requests it sent (its HAR file): the admin got through to
+    every operation, and every request of the viewer to an operation that changes something was refused."""
+    stack = ui["stack"]
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", fuzzing_command(stack, user)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    har = json.loads((REPO_ROOT / "test-artifacts" / f"schemathesis-{user}.har").read_text())
+    document = plugin(stack, token(stack, user)).get("/openapi.json").json()
+    answers = defaultdict(set)  # (method, path template): the statuses
+    for entry in har["log"]["entries"]:
+        method, path = entry["request"]["method"], urlsplit(entry["request"]["url"]).path.removeprefix("/tentman")
+        for template in document["paths"]:
+            if method.lower() in document["paths"][template] and re.fullmatch(
+                re.sub(r"\\{\w+\\}", "[^/]+", re.escape(template)), path
+            ):
+                answers[(method, template)].add(entry["response"]["status"])
+    operations = {(method.upper(), path) for path, methods in document["paths"].items() for method in methods}
+    assert set(answers) == operations  # every operation was called
+    changing = {operation for operation in operations if operation[0] not in SAFE_METHODS}
+    assert changing == {("POST", "/api/preview"), ("PUT", "/api/organizations/{organization_id}/billing-settings")}
+    if user == "admin":
+        assert all(any(200 <= status < 300 for status in answers[operation]) for operation in operations), answers
+    else:
+        assert all(answers[operation] == {403} for operation in changing), answers
+        assert all(200 in answers[operation] for operation in operations - changing), answers
