@@ -119,6 +119,11 @@ def test_each_change_is_stored_with_its_audit_row(engine):
             {"billing_hold": True, "hold_reason": "x" * 501, "proration_method": None},
             "hold_reason is 501 characters long; expected at most 500",
         ),
+        # PostgreSQL refuses a NUL in text: the insert failed and the API answered 500.
+        (
+            {"billing_hold": True, "hold_reason": "dispute\x00", "proration_method": None},
+            "hold_reason 'dispute\\x00' contains a NUL character (\\x00); expected text without it",
+        ),
     ],
 )
 def test_bad_values_are_refused_naming_them_and_nothing_is_written(engine, values, message):

@@ -204,10 +204,11 @@ class OrganizationsView:
         self.submit(then_see=f".ok >> text=Saved by {by}")
 
     def put_from_this_session(self, organization_id: int, body: dict) -> int:
-        """The request the form sends, made with this browser session whether or not it shows a form: its status."""
+        """The request the form sends (with the page's headers), made with this browser session whether or not it
+        shows a form: its status."""
         return self.page.evaluate(
             """([org, body]) => fetch(`/tentman/api/organizations/${org}/billing-settings`, {method: "PUT",
-                 credentials: "same-origin", headers: {"Content-Type": "application/json"},
+                 credentials: "same-origin", headers: NAMES.change_headers,
                  body: JSON.stringify(body)}).then(r => r.status)""",
             [organization_id, body],
         )

@@ -18,6 +18,7 @@ from support.factories import add_lease, add_organization
 from support.live import PASSWORDS, Api, live_stack, poll
 from support.pages import BillingRunsPage, chromium
 from tentman.names import BILLING_SETTINGS_AUDIT_TABLE, BILLING_SETTINGS_TABLE, RENT_DAG_ID, UTILITY_DAG_ID
+from tentman.ui.deps import CSRF_HEADER, CSRF_HEADER_VALUE
 from tentman_dev.local import REPO_ROOT
 
 pytestmark = pytest.mark.live
@@ -77,7 +78,9 @@ def token(stack, user: str) -> str:
 
 
 def plugin(stack, user: str | None) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {token(stack, user)}"} if user else {}
+    """A client of the plugin's API; like every API client it sends the header that requests changing
+    something need (tentman.ui.deps)."""
+    headers = {CSRF_HEADER: CSRF_HEADER_VALUE, **({"Authorization": f"Bearer {token(stack, user)}"} if user else {})}
     return httpx.Client(base_url=f"{stack.base_url}/tentman", headers=headers, timeout=60)
 
 
@@ -150,6 +153,75 @@ def test_a_viewer_sees_the_settings_and_cannot_change_them(ui):
     assert anonymous.put(f"/api/organizations/{org}/billing-settings", json={"billing_hold": False}).status_code == 401
     assert anonymous.get("/api/organizations/billing-settings").status_code == 401
     assert written(ui["engine"], org) == before
+
+
+# Cross-site request forgery: another site's page, open in the browser of a signed-in admin, sends a request with
+# the admin's session cookie. A form can post url-encoded fields, or (enctype text/plain) a body that reads as JSON;
+# the browser adds Origin and, in current browsers, Sec-Fetch-Site, and no custom header.
+EVIL = "https://billing-login.example"
+FORGED_FORMS = [
+    ("application/x-www-form-urlencoded", "billing_hold=true&hold_reason=forged"),
+    ("text/plain", '{"billing_hold": true, "hold_reason": "forged", "x": "="}'),
+]
+
+
+@pytest.mark.parametrize("content_type, body", FORGED_FORMS)
+@pytest.mark.parametrize(
+    "browser_headers, says",
+    [
+        ({"Origin": EVIL, "Sec-Fetch-Site": "cross-site"}, "comes from another site (Sec-Fetch-Site: cross-site)"),
+        ({"Origin": EVIL}, f"comes from the origin '{EVIL}', not from this Airflow"),  # a browser without Sec-Fetch-*
+        ({}, "needs the header 'X-Requested-By: tentman-billing' (this one has none)"),  # one that sends no Origin
+    ],
+)
+def test_a_cross_site_form_post_is_refused_and_changes_nothing(ui, content_type, body, browser_headers, says):
+    stack, org = ui["stack"], ui["dune"]
+    session = {"_token": token(stack, "admin")}
+    before = written(ui["engine"], org)
+    for path in (f"/tentman/api/organizations/{org}/billing-settings", "/tentman/api/preview"):
+        method = "PUT" if "billing-settings" in path else "POST"
+        response = httpx.request(
+            method,
+            f"{stack.base_url}{path}",
+            cookies=session,
+            headers={"Content-Type": content_type, **browser_headers},
+            content=body,
+            timeout=30,
+        )
+        assert response.status_code == 403, response.text
+        assert says in response.json()["detail"]
+    assert written(ui["engine"], org) == before
+
+
+@pytest.mark.parametrize(
+    "headers, says",
+    [
+        ({"Origin": EVIL}, f"comes from the origin '{EVIL}'"),
+        ({"Origin": "null"}, "comes from the origin 'null'"),  # a sandboxed frame, a data: URL
+        ({"Sec-Fetch-Site": "same-site"}, "Sec-Fetch-Site: same-site"),  # a sibling host of the same site
+        ({CSRF_HEADER: "another-app"}, "not 'another-app'"),
+    ],
+)
+def test_a_request_from_a_foreign_origin_or_without_the_header_is_refused(ui, headers, says):
+    """Even with the admin's token and the header: a browser names the page's origin, which is not this Airflow."""
+    stack, org = ui["stack"], ui["dune"]
+    admin = plugin(stack, "admin")
+    before = written(ui["engine"], org)
+    refused = admin.put(
+        f"/api/organizations/{org}/billing-settings", json={"billing_hold": True, "hold_reason": "x"}, headers=headers
+    )
+    assert refused.status_code == 403 and says in refused.json()["detail"], refused.text
+    assert written(ui["engine"], org) == before
+
+
+def test_a_request_from_this_airflow_is_let_through(ui):
+    """What the page's own requests carry (its origin, same-origin); and a bearer client that sends the header."""
+    stack, org = ui["stack"], ui["dune"]
+    admin = plugin(stack, "admin")
+    own = {"Origin": stack.base_url, "Sec-Fetch-Site": "same-origin"}
+    response = admin.put(f"/api/organizations/{org}/billing-settings", json={"billing_hold": False}, headers=own)
+    assert response.status_code == 200, response.text
+    assert admin.put(f"/api/organizations/{org}/billing-settings", json={"billing_hold": False}).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,10 @@ run's reconciliation on the page."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+from collections import defaultdict
 from datetime import date
 from decimal import Decimal
 from urllib.parse import urlsplit
@@ -18,8 +21,9 @@ from support.pages import OFFLINE_ARGS, BillingRunsPage, chromium
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.preview import preview_slot
 from tentman.billing.reconciliation import CHECKS_OF_RUN
-from tentman.names import RENT_DAG_ID, RunType
+from tentman.names import BILLING_SETTINGS_AUDIT_TABLE, BILLING_SETTINGS_TABLE, RENT_DAG_ID, RunType
 from tentman.runs.reconcile import reconcile_period
+from tentman.ui.deps import CSRF_HEADER, CSRF_HEADER_VALUE, SAFE_METHODS
 from tentman_dev.local import REPO_ROOT
 
 pytestmark = pytest.mark.live
@@ -69,7 +73,9 @@ def ui(pg_admin_uri, tmp_path_factory):
 
 
 def plugin(stack, token: str | None = None) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    """A client of the plugin's API; like every API client it sends the header that requests changing
+    something need (tentman.ui.deps)."""
+    headers = {CSRF_HEADER: CSRF_HEADER_VALUE, **({"Authorization": f"Bearer {token}"} if token else {})}
     return httpx.Client(base_url=f"{stack.base_url}/tentman", headers=headers, timeout=60)
 
 
@@ -160,6 +166,51 @@ def test_values_beyond_their_bounds_are_a_422_naming_the_field_not_a_500(ui, met
     assert field in {str(part) for error in response.json()["detail"] for part in error["loc"]}, response.text
 
 
+SETTINGS = "/api/organizations/{org}/billing-settings"
+MONTH = {"organization_ids": [1], "billing_month": "2027-01"}
+NOT_JSON = {"content": b"\xff\xfe\x0e", "headers": {"Content-Type": "application/json"}}
+JSON_AS_TEXT = {"content": b'{"billing_hold": false}', "headers": {"Content-Type": "text/plain"}}
+
+
+@pytest.mark.parametrize(
+    ("user", "method", "path", "request_args", "status", "says"),
+    [
+        # A boolean taken for the number 0.
+        ("admin", "post", "/api/preview", {"json": {**MONTH, "offset": False}}, 422, "offset"),
+        # A misspelt field, silently ignored.
+        (
+            "admin",
+            "put",
+            SETTINGS,
+            {"json": {"billing_hold": False, "rent_schedule_dya": 20}},
+            422,
+            "rent_schedule_dya",
+        ),
+        ("admin", "post", "/api/preview", {"json": {**MONTH, "limts": 5}}, 422, "limts"),
+        # A body that is not JSON: an undocumented 400, answered before the credentials were even looked at.
+        ("admin", "put", SETTINGS, NOT_JSON, 422, "Invalid JSON"),
+        ("viewer", "put", SETTINGS, NOT_JSON, 403, "needs the right to change Airflow Variables"),
+        (None, "put", SETTINGS, NOT_JSON, 401, "Not authenticated"),
+        ("viewer", "post", "/api/preview", NOT_JSON, 403, "Forbidden"),
+        ("admin", "put", SETTINGS, JSON_AS_TEXT, 415, "expected application/json"),
+        # A NUL character, which PostgreSQL's text cannot hold: a 500.
+        ("admin", "put", SETTINGS, {"json": {"billing_hold": True, "hold_reason": "dispute\x00"}}, 422, "NUL"),
+    ],
+)
+def test_what_the_fuzzing_found_is_refused_with_a_4xx(ui, user, method, path, request_args, status, says):
+    """Requests answered wrongly until the API was fuzzed (by Schemathesis, below, and by hand beside it): each
+    now refused with a 4xx saying why, and nothing written."""
+    stack, engine = ui["stack"], ui["engine"]
+    audit = f"SELECT count(*) FROM {BILLING_SETTINGS_AUDIT_TABLE}"
+    with engine.connect() as conn:
+        before = conn.execute(sa.text(audit)).scalar_one()
+    client = plugin(stack, token(stack, user) if user else None)
+    response = getattr(client, method)(path.format(org=ui["good"]), **request_args)
+    assert (response.status_code, says in response.text) == (status, True), response.text
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(audit)).scalar_one() == before
+
+
 def test_trends(ui):
     client = plugin(ui["stack"], token(ui["stack"], "admin"))
     trends = client.get("/api/trends", params={"months": 24}).json()
@@ -237,7 +288,7 @@ def test_openapi_documents_the_endpoints(ui):
     assert {"409", "429", "503"} <= set(refusals)
     assert "Previews are limited to 2 at a time" in refusals["429"]["description"]
     assert "Retry-After" in refusals["429"]["headers"]
-    assert refusals["429"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Refusal"}
+    assert refusals["429"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
 
 
 def test_a_third_preview_at_once_is_a_429(ui):
@@ -429,3 +480,69 @@ def test_the_page_shows_each_runs_reconciliation(ui):
         artifacts = REPO_ROOT / "test-artifacts"
         artifacts.mkdir(exist_ok=True)
         billing_runs.screenshot(artifacts / "billing-runs-reconciliation.png")
+
+
+# Fuzzed by a tool we did not write: Schemathesis reads the plugin's own openapi.json from this stack and sends
+# what it generates from it to every operation (docs/testing.md "Fuzzing the API"). The command is the one the
+# docs show, run as shown against this stack.
+
+
+def fuzzing_command(stack, user: str) -> str:
+    """docs/testing.md's Schemathesis command, for `user` and this stack."""
+    text = (REPO_ROOT / "docs" / "testing.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```bash\n")[1:]]
+    (block,) = [b for b in blocks if "schemathesis" in b]
+    return (
+        block.replace("http://127.0.0.1:8080", stack.base_url)
+        .replace('"username": "admin", "password": "…"', f'"username": "{user}", "password": "{PASSWORDS[user]}"')
+        .replace("schemathesis-admin.har", f"schemathesis-{user}.har")
+    )
+
+
+@pytest.fixture
+def settings_restored(ui):
+    """The organizations' billing settings as they were before the test (an admin's fuzzing changes them)."""
+    with ui["engine"].connect() as conn:
+        before = [dict(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM {BILLING_SETTINGS_TABLE}"))]
+    yield
+    with ui["engine"].begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {BILLING_SETTINGS_TABLE}"))
+        if before:
+            columns = ", ".join(before[0])
+            values = ", ".join(f":{c}" for c in before[0])
+            conn.execute(sa.text(f"INSERT INTO {BILLING_SETTINGS_TABLE} ({columns}) VALUES ({values})"), before)
+
+
+@pytest.mark.parametrize("user", ["admin", "viewer"])
+def test_schemathesis_finds_no_error_and_every_answer_as_documented(ui, user, settings_restored):
+    """No 5xx; every status, content type and body as the document says; invalid values refused, valid ones
+    not; no credentials refused. Then, from the requests it sent (its HAR file): the admin got through to
+    every operation, and every request of the viewer to an operation that changes something was refused."""
+    stack = ui["stack"]
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", fuzzing_command(stack, user)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    har = json.loads((REPO_ROOT / "test-artifacts" / f"schemathesis-{user}.har").read_text())
+    document = plugin(stack, token(stack, user)).get("/openapi.json").json()
+    answers = defaultdict(set)  # (method, path template): the statuses
+    for entry in har["log"]["entries"]:
+        method, path = entry["request"]["method"], urlsplit(entry["request"]["url"]).path.removeprefix("/tentman")
+        for template in document["paths"]:
+            if method.lower() in document["paths"][template] and re.fullmatch(
+                re.sub(r"\\{\w+\\}", "[^/]+", re.escape(template)), path
+            ):
+                answers[(method, template)].add(entry["response"]["status"])
+    operations = {(method.upper(), path) for path, methods in document["paths"].items() for method in methods}
+    assert set(answers) == operations  # every operation was called
+    changing = {operation for operation in operations if operation[0] not in SAFE_METHODS}
+    assert changing == {("POST", "/api/preview"), ("PUT", "/api/organizations/{organization_id}/billing-settings")}
+    if user == "admin":
+        assert all(any(200 <= status < 300 for status in answers[operation]) for operation in operations), answers
+    else:
+        assert all(answers[operation] == {403} for operation in changing), answers
+        assert all(200 in answers[operation] for operation in operations - changing), answers

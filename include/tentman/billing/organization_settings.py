@@ -126,6 +126,8 @@ def _parse_hold(billing_hold: object, hold_reason: object) -> tuple[bool, str | 
         )
     if len(reason) > MAX_HOLD_REASON:
         raise ValueError(f"hold_reason is {len(reason)} characters long; expected at most {MAX_HOLD_REASON}")
+    if "\x00" in reason:  # PostgreSQL's text cannot hold it: the insert would fail
+        raise ValueError(f"hold_reason {reason!r} contains a NUL character (\\x00); expected text without it")
     return True, reason
 
 

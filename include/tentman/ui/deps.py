@@ -11,6 +11,10 @@ Permissions are Airflow's own, asked of its auth manager:
   it out of the box: SimpleAuthManager's OP and ADMIN (not USER, not VIEWER); the FAB auth
   manager's Op and Admin (`can edit on Variables`, or a custom role with it), not User or Viewer.
 
+Before any of that, a request that changes something (any method but GET, HEAD, OPTIONS) must come
+from this Airflow's own pages, not from another site a signed-in user visits (cross-site request
+forgery): `refuse_cross_site_changes`, a dependency of the whole app.
+
 Airflow's modules are imported inside the functions that use them, on a request: the app is built
 and its routes declared without importing Airflow (tests/ui/test_vendored_assets.py builds it in a
 unit test), and the api-server that serves it has them loaded already.
@@ -19,12 +23,122 @@ unit test), and the api-server that serves it has them loaded already.
 from __future__ import annotations
 
 import functools
+from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from fastapi import Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
 from tentman.db import UnitOfWork
 from tentman.names import RENT_DAG_ID
+
+# What the page's JavaScript sends with every request that changes something, and what every API client
+# sends too. A browser sends a custom header to another origin only after a CORS preflight, which
+# Airflow's api-server refuses (it allows no other origin); an HTML form or a link cannot send one.
+CSRF_HEADER = "X-Requested-By"
+CSRF_HEADER_VALUE = "tentman-billing"
+# Methods that change nothing here: the only ones another site may make a signed-in browser send.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def refuse_cross_site_changes(request: Request) -> None:
+    """A dependency of every route: a request that changes something is refused (403, saying why) when the
+    browser says it comes from another site (`Sec-Fetch-Site`), when its `Origin` is not this Airflow's,
+    or when it lacks the `X-Requested-By: tentman-billing` header.
+
+    The header is required of every client, bearer-token ones too: one rule, and no guess about which
+    credential the request carries (a gateway that turns its own session cookie into an `Authorization`
+    header would make a bearer request as forgeable as a cookie one)."""
+    if request.method in SAFE_METHODS:
+        return
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site != "same-origin":
+        raise HTTPException(
+            403,
+            f"Refused: the browser says this request comes from another site (Sec-Fetch-Site: {site}); "
+            "billing settings and previews change only from this Airflow's own pages or an API client",
+        )
+    origin = request.headers.get("origin")
+    if origin is not None and _normalized_origin(origin) not in _own_origins(request):
+        raise HTTPException(
+            403,
+            f"Refused: the request comes from the origin {origin!r}, not from this Airflow "
+            f"({', '.join(sorted(_own_origins(request)))}); billing settings and previews change only from its "
+            "own pages or an API client",
+        )
+    sent = request.headers.get(CSRF_HEADER)
+    if sent != CSRF_HEADER_VALUE:
+        raise HTTPException(
+            403,
+            f"Refused: a request that changes something needs the header '{CSRF_HEADER}: {CSRF_HEADER_VALUE}' "
+            f"({'this one has none' if sent is None else f'not {sent!r}'}); the page sends it, API clients add "
+            "it, and no other site can make a browser send it",
+        )
+
+
+def _own_origins(request: Request) -> set[str]:
+    """This api-server's origins: the one the request was addressed to and Airflow's `[api] base_url`
+    (behind a proxy the browser's origin is the latter), as Airflow's own redirect check takes them."""
+    from airflow.configuration import conf
+
+    origins = {_normalized_origin(str(request.base_url))}
+    if base_url := conf.get("api", "base_url", fallback=None):
+        origins.add(_normalized_origin(base_url))
+    return origins
+
+
+def _normalized_origin(url: str) -> str:
+    """scheme://host[:port] in lower case, without the scheme's default port (as browsers send `Origin`)."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: no origin of ours
+        return url
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
+def json_body(model: type[BaseModel]) -> Any:
+    """A dependency: the request's JSON body as `model`, read after the route's other dependencies.
+
+    FastAPI reads a body it declares before any dependency runs: a body that is not JSON would answer
+    400 or 422 to anyone, and a large one would be parsed for anyone, before the cross-site check and
+    the user's permissions. Declared after them, this one is read only for a request they let through.
+    The body's schema is in the OpenAPI document all the same (tentman.ui.app.openapi_document)."""
+
+    async def read_json_body(request: Request) -> BaseModel:
+        content_type = request.headers.get("content-type")
+        if content_type is not None:
+            media_type = content_type.split(";", 1)[0].strip().lower()
+            if media_type != "application/json" and not (
+                media_type.startswith("application/") and media_type.endswith("+json")
+            ):
+                raise HTTPException(415, f"Content-Type {content_type!r} is not accepted; expected application/json")
+        try:
+            return model.model_validate_json(await request.body())
+        except ValidationError as exc:
+            # As FastAPI words a body it reads itself: each error located in the body; a body that is not JSON
+            # (its bytes as the input) shown as text, undecodable bytes replaced.
+            raise RequestValidationError(
+                [
+                    {
+                        **error,
+                        "loc": ("body", *error["loc"]),
+                        "input": error["input"].decode(errors="replace")
+                        if isinstance(error["input"], bytes)
+                        else error["input"],
+                    }
+                    for error in exc.errors(include_url=False)
+                ]
+            ) from exc
+
+    read_json_body.body_model = model
+    return Depends(read_json_body)
 
 
 @functools.cache

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
+from tentman.billing.leases import LeaseOutcome
+from tentman.billing.organization_settings import MAX_HOLD_REASON
 from tentman.billing.reconciliation import (
     CHECKS,
     COUNTS,
@@ -16,18 +18,81 @@ from tentman.billing.reconciliation import (
     TOTALS,
     UTILITY_COVERAGE,
 )
-from tentman.names import BILLING_MONTH_PATTERN, DEFAULT_PRORATION_METHOD, ProrationMethod, RunStatus, RunType
+from tentman.billing.schedules import HOURS, ISO_WEEKDAYS, RENT_DAYS
+from tentman.names import (
+    BILLING_MONTH_PATTERN,
+    DEFAULT_PRORATION_METHOD,
+    InvoiceStatus,
+    LineType,
+    ProrationMethod,
+    RunStatus,
+    RunType,
+)
 
 PRORATION_METHODS = ", ".join(m.value for m in ProrationMethod)
+
+
+# Errors: what a route answers instead of its result (each route's `responses` name the ones it can give).
+
+
+class Error(BaseModel):
+    """A refusal in one sentence, naming what was wrong (and, for a bad value, what is accepted)."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    """One value the API's own validation refused."""
+
+    loc: list[str | int] = Field(description="Where the value was: body, query, path or header, then the field")
+    msg: str = Field(description="What is accepted")
+    type: str
+    input: Any = Field(None, description="The value refused")
+
+
+class InvalidRequest(BaseModel):
+    """A value the API refused: a list of every bad value (the API's own validation: types, bounds, patterns), or
+    one sentence naming the value and what is accepted (a check that needs the database, or several fields)."""
+
+    detail: list[FieldError] | str
+
+
+ERROR_RESPONSES: dict[int, dict] = {
+    401: {"model": Error, "description": "No credentials, or an expired token: log in to Airflow"},
+    403: {
+        "model": Error,
+        "description": "An invalid token; a role that does not allow this; or a request that changes something "
+        "and comes from another site or lacks the X-Requested-By header (tentman.ui.deps)",
+    },
+    404: {"model": Error, "description": "No such run or organization"},
+    415: {"model": Error, "description": "A body that is not JSON (Content-Type other than application/json)"},
+    422: {"model": InvalidRequest, "description": "A value out of its bounds, or refused by the billing rules"},
+}
+
+
+def error_responses(*statuses: int) -> dict[int, dict]:
+    """The OpenAPI `responses` of these error statuses."""
+    return {status: ERROR_RESPONSES[status] for status in statuses}
 
 
 # Runs: /api/runs, /api/runs/{run_id}
 
 
+def _json_integer(value: object) -> object:
+    """A JSON body's integer as JSON Schema has it (what the OpenAPI document promises): 3 or 3.0, never
+    true or false (which Python would take for 1 and 0) nor the string "3"."""
+    if isinstance(value, bool | str):
+        raise ValueError(f"{value!r} is not an integer; expected a number such as 3")
+    return value
+
+
+JsonInteger = Annotated[int, BeforeValidator(_json_integer)]
+
 # Ids and offsets are PostgreSQL bigints: a larger number is refused here (422 naming the field),
-# not by the database (500).
-BIGINT_MAX = 2**63 - 1
-DatabaseId = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+# not by the database (500). The bound is the first number a bigint cannot hold, exclusive: FastAPI's
+# OpenAPI document writes bounds as floats, and 2**63 is one exactly (2**63 - 1 would read 2**63).
+BIGINT_END = 2**63
+DatabaseId = Annotated[JsonInteger, Field(ge=1, lt=BIGINT_END)]
 
 
 class LeaseError(BaseModel):
@@ -174,19 +239,88 @@ class Trends(BaseModel):
 
 
 class PreviewRequest(BaseModel):
+    # A field the API does not know is refused (422 naming it), not ignored: a misspelt one would silently not apply.
+    model_config = ConfigDict(extra="forbid")
+
     organization_ids: list[DatabaseId] = Field(min_length=1, max_length=20)
     billing_month: str = Field(pattern=BILLING_MONTH_PATTERN, examples=["2027-01"])
     proration_method: ProrationMethod | None = Field(
         None, description="null: each organization's own method (its billing settings), as a run without one"
     )
-    limit: int = Field(100, ge=1, le=500)
-    offset: int = Field(0, ge=0, le=BIGINT_MAX)
+    limit: JsonInteger = Field(100, ge=1, le=500)
+    offset: JsonInteger = Field(0, ge=0, lt=BIGINT_END)
 
 
-class Refusal(BaseModel):
-    """Why a request was refused (FastAPI's error body)."""
+class PreviewLine(BaseModel):
+    """An invoice line: one the run would write, or one of the current draft."""
 
-    detail: str
+    line_type: LineType
+    source_id: int = Field(description="The lease (rent) or recurring charge the line bills")
+    description: str | None
+    service_period_start: date | None
+    service_period_end: date | None
+    amount: str = Field(description="A decimal string, two decimals")
+
+
+class PreviewChange(PreviewLine):
+    """A line added, removed or changed between the current draft and the preview."""
+
+    change: Literal["added", "removed", "changed"]
+    previous_amount: str | None = Field(None, description="changed: the current draft's amount")
+
+
+class CurrentInvoice(BaseModel):
+    invoice_id: int
+    status: InvoiceStatus
+    total: str = Field(description="A decimal string, two decimals")
+
+
+class LeasePreview(BaseModel):
+    """One lease: what the run would bill it, beside its current invoice of the period."""
+
+    lease_id: int
+    unit_label: str | None
+    outcome: LeaseOutcome
+    error: str | None = Field(description="Why the lease would not be billed (outcome failed)")
+    lines: list[PreviewLine] = Field(description="Empty when the run would leave the lease alone")
+    total: str | None = Field(description="null when the run would leave the lease alone (failed, or not a draft)")
+    current: CurrentInvoice | None = Field(description="The lease's invoice of the period now; null: none")
+    current_lines: list[PreviewLine]
+    changes: list[PreviewChange]
+    difference: str | None = Field(description="total minus the current invoice's total (total without one)")
+
+
+class PreviewSummary(BaseModel):
+    """What the run would record for the organization (an `invoice_runs` row's counts)."""
+
+    organization_id: int
+    status: RunStatus
+    total_leases: int
+    success_count: int
+    skipped_count: int
+    failure_count: int
+    errors: list[LeaseError]
+    invoices_created: int
+    invoices_updated: int
+    invoices_unchanged: int
+    stale_drafts_removed: int
+    statements_billed: int
+    amount_billed: str = Field(description="A decimal string, two decimals")
+
+
+class OrganizationPreview(BaseModel):
+    organization_id: int
+    billing_period_start: date
+    billing_period_end: date
+    proration_method: ProrationMethod
+    summary: PreviewSummary
+    limit: int
+    offset: int
+    leases: list[LeasePreview] = Field(description="A page of the organization's leases (limit, offset)")
+
+
+class Preview(BaseModel):
+    organizations: list[OrganizationPreview] = Field(description="In the order of the request's organization_ids")
 
 
 # Billing settings: /api/organizations/billing-settings, /api/organizations/{organization_id}/billing-settings[/audit]
@@ -224,6 +358,11 @@ UTILITY_WEEKDAY_DESCRIPTION = "ISO weekday (1 = Monday to 7 = Sunday) of its own
 UTILITY_HOUR_DESCRIPTION = "Local hour (0 to 23) of its own utility run; set together with utility_schedule_weekday"
 
 
+def _bounds(accepted: range) -> dict:
+    """The JSON Schema bounds of a whole number in `accepted` (null passes them: they apply to numbers only)."""
+    return {"minimum": accepted.start, "maximum": accepted.stop - 1}
+
+
 class OrganizationBillingSettings(BaseModel):
     organization_id: int
     name: str | None
@@ -252,20 +391,32 @@ class BillingSettingsChange(BaseModel):
     """The organization's settings as they should be. The hold, its reason and the method are always set (one
     left out takes its default); a schedule field left out keeps its stored value, one sent as null clears it."""
 
+    # A field the API does not know is refused (422 naming it), not ignored: a misspelt one would silently not apply.
+    model_config = ConfigDict(extra="forbid")
+
     billing_hold: StrictBool = Field(description="true: runs for all organizations do not bill it")
-    hold_reason: str | None = Field(None, description="Required (non-empty) with a hold; cleared without one")
+    hold_reason: str | None = Field(
+        None, description=f"Required with a hold: text of 1 to {MAX_HOLD_REASON} characters; cleared without one"
+    )
+    # The method, the ranges and the pairs are checked by the engine, whose refusal names the field, the value and
+    # what is accepted; the document states the same method names and ranges (tentman.billing.schedules).
     proration_method: str | None = Field(
-        None, description=f"One of {PRORATION_METHODS}; null: the platform default ({DEFAULT_PRORATION_METHOD.value})"
+        None,
+        description=f"One of {PRORATION_METHODS}; null: the platform default ({DEFAULT_PRORATION_METHOD.value})",
+        json_schema_extra={"enum": [*(m.value for m in ProrationMethod), None]},
     )
-    # Ranges and pairs are checked by the engine, whose refusal names the field, the value and what is accepted.
     timezone: str | None = Field(None, description=f"{TIMEZONE_DESCRIPTION}. Left out: unchanged")
-    rent_schedule_day: StrictInt | None = Field(None, description=f"{RENT_DAY_DESCRIPTION}. Left out: unchanged")
-    rent_schedule_hour: StrictInt | None = Field(None, description=f"{RENT_HOUR_DESCRIPTION}. Left out: unchanged")
-    utility_schedule_weekday: StrictInt | None = Field(
-        None, description=f"{UTILITY_WEEKDAY_DESCRIPTION}. Left out: unchanged"
+    rent_schedule_day: JsonInteger | None = Field(
+        None, description=f"{RENT_DAY_DESCRIPTION}. Left out: unchanged", json_schema_extra=_bounds(RENT_DAYS)
     )
-    utility_schedule_hour: StrictInt | None = Field(
-        None, description=f"{UTILITY_HOUR_DESCRIPTION}. Left out: unchanged"
+    rent_schedule_hour: JsonInteger | None = Field(
+        None, description=f"{RENT_HOUR_DESCRIPTION}. Left out: unchanged", json_schema_extra=_bounds(HOURS)
+    )
+    utility_schedule_weekday: JsonInteger | None = Field(
+        None, description=f"{UTILITY_WEEKDAY_DESCRIPTION}. Left out: unchanged", json_schema_extra=_bounds(ISO_WEEKDAYS)
+    )
+    utility_schedule_hour: JsonInteger | None = Field(
+        None, description=f"{UTILITY_HOUR_DESCRIPTION}. Left out: unchanged", json_schema_extra=_bounds(HOURS)
     )
 
 

@@ -23,17 +23,19 @@ from tentman.db import UnitOfWork
 from tentman.names import ProrationMethod, RunType
 from tentman.ui import queries
 from tentman.ui.deps import (
+    json_body,
     read_only_connection,
     requires_billing_settings_editor,
     requires_reading_runs,
     tentman_db_engine,
 )
 from tentman.ui.models import (
-    BIGINT_MAX,
+    BIGINT_END,
     AuditEntry,
     BillingSettingsChange,
     OrganizationBillingSettings,
     SettingsChangeResult,
+    error_responses,
 )
 from tentman.ui.schedule import default_crons, next_run, next_tick, schedule_of
 
@@ -67,12 +69,12 @@ def list_billing_settings(conn=Depends(read_only_connection)) -> list[Organizati
     "/api/organizations/{organization_id}/billing-settings",
     response_model=SettingsChangeResult,
     summary="Change an organization's billing settings (needs the right to change Airflow Variables)",
-    responses={403: {"description": "Not allowed"}, 404: {"description": "No such organization"}},
+    responses=error_responses(404, 415, 422),
 )
 def put_billing_settings(
-    body: BillingSettingsChange,
-    organization_id: int = Path(ge=1, le=BIGINT_MAX),
+    organization_id: int = Path(ge=1, lt=BIGINT_END),
     user=Depends(requires_billing_settings_editor),
+    body: BillingSettingsChange = json_body(BillingSettingsChange),
 ) -> SettingsChangeResult:
     with UnitOfWork(tentman_db_engine(), statement_timeout="15s") as uow:
         try:
@@ -99,9 +101,10 @@ def put_billing_settings(
     response_model=list[AuditEntry],
     dependencies=[requires_reading_runs],
     summary="The organization's billing settings changes, newest first",
+    responses=error_responses(404, 422),
 )
 def get_billing_settings_audit(
-    organization_id: int = Path(ge=1, le=BIGINT_MAX), conn=Depends(read_only_connection)
+    organization_id: int = Path(ge=1, lt=BIGINT_END), conn=Depends(read_only_connection)
 ) -> list[AuditEntry]:
     try:
         billing_settings(conn, organization_id)

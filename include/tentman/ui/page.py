@@ -19,7 +19,7 @@ from tentman.names import (
     RunStatus,
     RunType,
 )
-from tentman.ui.deps import can_edit_billing_settings, current_user
+from tentman.ui.deps import CSRF_HEADER, CSRF_HEADER_VALUE, can_edit_billing_settings, current_user
 from tentman.ui.models import RECONCILIATION_IDS
 
 STATIC = Path(__file__).with_name("static")
@@ -51,7 +51,8 @@ def whoami(user=Depends(current_user)) -> dict:
 @functools.cache
 def _page_html() -> str:
     """The page, with the names it shows (DAG ids, run types, statuses, proration methods, what
-    each reconciliation check's ids are) from tentman.names and tentman.ui.models."""
+    each reconciliation check's ids are) from tentman.names and tentman.ui.models, and the header its
+    requests that change something send (tentman.ui.deps)."""
     names = {
         "rent_dag_id": RENT_DAG_ID,
         "utility_dag_id": UTILITY_DAG_ID,
@@ -65,5 +66,6 @@ def _page_html() -> str:
         "proration_methods": [method.value for method in ProrationMethod],
         "default_proration_method": DEFAULT_PRORATION_METHOD.value,
         "reconciliation_ids": RECONCILIATION_IDS,
+        "change_headers": {"Content-Type": "application/json", CSRF_HEADER: CSRF_HEADER_VALUE},
     }
     return (STATIC / "index.html").read_text().replace("__TENTMAN_NAMES__", json.dumps(names))

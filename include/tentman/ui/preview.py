@@ -17,8 +17,8 @@ from tentman.billing.preview import (
 )
 from tentman.db import UnitOfWork
 from tentman.ui import queries
-from tentman.ui.deps import requires_triggering_rent, tentman_db_engine
-from tentman.ui.models import PreviewRequest, Refusal
+from tentman.ui.deps import json_body, requires_triggering_rent, tentman_db_engine
+from tentman.ui.models import Error, Preview, PreviewRequest, error_responses
 
 router = APIRouter()
 
@@ -28,24 +28,26 @@ _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying ag
 
 @router.post(
     "/api/preview",
+    response_model=Preview,
     dependencies=[requires_triggering_rent],
     summary="What a rent run would write, written nowhere",
     responses={
+        **error_responses(415, 422),
         409: {
-            "model": Refusal,
+            "model": Error,
             "description": "A billing run of one of the organizations is in progress, or started and took "
             "precedence over the preview",
             "headers": _RETRY_AFTER,
         },
         429: {
-            "model": Refusal,
+            "model": Error,
             "description": f"Previews are limited to {MAX_CONCURRENT_PREVIEWS} at a time, and that many are running",
             "headers": _RETRY_AFTER,
         },
-        503: {"model": Refusal, "description": "The preview reached its time limit"},
+        503: {"model": Error, "description": "The preview reached its time limit"},
     },
 )
-def preview(body: PreviewRequest) -> dict:
+def preview(body: PreviewRequest = json_body(PreviewRequest)) -> dict:
     period = BillingPeriod.parse(body.billing_month)
     with UnitOfWork(tentman_db_engine(), read_only=True) as uow:
         known = set(queries.existing_organization_ids(uow.connection, body.organization_ids))

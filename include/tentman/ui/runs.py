@@ -12,19 +12,29 @@ from tentman.billing.periods import BillingPeriod
 from tentman.names import BILL_ORGANIZATION_TASK, BILLING_MONTH_PATTERN, RunStatus, RunType, organization_label
 from tentman.ui import queries
 from tentman.ui.deps import read_only_connection, requires_reading_runs
-from tentman.ui.models import BIGINT_MAX, Duration, MonthFailures, MonthInvoices, Organization, Run, RunPage, Trends
+from tentman.ui.models import (
+    BIGINT_END,
+    Duration,
+    MonthFailures,
+    MonthInvoices,
+    Organization,
+    Run,
+    RunPage,
+    Trends,
+    error_responses,
+)
 
 router = APIRouter(dependencies=[requires_reading_runs])
 
 
-@router.get("/api/runs", response_model=RunPage, summary="Invoice runs, newest first")
+@router.get("/api/runs", response_model=RunPage, summary="Invoice runs, newest first", responses=error_responses(422))
 def list_runs(
-    organization_id: int | None = Query(None, ge=1, le=BIGINT_MAX),
+    organization_id: int | None = Query(None, ge=1, lt=BIGINT_END),
     billing_month: str | None = Query(None, pattern=BILLING_MONTH_PATTERN),
     status: RunStatus | None = None,
     run_type: RunType | None = None,
     limit: int = Query(50, ge=1, le=200),
-    offset: int = Query(0, ge=0, le=BIGINT_MAX),
+    offset: int = Query(0, ge=0, lt=BIGINT_END),
     conn=Depends(read_only_connection),
 ) -> RunPage:
     period = BillingPeriod.parse(billing_month).start if billing_month else None
@@ -41,8 +51,8 @@ def list_runs(
     return RunPage(total=total, limit=limit, offset=offset, items=[_run(r, urls[r.id]) for r in rows])
 
 
-@router.get("/api/runs/{run_id}", response_model=Run, summary="One invoice run")
-def get_run(run_id: int = Path(ge=1, le=BIGINT_MAX), conn=Depends(read_only_connection)) -> Run:
+@router.get("/api/runs/{run_id}", response_model=Run, summary="One invoice run", responses=error_responses(404, 422))
+def get_run(run_id: int = Path(ge=1, lt=BIGINT_END), conn=Depends(read_only_connection)) -> Run:
     row = queries.get_run(conn, run_id)
     if row is None:
         raise HTTPException(404, f"invoice run {run_id} does not exist")
@@ -54,7 +64,7 @@ def list_organizations(conn=Depends(read_only_connection)) -> list[Organization]
     return [Organization(**dict(r._mapping)) for r in queries.organizations(conn)]
 
 
-@router.get("/api/trends", response_model=Trends, summary="Trends over the last months")
+@router.get("/api/trends", response_model=Trends, summary="Trends over the last months", responses=error_responses(422))
 def trends(months: int = Query(12, ge=1, le=60), conn=Depends(read_only_connection)) -> Trends:
     # The first day of the month `months - 1` months ago: the window ends with the current month.
     first = pendulum.today("UTC").start_of("month").subtract(months=months - 1)

@@ -27,7 +27,7 @@ from tentman.billing.schedules import OrganizationSchedule, next_occurrence, occ
 from tentman.names import RunType
 from tentman.ui import queries
 from tentman.ui.deps import read_only_connection, requires_reading_runs
-from tentman.ui.models import NextRun, Schedule, ScheduledRun
+from tentman.ui.models import NextRun, Schedule, ScheduledRun, error_responses
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ def upcoming_runs(
     "/api/schedule",
     response_model=Schedule,
     summary="The billing runs due in the next days: default cron ticks and organizations' own due times",
+    responses=error_responses(422),
 )
 def get_schedule(
     days: int = Query(30, ge=1, le=90, description="How many days ahead, 1 to 90"),
