@@ -9,6 +9,7 @@ The task functions are named `*_task` so that they are not mistaken for the step
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import timedelta
 
@@ -316,21 +317,59 @@ def _billing_dag_frame(*, dag_id: str, schedule: str | None, params: dict, doc_m
     )
 
 
-def _organization_tasks():
-    return bill_organization_task.override(**_organization_task_settings(organization_task_policy()))
+def _organization_tasks(bill_organization=bill_organization_task):
+    return bill_organization.override(**_organization_task_settings(organization_task_policy()))
+
+
+def same_task(decorated, function):
+    """The task `decorated` declares (its id, name, retries, trigger rule, callbacks, mapping label)
+    running `function` instead of its own body."""
+    return task(**decorated.kwargs, multiple_outputs=decorated.multiple_outputs)(function)
+
+
+@dataclasses.dataclass(frozen=True)
+class BillingTasks:
+    """The steps of a run-type billing DAG, by role. The benchmark's control DAG is this DAG with
+    other bodies (`with_bodies`): the same frame, settings and graph, nothing billed."""
+
+    resolve_period: object
+    list_organizations: object
+    bill_organization: object
+    record_runs: object
+    reconcile: object
+
+    def with_bodies(self, **functions) -> BillingTasks:
+        """These tasks, those named (by role) running the given functions (same signatures)."""
+        return dataclasses.replace(self, **{role: same_task(getattr(self, role), f) for role, f in functions.items()})
+
+
+BILLING_TASKS = BillingTasks(
+    resolve_period=resolve_billing_period_task,
+    list_organizations=list_organizations_task,
+    bill_organization=bill_organization_task,
+    record_runs=record_invoice_runs_task,
+    reconcile=reconcile_invoice_runs_task,
+)
 
 
 def build_billing_dag(
-    *, dag_id: str, run_type: str, schedule: str | None, params: dict[str, Param], doc_md: str, tags: list[str]
+    *,
+    dag_id: str,
+    run_type: str,
+    schedule: str | None,
+    params: dict[str, Param],
+    doc_md: str,
+    tags: list[str],
+    tasks: BillingTasks = BILLING_TASKS,
 ) -> DAG:
     frame = _billing_dag_frame(
         dag_id=dag_id, schedule=schedule, params=params, doc_md=doc_md, tags=tags, weight=priority_weight(run_type)
     )
     with frame as dag:
-        run = resolve_billing_period_task(run_type)
-        organization_ids = list_organizations_task(run)
-        results = _organization_tasks().partial(run=run).expand(organization_id=organization_ids)
-        reconcile_invoice_runs_task(record_invoice_runs_task(run, organization_ids, results))
+        run = tasks.resolve_period(run_type)
+        organization_ids = tasks.list_organizations(run)
+        results = _organization_tasks(tasks.bill_organization).partial(run=run).expand(organization_id=organization_ids)
+        tasks.reconcile(tasks.record_runs(run, organization_ids, results))
     return dag
 
 
