@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from tentman.billing.leases import LeaseStatus
 from tentman.billing.periods import BillingPeriod
-from tentman.names import BILL_ORGANIZATION_TASK, DAG_IDS, RECONCILE_TASK, StatementStatus
+from tentman.names import BILL_ORGANIZATION_TASK, DAG_IDS, LIST_ORGANIZATIONS_TASK, RECONCILE_TASK, StatementStatus
 from tentman_dev.airflow_stack import (
     MAX_MAP_LENGTH,
     AirflowApi,
@@ -27,6 +27,7 @@ from tentman_dev.airflow_stack import (
     isolated_environment,
     write_passwords,
 )
+from tentman_dev.bench.control import CONTROL_DAG_ID, benchmark_dags_folder
 from tentman_dev.broker import EmbeddedBroker
 from tentman_dev.local import airflow_metadata_uri, ensure_database, with_database
 
@@ -230,7 +231,8 @@ def measured_stack(
     tmp: Path, admin: str, tentman_uri: str, *, executor: str = "local", workers: int = 2, concurrency: int, n: int
 ):
     """A live Airflow on a fresh metadata database with the benchmark settings, room for `n` mapped
-    tasks, both DAGs unpaused (they have no schedule here); yields the stack and a logged-in API."""
+    tasks, the bundle's DAGs and the control DAG unpaused (none has a schedule here); yields the
+    stack and a logged-in API."""
     airflow_db = f"airflow_{uuid.uuid4().hex[:6]}"
     ensure_database(admin, airflow_db)
     home = tmp / f"airflow-{executor}-{n}"
@@ -252,16 +254,19 @@ def measured_stack(
         broker_url=broker.url if broker else None,
         workers=workers,
         worker_concurrency=max(1, concurrency // max(1, workers)),
-        extra_env=measured_stack_settings(concurrency, n),
+        extra_env={
+            **measured_stack_settings(concurrency, n),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(benchmark_dags_folder(home / "dags")),
+        },
     )
     stack.migrate()
     stack.start()
     try:
         stack.wait_healthy(timeout=300)
-        for dag_id in DAG_IDS:
+        for dag_id in (*DAG_IDS, CONTROL_DAG_ID):
             stack.wait_for_dag(dag_id, timeout=300)
         api = AirflowApi(stack.base_url, "admin", passwords["admin"])
-        for dag_id in DAG_IDS:
+        for dag_id in (*DAG_IDS, CONTROL_DAG_ID):
             api.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
         yield stack, api
     finally:
@@ -329,3 +334,76 @@ def reconcile_phase(task_instances: list[dict], wall_s: float) -> dict:
     [ti] = [t for t in task_instances if t["task_id"] == RECONCILE_TASK]
     seconds = _seconds(ti["start_date"], ti["end_date"])
     return {"seconds": seconds, "state": ti["state"], "share": seconds / wall_s if wall_s else 0.0}
+
+
+# --- The control DAG beside billing (tentman_dev.bench.control): Airflow's floor, in the same run.
+
+# What the control is compared on: the run's wall time and overhead per mapped task, and the CPU
+# seconds per mapped task of each component.
+CONTROL_FIGURES = ("wall_s", "overhead_per_task_s")
+
+
+def listed_organizations(api, dag_id: str, run_id: str) -> list[int]:
+    """The organization ids a billing run listed (its listing task's XCom), in its order."""
+    task_instance = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{LIST_ORGANIZATIONS_TASK}"
+    response = api.client.get(f"{task_instance}/xcomEntries/return_value", params={"deserialize": True})
+    response.raise_for_status()
+    return response.json()["value"]
+
+
+def measured_control_run(api, sampler: ProcessSampler, billing: dict, timeout: float) -> tuple[dict, dict]:
+    """The control DAG over the organizations the billing run `billing` listed, on the same stack,
+    right after it: its outcome and CPU seconds by component, as measured_run gives them."""
+    run = billing["run"]
+    organization_ids = listed_organizations(api, run["dag_id"], run["dag_run_id"])
+    return measured_run(api, sampler, CONTROL_DAG_ID, {"organization_ids": organization_ids}, timeout)
+
+
+def _ratio(billing: float | None, control: float | None) -> float | None:
+    return round(billing / control, 2) if billing is not None and control else None
+
+
+def versus_control(figures: dict, billing: str, control: str = "control") -> dict:
+    """The ratios billing ÷ control of a run's summarized figures (summarize's keys, prefixed
+    `billing` and `control`): wall time, overhead per task, CPU-s per task of every component.
+    A component either side did not measure has no ratio (None)."""
+    ratios = {
+        f"{billing}_vs_{control}_{figure}": _ratio(
+            figures.get(f"{billing}_{figure}"), figures.get(f"{control}_{figure}")
+        )
+        for figure in CONTROL_FIGURES
+    }
+    billing_cpu, control_cpu = (
+        figures.get(f"{billing}_cpu_per_task_s", {}),
+        figures.get(f"{control}_cpu_per_task_s", {}),
+    )
+    ratios[f"{billing}_vs_{control}_cpu_per_task"] = {
+        component: _ratio(billing_cpu.get(component), control_cpu.get(component))
+        for component in sorted({*billing_cpu, *control_cpu})
+    }
+    return ratios
+
+
+def control_table(figures: dict, billing: str, control: str = "control") -> str:
+    """Billing beside the control as the benchmark prints it: one row per figure, with the ratio."""
+
+    def cell(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    ratios = versus_control(figures, billing, control)
+    rows = [
+        (label, figures.get(f"{billing}_{figure}"), figures.get(f"{control}_{figure}"),
+         ratios[f"{billing}_vs_{control}_{figure}"], digits)
+        for label, figure, digits in (("wall s", "wall_s", 1), ("overhead/task s", "overhead_per_task_s", 3))
+    ]  # fmt: skip
+    billing_cpu, control_cpu = (figures.get(f"{side}_cpu_per_task_s", {}) for side in (billing, control))
+    for component, ratio in ratios[f"{billing}_vs_{control}_cpu_per_task"].items():
+        rows.append((f"CPU-s/task {component}", billing_cpu.get(component), control_cpu.get(component), ratio, 3))
+    width = max(len(row[0]) for row in rows)
+    lines = [f"{'':<{width}} {billing:>10} {control:>10} {'ratio':>7}"]
+    for label, ours, floor, ratio, digits in rows:
+        lines.append(
+            f"{label:<{width}} {cell(ours, digits):>10} {cell(floor, digits):>10} "
+            f"{'-' if ratio is None else f'{ratio:.2f}×':>7}"
+        )
+    return "\n".join(lines)

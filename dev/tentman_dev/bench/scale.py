@@ -4,12 +4,14 @@ Generates a skewed population — by default 2,000 organizations (a few with 50,
 with tens to hundreds), 1,000,000 leases, recurring charges on a third, one in ten starting or
 ending mid-month, 200,000 pending utility statements — then, on a live Airflow (api-server,
 scheduler, dag-processor, triggerer; LocalExecutor; metadata on PostgreSQL), runs the rent DAG,
-the utility DAG and the rent DAG again (idempotent re-run) for one month, and reports wall time,
-engine time against Airflow overhead per mapped task, leases/s and statements/s, the raw COPY
-rate of the same output rows, peak memory of the scheduler and of the largest organization's
-task, and the database size. `--scale 0.1` runs a tenth of it. `--engine-only` skips Airflow: the
-engines bill the month for every organization, then the largest one is timed alone against the
-COPY floor of its rows.
+the control DAG (rent's with task bodies that do nothing, over the same organizations:
+tentman_dev.bench.control), the utility DAG and the rent DAG again (idempotent re-run) for one
+month, and reports wall time, engine time against Airflow overhead per mapped task, rent beside
+the control (wall time, overhead and CPU-s of each component per task, and their ratios),
+leases/s and statements/s, the raw COPY rate of the same output rows, peak memory of the
+scheduler and of the largest organization's task, and the database size. `--scale 0.1` runs a
+tenth of it. `--engine-only` skips Airflow: the engines bill the month for every organization,
+then the largest one is timed alone against the COPY floor of its rows.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from tentman_dev.bench.pipeline import (
     MONTH_PERIOD,
     NEXT_PERIOD,
     ProcessSampler,
+    control_table,
+    measured_control_run,
     measured_run,
     measured_stack,
     organization_sizes,
@@ -45,6 +49,7 @@ from tentman_dev.bench.pipeline import (
     postmaster_pid,
     summarize,
     ui_timings,
+    versus_control,
 )
 from tentman_dev.local import REPO_ROOT, ensure_database, server_uri, start_embedded_postgres, with_database
 
@@ -208,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
                 rent, cpu = measured_run(api, sampler, RENT_DAG_ID, conf, args.timeout)
                 figures.update(summarize("rent", engine, rent, "leases", sum(sizes), args.concurrency, cpu))
                 print(json.dumps(figures), flush=True)
+                # Airflow's floor: the control DAG over the same organizations, right after.
+                control, cpu = measured_control_run(api, sampler, rent, args.timeout)
+                figures.update(
+                    summarize("control", engine, control, "organizations", len(sizes), args.concurrency, cpu)
+                )
+                figures.update(versus_control(figures, "rent"))
+                print(control_table(figures, "rent"), flush=True)
                 # Organizations are mapped in id order (ids 1..n): an organization is at the index of its size.
                 for label, size in (("largest", max(sizes)), ("median", sorted(sizes)[len(sizes) // 2])):
                     xcom = (

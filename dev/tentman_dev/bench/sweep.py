@@ -2,9 +2,11 @@
 of organizations grows (not a test).
 
 For each N: N small organizations (`--leases-per-organization`, default 5), a fresh TentMan and
-metadata database, a fresh live Airflow on the chosen executor(s), one rent run. Overhead per
-mapped task = (run wall time − Σ engine seconds / concurrency) / N: what Airflow costs around the
-billing. Prints a table, writes the figures as JSON and the curve as a PNG next to them.
+metadata database, a fresh live Airflow on the chosen executor(s), one rent run, then one run of
+the control DAG over the same organizations (tentman_dev.bench.control: Airflow's floor). Overhead
+per mapped task = (run wall time − Σ engine seconds / concurrency) / N: what Airflow costs around
+the billing (the control bills nothing: its wall time / N). Prints a table, writes the figures as
+JSON and the curves (rent and control) as a PNG next to them.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from tentman.names import RENT_DAG_ID
 from tentman_dev.bench.pipeline import (
     MONTH,
     ProcessSampler,
+    control_table,
+    measured_control_run,
     measured_run,
     measured_stack,
     populate_organizations,
     postmaster_pid,
     summarize,
+    versus_control,
 )
 from tentman_dev.local import ensure_database, server_uri, start_embedded_postgres, with_database
 
@@ -55,9 +60,14 @@ def measure(n: int, leases: int, *, executor: str, workers: int, concurrency: in
                 sampler.start()
                 started = time.perf_counter()
                 outcome, cpu = measured_run(api, sampler, RENT_DAG_ID, {"billing_month": MONTH}, timeout)
-                sampler.stop.set()
                 figures = summarize("rent", engine, outcome, "leases", n * leases, concurrency, cpu)
                 figures["observed_s"] = round(time.perf_counter() - started, 1)
+                # Airflow's floor: the control DAG over the same organizations, right after.
+                control, cpu = measured_control_run(api, sampler, outcome, timeout)
+                sampler.stop.set()
+                figures.update(summarize("control", engine, control, "organizations", n, concurrency, cpu))
+                figures.update(versus_control(figures, "rent"))
+                print(control_table(figures, "rent"), flush=True)
             engine.dispose()
         finally:
             server.cleanup()
@@ -83,7 +93,8 @@ def resumable(path: Path, *, leases: int, concurrency: int) -> list[dict]:
 
 
 def chart(results: list[dict], path: Path) -> None:
-    """The overhead per mapped task against N, one line per executor."""
+    """The overhead per mapped task against N: per executor, rent's line and the control's (dashed,
+    same colour; points measured before the control ran have none)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,13 +102,22 @@ def chart(results: list[dict], path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(7, 4))
     for executor in sorted({r["executor"] for r in results}):
-        points = sorted(
-            (r["organizations"], r["rent_overhead_per_task_s"]) for r in results if r["executor"] == executor
+        of_executor = [r for r in results if r["executor"] == executor]
+        points = sorted((r["organizations"], r["rent_overhead_per_task_s"]) for r in of_executor)
+        [line] = axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{executor}: rent")
+        control = sorted(
+            (r["organizations"], r["control_overhead_per_task_s"])
+            for r in of_executor
+            if "control_overhead_per_task_s" in r
         )
-        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=executor)
+        if control:
+            axes.plot(
+                [p[0] for p in control], [p[1] for p in control], marker="s", linestyle="--",
+                color=line.get_color(), label=f"{executor}: control (empty tasks)",
+            )  # fmt: skip
     axes.set_xlabel("organizations (one mapped task each)")
     axes.set_ylabel("Airflow overhead per mapped task (s)")
-    axes.set_title("TentMan rent run: Airflow's cost per organization task")
+    axes.set_title("Rent run against the control: Airflow's cost per organization task")
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -109,7 +129,8 @@ def table(results: list[dict]) -> str:
     """One row per run, by size: the overhead per task against the same executor's smallest size,
     and against LocalExecutor at the same size."""
     lines = [
-        f"{'executor':<8} {'orgs':>6} {'wall s':>8} {'overhead/task s':>16} {'vs smallest':>12} {'vs local':>9}",
+        f"{'executor':<8} {'orgs':>6} {'wall s':>8} {'overhead/task s':>16} {'vs smallest':>12} {'vs local':>9} "
+        f"{'control wall s':>15} {'control/task s':>15} {'vs control':>11}",
     ]
     ordered = sorted(results, key=lambda r: (r["organizations"], r["executor"] != "local", r["executor"]))
     smallest: dict[str, float] = {}
@@ -119,9 +140,13 @@ def table(results: list[dict]) -> str:
         base = smallest.setdefault(r["executor"], overhead)
         vs_smallest = f"{overhead / base:.2f}×" if base else "-"
         vs_local = f"{overhead / local[r['organizations']]:.2f}×" if local.get(r["organizations"]) else "-"
+        control = r.get("control_overhead_per_task_s")
         lines.append(
             f"{r['executor']:<8} {r['organizations']:>6,} {r['rent_wall_s']:>8.1f} "
-            f"{overhead:>16.3f} {vs_smallest:>12} {vs_local:>9}"
+            f"{overhead:>16.3f} {vs_smallest:>12} {vs_local:>9} "
+            f"{'-' if control is None else format(r['control_wall_s'], '.1f'):>15} "
+            f"{'-' if control is None else format(control, '.3f'):>15} "
+            f"{f'{overhead / control:.2f}×' if control else '-':>11}"
         )
     return "\n".join(lines)
 
