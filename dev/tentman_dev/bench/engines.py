@@ -36,6 +36,7 @@ from tentman_dev.bench.common import (
     PERIOD,
     PairedRatio,
     Phase,
+    analyze,
     bench_server,
     bill_rent,
     clear_output,
@@ -120,6 +121,7 @@ def reset_statements(engine, organization_id: int) -> None:
     and lines deleted, the tables vacuumed."""
     output = utility_output(organization_id)
     with engine.begin() as conn:
+        analyze(conn, *output)
         # Unlinked first, so that deleting the lines does not write the statements one by one.
         conn.execute(
             sa.text("UPDATE utility_statements SET invoice_line_id = NULL WHERE organization_id = :organization_id"),
