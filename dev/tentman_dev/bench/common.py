@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import io
 import os
 import resource
+import statistics
 import tempfile
 import time
 import uuid
@@ -140,6 +142,90 @@ def timed_phase(engine):
     phase.wal_mb = float(written) / 2**20
 
 
+# How many times each engine and its floor run, alternately, by default (`--pairs`).
+DEFAULT_PAIRS = 3
+
+
+def pairs_argument(text: str) -> int:
+    """`--pairs`: a whole number of engine/floor pairs, at least 1."""
+    try:
+        pairs = int(text)
+    except ValueError:
+        pairs = 0
+    if pairs < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pairs, at least 1; got {text!r}")
+    return pairs
+
+
+@dataclasses.dataclass
+class PairedRatio:
+    """An engine and one of its floors timed as alternating pairs (engine, floor, engine, floor…) on
+    the same data, seconds per pair. The verdict is the median of the pairs' ratios (the floor's time
+    ÷ the engine's: above 1, the engine is faster than its floor), with their min–max: on a machine
+    whose speed drifts by a third within an hour, one pair is a draw, and a pair run back to back
+    shares the machine's minute."""
+
+    engine_s: list[float] = dataclasses.field(default_factory=list)
+    floor_s: list[float] = dataclasses.field(default_factory=list)
+
+    def add(self, engine_s: float, floor_s: float) -> None:
+        self.engine_s.append(engine_s)
+        self.floor_s.append(floor_s)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [floor / engine for engine, floor in zip(self.engine_s, self.floor_s, strict=True)]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def low(self) -> float:
+        return min(self.ratios)
+
+    @property
+    def high(self) -> float:
+        return max(self.ratios)
+
+    def pair_figures(self) -> list[dict[str, float]]:
+        """Each pair as the JSON line's `*_pairs` carries it."""
+        return [
+            {"engine_s": round(engine, 3), "floor_s": round(floor, 3), "ratio": round(floor / engine, 2)}
+            for engine, floor in zip(self.engine_s, self.floor_s, strict=True)
+        ]
+
+    def text(self) -> str:
+        """`0.93x (0.88-0.97x over 3 pairs)`: the verdict as the benchmarks print it."""
+        return f"{self.median:.2f}x ({self.low:.2f}-{self.high:.2f}x over {len(self.ratios)} pairs)"
+
+
+def median_rate(count: int, seconds: list[float]) -> int:
+    """Items per second, the median of the pairs' rates."""
+    return round(statistics.median(count / s for s in seconds))
+
+
+def median_stages(runs: list[StageTimings]) -> dict[str, float]:
+    """Seconds per stage, the median over the pairs' runs (the JSON line's `*_stages_s`)."""
+    names = dict.fromkeys(name for timings in runs for name in timings.seconds)
+    return {name: round(statistics.median(t.seconds[name] for t in runs if name in t.seconds), 3) for name in names}
+
+
+def median_parts(phases: list[Phase]) -> dict[str, dict[str, float]]:
+    """A floor's parts (seconds and WAL per table), the median over the pairs' floors."""
+    names = dict.fromkeys(name for phase in phases for name in phase.parts)
+    return {
+        name: {
+            figure: round(
+                statistics.median(p.parts[name][figure] for p in phases if name in p.parts),
+                3 if figure == "seconds" else 1,
+            )
+            for figure in ("seconds", "wal_mb")
+        }
+        for name in names
+    }
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -245,6 +331,25 @@ def load_rows(cur, table: str, rows: bytes) -> None:
     """COPY rows dumped by dump_rows back into `table`."""
     with cur.copy(f"COPY {table} FROM STDIN") as copy:
         copy.write(rows)
+
+
+def clear_output(engine, tables: list[str], where: dict[str, str]) -> None:
+    """Delete the rows of `tables` matching `where` (the last table first) and vacuum the tables: the
+    state an engine's run of a pair starts from, as its floor does (copy_floor)."""
+    with engine.begin() as conn:
+        analyze(conn, *tables)
+        for table in reversed(tables):
+            conn.exec_driver_sql(f"DELETE FROM {table} WHERE {where[table]}")
+    vacuum_analyze(engine, *tables)
+
+
+def analyze(conn, *tables: str) -> None:
+    """ANALYZE `tables` on `conn`, before a statement that selects the rows a phase has just written:
+    with the statistics of the tables as they were before (the rows deleted and the tables vacuumed),
+    the planner takes the semi-join of lines to invoices for a few rows and runs it as a nested loop
+    (seen: a DELETE of 200,000 utility lines still running after 10 minutes)."""
+    for table in tables:
+        conn.exec_driver_sql(f"ANALYZE {table}")
 
 
 def copy_floor(engine, tables: list[str], where: dict[str, str]) -> Phase:

@@ -11,7 +11,8 @@ the control (wall time, overhead and CPU-s of each component per task, and their
 leases/s and statements/s, the raw COPY rate of the same output rows, peak memory of the
 scheduler and of the largest organization's task, and the database size. `--scale 0.1` runs a
 tenth of it. `--engine-only` skips Airflow: the engines bill the month for every organization,
-then the largest one is timed alone against the COPY floor of its rows.
+then the largest one is timed alone against the COPY floor of its rows, as alternating pairs
+(`--pairs`, default 3; the ratio is their median).
 """
 
 from __future__ import annotations
@@ -34,7 +35,21 @@ from tentman.db import create_engine_from_uri
 from tentman.migrate import upgrade
 from tentman.names import BILL_ORGANIZATION_TASK, RENT_DAG_ID, UTILITY_DAG_ID, InvoiceType
 from tentman_dev.airflow_stack import executor_class
-from tentman_dev.bench.common import bill_rent, copy_floor, rounded_stages, stage_table, timed_phase, vacuum_analyze
+from tentman_dev.bench.common import (
+    DEFAULT_PAIRS,
+    PairedRatio,
+    Phase,
+    bill_rent,
+    clear_output,
+    copy_floor,
+    median_parts,
+    median_rate,
+    median_stages,
+    pairs_argument,
+    stage_table,
+    timed_phase,
+    vacuum_analyze,
+)
 from tentman_dev.bench.pipeline import (
     MONTH,
     MONTH_PERIOD,
@@ -54,42 +69,53 @@ from tentman_dev.bench.pipeline import (
 from tentman_dev.local import REPO_ROOT, ensure_database, server_uri, start_embedded_postgres, with_database
 
 
-def largest_organization_alone(engine, sizes: list[int]) -> dict:
+def largest_organization_alone(engine, sizes: list[int], pairs: int) -> dict:
     """The rent engine alone (no Airflow, nothing else running) on the largest organization, for the
-    next month, in the full-size database, against the COPY floor of the same rows, in one run."""
+    next month, in the full-size database, against the COPY floor of the same rows: `pairs`
+    alternating pairs (engine, floor, engine, floor…), each engine run from the month's invoices
+    deleted; the ratio is the median of the pairs."""
     largest = sizes.index(max(sizes)) + 1  # organizations have ids 1..n, in the order of `sizes`
-    timings = StageTimings()
-    with timed_phase(engine) as alone:
-        bill_rent(engine, largest, NEXT_PERIOD, timings=timings)
     # COPY (SELECT …) takes no bind parameters: the filter is SQL text, of values computed here.
     rows = (
         f"invoice_type = '{InvoiceType.RENT}' AND organization_id = {largest}"
         f" AND billing_period_start = DATE '{NEXT_PERIOD.start}'"
     )
-    floor = copy_floor(
-        engine,
-        ["invoices", "invoice_lines"],
-        {"invoices": rows, "invoice_lines": f"invoice_id IN (SELECT id FROM invoices WHERE {rows})"},
-    )
-    print(stage_table({"largest alone": alone.seconds}, {"largest alone": timings}), flush=True)
-    print(
-        f"largest organization alone: {max(sizes):,} leases in {alone.seconds:.2f}s ({alone.wal_mb:,.0f} MB of WAL); "
-        f"COPY floor {floor.seconds:.2f}s ({floor.wal_mb:,.0f} MB: {floor.parts_text()}) "
-        f"({floor.seconds / alone.seconds:.2f}x)",
-        flush=True,
-    )
+    output = {"invoices": rows, "invoice_lines": f"invoice_id IN (SELECT id FROM invoices WHERE {rows})"}
+    tables = list(output)
+    paired = PairedRatio()
+    runs: list[Phase] = []
+    floors: list[Phase] = []
+    stages: dict[str, StageTimings] = {}
+    for pair in range(1, pairs + 1):
+        clear_output(engine, tables, output)
+        timings = stages[f"pair {pair}"] = StageTimings()
+        with timed_phase(engine) as alone:
+            bill_rent(engine, largest, NEXT_PERIOD, timings=timings)
+        floor = copy_floor(engine, tables, output)
+        paired.add(alone.seconds, floor.seconds)
+        runs.append(alone)
+        floors.append(floor)
+        print(
+            f"largest organization alone, pair {pair}/{pairs}: {max(sizes):,} leases in {alone.seconds:.2f}s "
+            f"({alone.wal_mb:,.0f} MB of WAL); COPY floor {floor.seconds:.2f}s ({floor.wal_mb:,.0f} MB: "
+            f"{floor.parts_text()}) ({paired.ratios[-1]:.2f}x)",
+            flush=True,
+        )
+    print(stage_table({f"pair {i}": run.seconds for i, run in enumerate(runs, 1)}, stages), flush=True)
+    print(f"largest organization alone against its COPY floor: {paired.text()}", flush=True)
     return {
-        "largest_org_engine_alone_leases_per_s": round(max(sizes) / alone.seconds),
-        "largest_org_copy_floor_leases_per_s": round(max(sizes) / floor.seconds),
-        "largest_org_vs_copy_floor": round(floor.seconds / alone.seconds, 2),
-        "largest_org_wal_mb": round(alone.wal_mb, 1),
-        "largest_org_copy_floor_wal_mb": round(floor.wal_mb, 1),
-        "largest_org_copy_floor_parts": floor.parts,
-        "largest_org_stages_s": rounded_stages(timings),
+        "largest_org_engine_alone_leases_per_s": median_rate(max(sizes), paired.engine_s),
+        "largest_org_copy_floor_leases_per_s": median_rate(max(sizes), paired.floor_s),
+        "largest_org_vs_copy_floor": round(paired.median, 2),
+        "largest_org_vs_copy_floor_pairs": paired.pair_figures(),
+        "largest_org_wal_mb": round(statistics.median(run.wal_mb for run in runs), 1),
+        "largest_org_copy_floor_wal_mb": round(statistics.median(floor.wal_mb for floor in floors), 1),
+        "largest_org_copy_floor_parts": median_parts(floors),
+        "largest_org_stages_s": median_stages(list(stages.values())),
     }
 
 
-def engines_only(engine, sizes: list[int]) -> dict:
+def engines_only(engine, sizes: list[int], pairs: int) -> dict:
     """`--engine-only`: the month billed for every organization by the engines directly (the state
     the live runs leave), then the largest organization alone against its floor."""
     started = time.perf_counter()
@@ -103,7 +129,7 @@ def engines_only(engine, sizes: list[int]) -> dict:
         "organizations": len(sizes),
         "leases": sum(sizes),
         "largest_organization_leases": max(sizes),
-        **largest_organization_alone(engine, sizes),
+        **largest_organization_alone(engine, sizes, pairs),
     }
 
 
@@ -129,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         "--engine-only",
         action="store_true",
         help="no Airflow: bill the month with the engines directly, then time the largest organization alone",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=pairs_argument,
+        default=DEFAULT_PAIRS,
+        help=f"the largest organization alone: engine/floor pairs, run alternately (default {DEFAULT_PAIRS})",
     )
     parser.add_argument(
         "--timeout",
@@ -191,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
             if args.engine_only:
-                figures = engines_only(engine, sizes)
+                figures = engines_only(engine, sizes, args.pairs)
                 engine.dispose()
                 print(json.dumps(figures))
                 return 0
@@ -249,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures["database_size_mb"] = round(
                         conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar() / 2**20
                     )
-                figures.update(largest_organization_alone(engine, sizes))
+                figures.update(largest_organization_alone(engine, sizes, args.pairs))
                 engine.dispose()
         finally:
             server.cleanup()
