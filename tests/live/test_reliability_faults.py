@@ -18,7 +18,8 @@ import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization
 from support.live import Api, live_stack, make_slow, poll
-from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID
+from tentman.billing.locking import organization_lock_key
+from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID, InvoiceType
 from tentman_dev.local import server_uri, start_embedded_postgres
 
 pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.reliability]
@@ -179,11 +180,19 @@ def test_second_backfill_over_the_same_months_is_refused_then_reprocesses_cleanl
     orgs = orgs_with_leases(engine, "Backfills", [10])
     conf = f'{{"organization_ids": {orgs}}}'
     window = ["--from-date", "2026-09-01", "--to-date", "2026-10-31", "--dag-run-conf", conf]  # bills Oct and Nov
-    first = stack.airflow("backfill", "create", "--dag-id", RENT_DAG_ID, *window, check=False)
-    assert first.returncode == 0, first.stderr
-    second = stack.airflow(
-        "backfill", "create", "--dag-id", RENT_DAG_ID, *window, "--reprocess-behavior", "completed", check=False
-    )
+    # The first backfill stays running while the second is created: the organization's billing lock
+    # is held here until then (else, on a loaded machine, the second command's seconds of importing
+    # Airflow can outlast the whole first backfill, and the second is rightly accepted).
+    with engine.connect() as holder, holder.begin():
+        holder.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": organization_lock_key(InvoiceType.RENT, orgs[0])},
+        )
+        first = stack.airflow("backfill", "create", "--dag-id", RENT_DAG_ID, *window, check=False)
+        assert first.returncode == 0, first.stderr
+        second = stack.airflow(
+            "backfill", "create", "--dag-id", RENT_DAG_ID, *window, "--reprocess-behavior", "completed", check=False
+        )
     assert second.returncode != 0 and "There can be only one running backfill per Dag" in second.stderr
 
     def backfills_done():
