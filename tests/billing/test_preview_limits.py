@@ -46,7 +46,10 @@ def preview_sessions(engine) -> list[int]:
     with engine.connect() as conn:
         return list(
             conn.execute(
-                sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :name"),
+                # This test's database only: under -n 2 another test's previews run beside it.
+                sa.text(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = :name AND datname = current_database()"
+                ),
                 {"name": PREVIEW_APPLICATION_NAME},
             ).scalars()
         )
@@ -56,7 +59,10 @@ def end_preview_sessions(engine) -> None:
     """Clean-up after a failure: end what a run should have ended, so the test's threads finish."""
     with engine.connect() as conn:
         conn.execute(
-            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = :name"),
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = :name AND datname = current_database()"
+            ),
             {"name": PREVIEW_APPLICATION_NAME},
         )
 
