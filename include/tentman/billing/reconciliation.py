@@ -6,13 +6,16 @@ The checks (CHECKS), each a verdict and, for a violation, the offending ids (the
 a count):
 
 - `rent_coverage` (rent runs): every lease billable for the period — the rent engine's own rule,
-  tentman.billing.rent.RENT_LEASES_OF_PERIOD — has exactly one rent invoice for the period in any
-  status, or is named in the run's `invoice_runs.errors`; and no draft rent invoice of the period is
-  for a lease that is not billable. Ids: leases.
+  tentman.billing.rent.RENT_LEASES_OF_PERIOD — has a rent invoice for the period in any status, or
+  is named in the run's `invoice_runs.errors`; and no draft rent invoice of the period is for a lease
+  that is not billable. (It has at most one: the contract's unique key
+  `invoices_one_per_lease_type_period`, which every run checks before it starts.) Ids: leases.
 - `utility_coverage` (utility runs): every finalized statement of the organization the run should
   have billed (finalized by the time the run started, ending by the period's end) is linked to a
   utility line that bills it (its `source_id`) for the statement's amount, or its lease is named in
-  the errors; no statement is on two lines and no line is linked from two statements. Ids: statements.
+  the errors (the utility engine's rule for a bad statement, tentman.billing.utility.UTILITY_STATEMENT_ERROR,
+  among the reasons); and no line is linked from two statements. (No statement is on two lines: the
+  contract's unique key `invoice_lines_utility_statement_once`.) Ids: statements.
 - `totals`: each draft invoice of the organization, type and period has `subtotal` and `total`
   equal to the sum of its lines, and at least one line. Ids: invoices.
 - `hands_off`: no `issued`, `paid` or `void` invoice of the organization, nor a line of one, was
@@ -29,6 +32,9 @@ a count):
 
 Only organizations the run billed are reconciled (`completed`, `completed_with_errors`): a failed
 organization billed nothing and has its own alert; one on hold was not billed.
+
+The checks share one read of the organization's rows of the period, staged in temporary tables
+(_STAGING) as the engines stage theirs; docs/scaling.md, "The cost of reconciliation", has the cost.
 """
 
 from __future__ import annotations
