@@ -68,6 +68,8 @@ RENT_COVERAGE, UTILITY_COVERAGE, TOTALS, HANDS_OFF, COUNTS = (
     "counts",
 )
 CHECKS = (RENT_COVERAGE, UTILITY_COVERAGE, TOTALS, HANDS_OFF, COUNTS)
+# The name the staging of the rows the checks share is timed under (StageTimings), before the checks'.
+STAGE = "stage"
 CHECKS_OF_RUN = {
     RunType.MONTHLY_RENT: (RENT_COVERAGE, TOTALS, HANDS_OFF, COUNTS),
     RunType.UTILITY: (UTILITY_COVERAGE, TOTALS, HANDS_OFF, COUNTS),
@@ -229,7 +231,7 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
     # The rows the checks share, read once (_STAGING): the organization's invoices of the period, and
     # its leases of the period (rent) or its statements due (utility).
     use_staging_buffers(conn)
-    with clock.stage("stage"):
+    with clock.stage(STAGE):
         for statement in _STAGING[RunType(run.run_type)]:
             conn.execute(sa.text(statement), params)
         params.update(conn.execute(sa.text(_ID_RANGES[RunType(run.run_type)]), params).one()._asdict())
