@@ -192,6 +192,54 @@ def test_a_statement_whose_line_was_deleted_is_lost(engine, utility_org):
     assert verdicts([result])[org]["utility_coverage"] == [s2]
 
 
+def test_statements_sharing_a_line_are_named_whoever_the_other_statement_is(engine, utility_org):
+    org, lease, s1, s2, bad = utility_org
+    [clean] = run_steps(engine, RunType.UTILITY, UTILITY_TICK, "u1")
+    assert clean.ok, clean.describe()
+    with engine.begin() as conn:
+        other_org = add_organization(conn, "Elsewhere")
+        stray = add_statement(conn, other_org, add_lease(conn, other_org, date(2025, 1, 1)), "41.17", status="draft")
+        # Another organization's draft statement linked to s1's line (a hand-made link): s1 shares its line.
+        conn.execute(
+            sa.text(
+                "UPDATE utility_statements SET invoice_line_id = "
+                "(SELECT invoice_line_id FROM utility_statements WHERE id = :s1) WHERE id = :stray"
+            ),
+            {"s1": s1, "stray": stray},
+        )
+    [result] = reconcile_period(engine, run_type=RunType.UTILITY, period=_february())
+    assert verdicts([result]) == {org: {"utility_coverage": [s1]}}
+
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE utility_statements SET invoice_line_id = NULL WHERE id = :s"), {"s": stray})
+        # s2 moved onto s1's line: s2 is on a line that does not bill it, s1 shares its line with s2.
+        conn.execute(
+            sa.text(
+                "UPDATE utility_statements SET invoice_line_id = "
+                "(SELECT invoice_line_id FROM utility_statements WHERE id = :s1) WHERE id = :s2"
+            ),
+            {"s1": s1, "s2": s2},
+        )
+    [result] = reconcile_period(engine, run_type=RunType.UTILITY, period=_february())
+    assert verdicts([result]) == {org: {"utility_coverage": sorted([s1, s2])}}
+
+
+def test_a_utility_line_amount_edited_names_its_statement_and_its_invoice(engine, utility_org):
+    org, lease, s1, s2, bad = utility_org
+    [clean] = run_steps(engine, RunType.UTILITY, UTILITY_TICK, "u1")
+    assert clean.ok, clean.describe()
+    with engine.begin() as conn:
+        invoice = conn.execute(
+            sa.text(
+                "UPDATE invoice_lines SET amount = amount + 1 WHERE line_type = 'utility' AND source_id = :s "
+                "RETURNING invoice_id"
+            ),
+            {"s": s2},
+        ).scalar_one()
+    [result] = reconcile_period(engine, run_type=RunType.UTILITY, period=_february())
+    assert verdicts([result]) == {org: {"utility_coverage": [s2], "totals": [invoice]}}
+
+
 def _february():
     from tentman.billing.periods import BillingPeriod
 

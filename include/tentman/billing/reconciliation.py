@@ -6,13 +6,16 @@ The checks (CHECKS), each a verdict and, for a violation, the offending ids (the
 a count):
 
 - `rent_coverage` (rent runs): every lease billable for the period — the rent engine's own rule,
-  tentman.billing.rent.RENT_LEASES_OF_PERIOD — has exactly one rent invoice for the period in any
-  status, or is named in the run's `invoice_runs.errors`; and no draft rent invoice of the period is
-  for a lease that is not billable. Ids: leases.
+  tentman.billing.rent.RENT_LEASES_OF_PERIOD — has a rent invoice for the period in any status, or
+  is named in the run's `invoice_runs.errors`; and no draft rent invoice of the period is for a lease
+  that is not billable. (It has at most one: the contract's unique key
+  `invoices_one_per_lease_type_period`, which every run checks before it starts.) Ids: leases.
 - `utility_coverage` (utility runs): every finalized statement of the organization the run should
   have billed (finalized by the time the run started, ending by the period's end) is linked to a
   utility line that bills it (its `source_id`) for the statement's amount, or its lease is named in
-  the errors; no statement is on two lines and no line is linked from two statements. Ids: statements.
+  the errors (the utility engine's rule for a bad statement, tentman.billing.utility.UTILITY_STATEMENT_ERROR,
+  among the reasons); and no line is linked from two statements. (No statement is on two lines: the
+  contract's unique key `invoice_lines_utility_statement_once`.) Ids: statements.
 - `totals`: each draft invoice of the organization, type and period has `subtotal` and `total`
   equal to the sum of its lines, and at least one line. Ids: invoices.
 - `hands_off`: no `issued`, `paid` or `void` invoice of the organization, nor a line of one, was
@@ -29,6 +32,9 @@ a count):
 
 Only organizations the run billed are reconciled (`completed`, `completed_with_errors`): a failed
 organization billed nothing and has its own alert; one on hold was not billed.
+
+The checks share one read of the organization's rows of the period, staged in temporary tables
+(_STAGING) as the engines stage theirs; docs/scaling.md, "The cost of reconciliation", has the cost.
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ from sqlalchemy.engine import Connection
 
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.rent import RENT_LEASE_BINDS, RENT_LEASES_OF_PERIOD
+from tentman.billing.staging import analyze_staging, use_staging_buffers
 from tentman.billing.timing import StageTimings, stage_clock
+from tentman.billing.utility import UTILITY_STATEMENT_ERROR
 from tentman.names import (
     RECONCILIATIONS_TABLE,
     InvoiceStatus,
@@ -60,6 +68,8 @@ RENT_COVERAGE, UTILITY_COVERAGE, TOTALS, HANDS_OFF, COUNTS = (
     "counts",
 )
 CHECKS = (RENT_COVERAGE, UTILITY_COVERAGE, TOTALS, HANDS_OFF, COUNTS)
+# The name the staging of the rows the checks share is timed under (StageTimings), before the checks'.
+STAGE = "stage"
 CHECKS_OF_RUN = {
     RunType.MONTHLY_RENT: (RENT_COVERAGE, TOTALS, HANDS_OFF, COUNTS),
     RunType.UTILITY: (UTILITY_COVERAGE, TOTALS, HANDS_OFF, COUNTS),
@@ -67,6 +77,8 @@ CHECKS_OF_RUN = {
 # The statuses of an organization's row that say the run billed it.
 RECONCILED_STATUSES = (RunStatus.COMPLETED, RunStatus.COMPLETED_WITH_ERRORS)
 MAX_IDS = 100
+# The work memory of each of the reconciliation's sorts and hashes (one transaction at a time).
+RECONCILIATION_WORK_MEM = "64MB"
 _XID_SPACE = 2**32
 
 
@@ -179,6 +191,12 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
     # of rows the run has just written, are priced high enough to JIT-compile the statements, which
     # cost more than running them (utility_coverage: 1.6 s of JIT for 0.1 s of work at 20,000).
     conn.execute(sa.text("SET LOCAL jit = off"))
+    # Their hash joins and aggregates hold one row per lease or statement of the organization: with the
+    # server's default work memory (4 MB) they spilled to disk in batches at 200,000.
+    conn.execute(sa.text(f"SET LOCAL work_mem = '{RECONCILIATION_WORK_MEM}'"))
+    # `totals` sums the lines per invoice: streamed from the lines' index in invoice order, half the
+    # time of a hash of 200,000 numeric sums (86 MB), which the planner preferred.
+    conn.execute(sa.text("SET LOCAL enable_hashagg = off"))
     run = conn.execute(sa.text("SELECT * FROM invoice_runs WHERE id = :id"), {"id": invoice_run_id}).one()
     window = conn.execute(
         sa.text(
@@ -210,6 +228,13 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
         "organization_id": run.organization_id,
         **RENT_LEASE_BINDS,
     }
+    # The rows the checks share, read once (_STAGING): the organization's invoices of the period, and
+    # its leases of the period (rent) or its statements due (utility).
+    use_staging_buffers(conn)
+    with clock.stage(STAGE):
+        for statement in _STAGING[RunType(run.run_type)]:
+            conn.execute(sa.text(statement), params)
+        params.update(conn.execute(sa.text(_ID_RANGES[RunType(run.run_type)]), params).one()._asdict())
     checks = []
     for check in CHECKS_OF_RUN[RunType(run.run_type)]:
         if check == HANDS_OFF and window.started_xid is None:
@@ -227,6 +252,8 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
         run.dag_run_id,
         checks,
     )
+    # Dropped now rather than at commit: a caller may reconcile several runs in one transaction.
+    conn.execute(sa.text(f"DROP TABLE {', '.join(_STAGED_TABLES[RunType(run.run_type)])}"))
     _store(conn, result)
     return result
 
@@ -280,78 +307,115 @@ _WRITTEN_DURING_RUN = """
         < (:ended_xid - :started_xid + :space) % :space
 """
 
+# The rows the checks share, staged once per reconciliation and analyzed (analyze_staging), as the
+# engines stage theirs: each check then reads a temporary table with its own statistics instead of
+# the application's tables again, whose statistics of the rows the run has just written are stale.
+_STAGE_INVOICES = """
+CREATE TEMP TABLE tm_recon_invoice ON COMMIT DROP AS
+SELECT i.id, i.lease_id, i.status, i.subtotal, i.total FROM invoices i
+WHERE i.organization_id = :org AND i.invoice_type = :invoice_type AND i.billing_period_start = :period_start
+"""
+# rent: the rent engine's rule (RENT_LEASES_OF_PERIOD), read once for rent_coverage and counts.
+_STAGE_LEASES = f"""
+CREATE TEMP TABLE tm_recon_lease ON COMMIT DROP AS
+SELECT s.lease_id, s.error FROM ({RENT_LEASES_OF_PERIOD}) s
+"""
+# utility: the organization's statements the run should have billed: finalized by the time the run
+# started, ending by the period's end. One scan of utility_statements: no index of the contract
+# leads with `organization_id` for billed statements.
+_STAGE_STATEMENTS = """
+CREATE TEMP TABLE tm_recon_statement ON COMMIT DROP AS
+SELECT s.id, s.organization_id, s.lease_id, s.amount, s.period_start, s.period_end, s.invoice_line_id
+FROM utility_statements s
+WHERE s.organization_id = :org AND s.status = :finalized AND s.period_end <= :period_end
+  AND (s.finalized_at IS NULL OR s.finalized_at <= :run_started_at)
+"""
+_STAGING = {
+    RunType.MONTHLY_RENT: (
+        _STAGE_INVOICES,
+        *analyze_staging("tm_recon_invoice", "id", "lease_id", "status"),
+        _STAGE_LEASES,
+        *analyze_staging("tm_recon_lease", "lease_id", "error"),
+    ),
+    RunType.UTILITY: (
+        _STAGE_INVOICES,
+        *analyze_staging("tm_recon_invoice", "id", "lease_id", "status"),
+        _STAGE_STATEMENTS,
+        *analyze_staging("tm_recon_statement", "id", "lease_id", "invoice_line_id"),
+    ),
+}
+_STAGED_TABLES = {
+    RunType.MONTHLY_RENT: ("tm_recon_invoice", "tm_recon_lease"),
+    RunType.UTILITY: ("tm_recon_invoice", "tm_recon_statement"),
+}
+# The ids the checks read from the application's tables lie in narrow ranges (one run writes them
+# together): they are read with one range scan of an index, bound to the real ids so that the planner
+# prices it, instead of a scan of every organization's rows or an index descent per id. `totals`: the
+# drafts'. `utility_coverage`: the lines the statements are linked to.
+_ID_RANGES = {
+    RunType.MONTHLY_RENT: """
+        SELECT first_draft_id, last_draft_id
+        FROM (SELECT min(id) AS first_draft_id, max(id) AS last_draft_id FROM tm_recon_invoice WHERE status = :draft) d
+    """,
+    RunType.UTILITY: """
+        SELECT first_draft_id, last_draft_id, first_line_id, last_line_id
+        FROM (SELECT min(id) AS first_draft_id, max(id) AS last_draft_id FROM tm_recon_invoice WHERE status = :draft) d,
+             (SELECT min(invoice_line_id) AS first_line_id, max(invoice_line_id) AS last_line_id
+              FROM tm_recon_statement) s
+    """,
+}
+
 _OFFENDING = {
-    # One pass: the billable leases against the period's invoices per lease, in a FULL JOIN, which
-    # PostgreSQL runs only as a hash or merge join. (NOT EXISTS against the leases, planned from the
-    # stale statistics of invoices just written, ran as a nested loop: 52 s at 20,000 leases.)
+    # The billable leases against the period's invoices. More than one invoice per lease and period
+    # cannot be: the contract's unique key (invoices_one_per_lease_type_period), which every run
+    # checks before it starts, forbids it.
     RENT_COVERAGE: f"""
-        WITH invoiced AS (
-            SELECT lease_id, count(*) AS invoices, bool_or(status = :draft) AS has_draft FROM invoices
-            WHERE organization_id = :org AND invoice_type = :invoice_type AND billing_period_start = :period_start
-            GROUP BY lease_id
-        )
         SELECT coalesce(s.lease_id, i.lease_id) AS id
-        FROM ({RENT_LEASES_OF_PERIOD}) s FULL JOIN invoiced i ON i.lease_id = s.lease_id
+        FROM tm_recon_lease s FULL JOIN tm_recon_invoice i ON i.lease_id = s.lease_id
         -- A billable lease with no invoice, not named in the errors: lost.
         WHERE (s.error IS NULL AND i.lease_id IS NULL AND s.lease_id NOT IN ({_NAMED_LEASES}))
-           -- More than one invoice for a lease and period: doubled.
-           OR i.invoices > 1
            -- A draft for a lease that is not billable for the period.
-           OR (i.has_draft AND (s.lease_id IS NULL OR s.error IS NOT NULL))
+           OR (i.status = :draft AND (s.lease_id IS NULL OR s.error IS NOT NULL))
     """,
+    # A statement on more than one utility line cannot be: the contract's unique key
+    # (invoice_lines_utility_statement_once) forbids it.
     UTILITY_COVERAGE: f"""
-        WITH due AS (
-            SELECT s.id, s.lease_id, s.amount, s.period_start, s.period_end, s.invoice_line_id
-            FROM utility_statements s
-            WHERE s.organization_id = :org AND s.status = :finalized AND s.period_end <= :period_end
-              AND (s.finalized_at IS NULL OR s.finalized_at <= :run_started_at)
-        )
         -- Pending and not excused by the run's errors: lost. The errors name leases; a pending statement
         -- is excused when its lease is named and the reason covers it: the statement itself is bad
-        -- (the engine's statement rules), the lease's invoice of the period is no longer a draft, or
-        -- the lease failed as a whole (it has no invoice of the period).
-        SELECT d.id FROM due d
-        WHERE d.invoice_line_id IS NULL
-          AND NOT (d.lease_id IN ({_NAMED_LEASES}) AND (
-                d.amount IS NULL OR d.period_start IS NULL OR d.period_end IS NULL
-                OR d.period_end < d.period_start
-                OR NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = d.lease_id AND l.organization_id = :org)
-                OR NOT EXISTS (
-                    SELECT 1 FROM invoices i
-                    WHERE i.lease_id = d.lease_id AND i.invoice_type = :invoice_type
-                      AND i.billing_period_start = :period_start AND i.status = :draft)))
+        -- (the engine's rule, UTILITY_STATEMENT_ERROR), the lease's invoice of the period is no longer
+        -- a draft, or the lease failed as a whole (it has no invoice of the period).
+        SELECT s.id FROM tm_recon_statement s LEFT JOIN leases l ON l.id = s.lease_id
+        WHERE s.invoice_line_id IS NULL
+          AND NOT (s.lease_id IN ({_NAMED_LEASES}) AND (
+                ({UTILITY_STATEMENT_ERROR}) IS NOT NULL
+                OR NOT EXISTS (SELECT 1 FROM tm_recon_invoice i WHERE i.lease_id = s.lease_id AND i.status = :draft)))
         UNION ALL
-        -- Linked to a line that does not bill it for its amount.
-        SELECT d.id FROM due d LEFT JOIN invoice_lines l ON l.id = d.invoice_line_id
-        WHERE d.invoice_line_id IS NOT NULL
-          AND (l.id IS NULL OR l.line_type <> :utility_line OR l.source_id <> d.id OR l.amount <> d.amount)
-        UNION ALL
-        -- Billed on more than one line.
-        SELECT d.id FROM due d JOIN invoice_lines l ON l.source_id = d.id AND l.line_type = :utility_line
-        GROUP BY d.id HAVING count(*) > 1
-        UNION ALL
-        -- Sharing its line with another statement.
-        SELECT d.id FROM due d JOIN utility_statements o ON o.invoice_line_id = d.invoice_line_id AND o.id <> d.id
+        -- Linked to a line that does not bill it for its amount, or sharing its line with another
+        -- statement (of any organization). One pass over every statement linked to a line of the range,
+        -- each against its line: a line is misused when a statement on it is not the one it bills for
+        -- that amount. A statement on a misused line is either that statement or shares its line with
+        -- it; and of two statements on one line, the line bills at most one (its `source_id`).
+        SELECT s.id FROM tm_recon_statement s
+        WHERE s.invoice_line_id IN (
+            SELECT o.invoice_line_id FROM utility_statements o
+            LEFT JOIN invoice_lines l ON l.id = o.invoice_line_id AND l.id BETWEEN :first_line_id AND :last_line_id
+            WHERE o.invoice_line_id BETWEEN :first_line_id AND :last_line_id
+              AND (l.id IS NULL OR l.line_type <> :utility_line OR l.source_id <> o.id OR l.amount <> o.amount))
     """,
-    # The lines of the drafts in one index scan for all their ids (= ANY), summed per invoice, then a
-    # FULL JOIN (hash or merge) to the drafts. (A join of the drafts to their lines, planned from the
-    # stale statistics of rows just written, probed the lines once per invoice: 3 s at 200,000.)
+    # The lines of the drafts' id range, summed per invoice in one scan of their index (lines of other
+    # invoices in the range are summed too, and left aside by the join), against the staged drafts.
+    # (The lines by the drafts' ids, `= ANY`, took one index descent per draft; joined to the drafts
+    # before the sum, a hash of every line.)
     TOTALS: """
-        WITH drafts AS MATERIALIZED (
-            SELECT i.id, i.subtotal, i.total FROM invoices i
-            WHERE i.organization_id = :org AND i.invoice_type = :invoice_type
-              AND i.billing_period_start = :period_start AND i.status = :draft
-        ),
-        lines AS (
-            SELECT l.invoice_id, coalesce(sum(l.amount), 0) AS amount FROM invoice_lines l
-            WHERE l.invoice_id = ANY(ARRAY(SELECT id FROM drafts))
+        WITH lines AS (
+            SELECT l.invoice_id, sum(l.amount) AS amount FROM invoice_lines l
+            WHERE l.invoice_id BETWEEN :first_draft_id AND :last_draft_id
             GROUP BY l.invoice_id
         )
-        -- No line (no row in `lines`), or totals that are not the sum of the lines. (Every row of
-        -- `lines` has its draft; a condition strict on `d` would let PostgreSQL make this a LEFT JOIN,
-        -- which it may plan as a nested loop over the aggregate: minutes at 200,000.)
-        SELECT d.id FROM drafts d FULL JOIN lines l ON l.invoice_id = d.id
-        WHERE l.invoice_id IS NULL OR d.subtotal IS DISTINCT FROM l.amount OR d.total IS DISTINCT FROM l.amount
+        -- No line (no row in `lines`), or totals that are not the sum of the lines.
+        SELECT d.id FROM tm_recon_invoice d LEFT JOIN lines l ON l.invoice_id = d.id
+        WHERE d.status = :draft
+          AND (l.invoice_id IS NULL OR d.subtotal IS DISTINCT FROM l.amount OR d.total IS DISTINCT FROM l.amount)
     """,
     HANDS_OFF: f"""
         SELECT i.id FROM invoices i
@@ -369,16 +433,10 @@ _OFFENDING = {
 
 _COUNTS = {
     RunType.MONTHLY_RENT: f"""
-        -- The invoices of billable leases: the pairs of a FULL JOIN (a hash or merge join, as in
-        -- rent_coverage) that have both sides.
         WITH invoiced AS (
-            SELECT count(*) FILTER (WHERE i.lease_id IS NOT NULL AND s.lease_id IS NOT NULL AND s.error IS NULL)
-                   AS invoices
-            FROM ({RENT_LEASES_OF_PERIOD}) s
-            FULL JOIN (
-                SELECT lease_id FROM invoices
-                WHERE organization_id = :org AND invoice_type = :invoice_type AND billing_period_start = :period_start
-            ) i ON i.lease_id = s.lease_id
+            SELECT count(*) AS invoices
+            FROM tm_recon_lease s JOIN tm_recon_invoice i ON i.lease_id = s.lease_id
+            WHERE s.error IS NULL
         )
         SELECT r.id FROM invoice_runs r, invoiced
         WHERE r.id = :run_id

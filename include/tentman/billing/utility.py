@@ -96,6 +96,27 @@ def _write_batch(conn: Connection, params: dict, clock: StageClock) -> Counter[s
     return Counter(statements_billed=billed.lines)
 
 
+# The utility engine's rule for a bad statement, stated once: why statement `s` cannot be billed,
+# with `l` its lease (LEFT JOINed on l.id = s.lease_id), or null when it can. The engine stages it
+# (_STAGE_PENDING); the reconciliation after each run (tentman.billing.reconciliation) excuses with
+# it a pending statement whose lease the run's errors name.
+UTILITY_STATEMENT_ERROR = """
+CASE
+    WHEN s.lease_id IS NULL OR l.id IS NULL
+        THEN format('utility statement %s names lease %s, which does not exist',
+                    s.id, coalesce(s.lease_id::text, 'null'))
+    WHEN l.organization_id IS DISTINCT FROM s.organization_id
+        THEN format('utility statement %s names lease %s, which belongs to another organization',
+                    s.id, s.lease_id)
+    WHEN s.amount IS NULL THEN format('utility statement %s of lease %s has no amount', s.id, s.lease_id)
+    WHEN s.period_start IS NULL OR s.period_end IS NULL
+        THEN format('utility statement %s of lease %s has no service period', s.id, s.lease_id)
+    WHEN s.period_end < s.period_start
+        THEN format('utility statement %s of lease %s: period_end %s is before its period_start %s',
+                    s.id, s.lease_id, s.period_end, s.period_start)
+END
+"""
+
 # The organization's pending statements, each with the reason it cannot be billed (null = ok).
 # A statement that already has a utility line (its link lost, e.g. restored from a backup) is
 # linked back to that line instead of being billed a second time.
@@ -105,20 +126,7 @@ SELECT s.id AS statement_id,
        s.lease_id,
        s.utility_type, s.period_start, s.period_end, s.amount,
        existing.id AS existing_line_id,
-       CASE
-           WHEN s.lease_id IS NULL OR l.id IS NULL
-               THEN format('utility statement %s names lease %s, which does not exist',
-                           s.id, coalesce(s.lease_id::text, 'null'))
-           WHEN l.organization_id IS DISTINCT FROM s.organization_id
-               THEN format('utility statement %s names lease %s, which belongs to another organization',
-                           s.id, s.lease_id)
-           WHEN s.amount IS NULL THEN format('utility statement %s of lease %s has no amount', s.id, s.lease_id)
-           WHEN s.period_start IS NULL OR s.period_end IS NULL
-               THEN format('utility statement %s of lease %s has no service period', s.id, s.lease_id)
-           WHEN s.period_end < s.period_start
-               THEN format('utility statement %s of lease %s: period_end %s is before its period_start %s',
-                           s.id, s.lease_id, s.period_end, s.period_start)
-       END AS error
+       {UTILITY_STATEMENT_ERROR} AS error
 FROM utility_statements s
 LEFT JOIN leases l ON l.id = s.lease_id
 LEFT JOIN invoice_lines existing ON existing.{_UTILITY_LINE} AND existing.source_id = s.id
