@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from support.factories import add_lease, add_organization
-from support.live import Api, live_stack, make_slow, poll
+from support.live import Api, live_stack, make_slow, poll, wait_for_due_runs_to_end
 from tentman.billing.locking import organization_lock_key
 from tentman.names import DAG_IDS, RENT_DAG_ID, UTILITY_DAG_ID, InvoiceType
 from tentman_dev.local import server_uri, start_embedded_postgres
@@ -52,14 +52,11 @@ def faults(pg_admin_uri, tentman_server, tmp_path_factory):
         api = Api(stack.base_url, "admin")
         for dag_id in DAG_IDS:
             api.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        # The latest tick of each scheduled DAG runs once they are unpaused, billing every organization
+        # present: let those runs end before the scenarios add theirs, so that each scenario's
+        # organizations are billed by its own runs alone and its audit sees only them.
+        wait_for_due_runs_to_end(stack)
         yield stack, engine, api
-
-
-def no_run_in_progress(api) -> bool:
-    """No DAG run of the stack is queued or running."""
-    runs = api.client.get("/dags/~/dagRuns", params={"state": ["queued", "running"]})
-    runs.raise_for_status()
-    return runs.json()["total_entries"] == 0
 
 
 def sleeping_writer_pid(engine, timeout: float = 120) -> int:
@@ -116,9 +113,6 @@ def test_worker_killed_mid_write_is_retried_and_leaves_no_partial_invoice(faults
     assert len(tries) >= 2 and tries[0]["state"] != "success" and tries[-1]["state"] == "success"
     assert api.task_instances(RENT_DAG_ID, run_id)[("bill_organization", 1)]["try_number"] == 1
     assert drafts(engine, orgs, "2026-10") == 40  # complete, and nothing half-written survived
-    # The ticks that unpausing started (the module's first test runs beside them) bill every
-    # organization, these two too: audit once they are reconciled, as every run ends.
-    poll(lambda: no_run_in_progress(api), timeout=400, what="the stack's other runs ended")
     audited(engine, organization_ids=orgs)
 
 

@@ -115,6 +115,30 @@ def drop_metadata_templates(pg_admin_uri: str) -> None:
         drop_database(pg_admin_uri, _METADATA_TEMPLATES.pop(key))
 
 
+def wait_for_due_runs_to_end(stack: AirflowStack, timeout: float = 300) -> None:
+    """Until no unpaused DAG has a tick due that the scheduler has not yet started, and no run is queued
+    or running: e.g. the latest tick of each scheduled DAG, which an unpaused DAG runs once
+    (`CronTriggerTimetable` without catchup). Such a run bills every organization present when it lists
+    them; a scenario that adds its organizations after it ended has them billed by its own runs alone.
+    Read from the metadata DB, one query a second."""
+    import sqlalchemy as sa
+
+    metadata = sa.create_engine(stack.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], poolclass=sa.pool.NullPool)
+    settled = sa.text(
+        "SELECT NOT EXISTS (SELECT FROM dag WHERE NOT is_paused AND next_dagrun_create_after <= now()) "
+        "AND NOT EXISTS (SELECT FROM dag_run WHERE state IN ('queued', 'running'))"
+    )
+
+    def no_run_due_or_running() -> bool:
+        with metadata.connect() as conn:
+            return conn.execute(settled).scalar()
+
+    try:
+        poll(no_run_due_or_running, timeout=timeout, what="no DAG run due, queued or running")
+    finally:
+        metadata.dispose()
+
+
 def poll(condition, timeout: float = 300, interval: float = 1, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
