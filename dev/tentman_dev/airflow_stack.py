@@ -103,6 +103,19 @@ def write_passwords(path: Path, passwords: dict[str, str] | None = None) -> dict
     return passwords
 
 
+def read_metadata(env: dict[str, str], sql: str, **params):
+    """The first column of the first row `sql` returns from the Airflow metadata DB of `env`: one
+    query, where an `airflow` command would spend seconds importing Airflow first."""
+    import sqlalchemy as sa
+
+    metadata = sa.create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], poolclass=sa.pool.NullPool)
+    try:
+        with metadata.connect() as conn:
+            return conn.execute(sa.text(sql), params).scalar()
+    finally:
+        metadata.dispose()
+
+
 def isolated_environment(*, tentman_uri: str, metadata_uri: str) -> dict[str, str]:
     """Base environment of a throw-away stack: this process's environment without any Airflow or
     TentMan settings, plus the given databases, this bundle, a fresh JWT secret and this venv."""
@@ -283,19 +296,12 @@ class AirflowStack:
         """Wait until the dag-processor has parsed `dag_id` into the metadata DB: its `dag` row (what
         `airflow dags details` reads) and its serialized form (what the scheduler runs). Read with one
         query a second, not an `airflow` command (seconds of imports each)."""
-        import sqlalchemy as sa
-
-        metadata = sa.create_engine(self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], poolclass=sa.pool.NullPool)
-        parsed = sa.text("SELECT EXISTS (SELECT FROM dag JOIN serialized_dag USING (dag_id) WHERE dag_id = :dag_id)")
+        parsed = "SELECT EXISTS (SELECT FROM dag JOIN serialized_dag USING (dag_id) WHERE dag_id = :dag_id)"
         deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                with metadata.connect() as conn:
-                    if conn.execute(parsed, {"dag_id": dag_id}).scalar():
-                        return
-                time.sleep(1)
-        finally:
-            metadata.dispose()
+        while time.monotonic() < deadline:
+            if read_metadata(self.env, parsed, dag_id=dag_id):
+                return
+            time.sleep(1)
         raise TimeoutError(f"DAG {dag_id} was not parsed within {timeout:.0f}s; see {self.log_dir}")
 
     def stop(self, components: tuple[str, ...] | None = None, timeout: float = 30) -> None:

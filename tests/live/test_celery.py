@@ -22,7 +22,7 @@ from support.live import Api, live_stack, make_slow, poll
 from support.priority import critical_before_routine
 from tentman.deployment import FAILURE_DETECTION
 from tentman.names import DAG_IDS, RENT_DAG_ID
-from tentman_dev.airflow_stack import free_port
+from tentman_dev.airflow_stack import free_port, read_metadata
 from tentman_dev.broker import EmbeddedBroker
 
 pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.reliability]
@@ -188,21 +188,16 @@ def test_the_other_scheduler_finishes_a_run_whose_scheduler_died(celery, audited
 
 def _scheduler_that_queued(stack, run_id: str) -> str:
     """The component name of the scheduler job that queued the run's organization tasks."""
-    metadata = sa.create_engine(stack.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
-    try:
-        with metadata.connect() as conn:
-            return conn.execute(
-                sa.text(
-                    """
-                    SELECT j.hostname FROM task_instance ti JOIN job j ON j.id = ti.queued_by_job_id
-                    WHERE ti.dag_id = :dag AND ti.run_id = :run AND ti.task_id = 'bill_organization'
-                    GROUP BY j.hostname ORDER BY count(*) DESC LIMIT 1
-                    """
-                ),
-                {"dag": RENT_DAG_ID, "run": run_id},
-            ).scalar_one()
-    finally:
-        metadata.dispose()
+    return read_metadata(
+        stack.env,
+        """
+        SELECT j.hostname FROM task_instance ti JOIN job j ON j.id = ti.queued_by_job_id
+        WHERE ti.dag_id = :dag AND ti.run_id = :run AND ti.task_id = 'bill_organization'
+        GROUP BY j.hostname ORDER BY count(*) DESC LIMIT 1
+        """,
+        dag=RENT_DAG_ID,
+        run=run_id,
+    )
 
 
 def test_a_run_completes_after_its_broker_restarted(celery, broker, audited):

@@ -32,7 +32,7 @@ from support.live import poll
 from tentman.application_schema import create_application_tables
 from tentman.db import create_engine_from_uri
 from tentman.names import DAG_IDS
-from tentman_dev.airflow_stack import AirflowStack, free_port, log_server_ports
+from tentman_dev.airflow_stack import AirflowStack, free_port, log_server_ports, read_metadata
 from tentman_dev.local import REPO_ROOT, airflow_metadata_uri, with_database
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
@@ -160,22 +160,11 @@ def _airflow_each(stack: AirflowStack, commands: list[tuple[str, ...]]) -> None:
 
 def _paused(env: dict[str, str]) -> set[str]:
     """The paused DAGs, read in the metadata database."""
-    metadata = sa.create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], poolclass=sa.pool.NullPool)
-    try:
-        with metadata.connect() as conn:
-            return set(conn.execute(sa.text("SELECT dag_id FROM dag WHERE is_paused")).scalars())
-    finally:
-        metadata.dispose()
+    return set(read_metadata(env, "SELECT array_agg(dag_id) FROM dag WHERE is_paused") or ())
 
 
 def _state(env: dict[str, str], dag_id: str, run_id: str) -> str | None:
     """The run's state in the metadata database (one query: `airflow dags list-runs` takes seconds a poll)."""
-    metadata = sa.create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], poolclass=sa.pool.NullPool)
-    try:
-        with metadata.connect() as conn:
-            return conn.execute(
-                sa.text("SELECT state FROM dag_run WHERE dag_id = :dag_id AND run_id = :run_id"),
-                {"dag_id": dag_id, "run_id": run_id},
-            ).scalar()
-    finally:
-        metadata.dispose()
+    return read_metadata(
+        env, "SELECT state FROM dag_run WHERE dag_id = :dag_id AND run_id = :run_id", dag_id=dag_id, run_id=run_id
+    )

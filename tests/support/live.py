@@ -17,6 +17,7 @@ from tentman_dev.airflow_stack import (
     AirflowStack,
     free_port,
     isolated_environment,
+    read_metadata,
     write_passwords,
 )
 from tentman_dev.local import airflow_metadata_uri, with_database
@@ -119,24 +120,12 @@ def wait_for_due_runs_to_end(stack: AirflowStack, timeout: float = 300) -> None:
     """Until no unpaused DAG has a tick due that the scheduler has not yet started, and no run is queued
     or running: e.g. the latest tick of each scheduled DAG, which an unpaused DAG runs once
     (`CronTriggerTimetable` without catchup). Such a run bills every organization present when it lists
-    them; a scenario that adds its organizations after it ended has them billed by its own runs alone.
-    Read from the metadata DB, one query a second."""
-    import sqlalchemy as sa
-
-    metadata = sa.create_engine(stack.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], poolclass=sa.pool.NullPool)
-    settled = sa.text(
+    them; a scenario that adds its organizations after it ended has them billed by its own runs alone."""
+    settled = (
         "SELECT NOT EXISTS (SELECT FROM dag WHERE NOT is_paused AND next_dagrun_create_after <= now()) "
         "AND NOT EXISTS (SELECT FROM dag_run WHERE state IN ('queued', 'running'))"
     )
-
-    def no_run_due_or_running() -> bool:
-        with metadata.connect() as conn:
-            return conn.execute(settled).scalar()
-
-    try:
-        poll(no_run_due_or_running, timeout=timeout, what="no DAG run due, queued or running")
-    finally:
-        metadata.dispose()
+    poll(lambda: read_metadata(stack.env, settled), timeout=timeout, what="no DAG run due, queued or running")
 
 
 def poll(condition, timeout: float = 300, interval: float = 1, what: str = "condition") -> None:
