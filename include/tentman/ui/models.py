@@ -132,24 +132,29 @@ class RunReconciliation(BaseModel):
     checks: list[ReconciliationCheck] = Field(description="Every check of the run's type, in the order run")
 
 
-class Run(BaseModel):
-    """One organization's part of one DAG run (a row of `invoice_runs`)."""
+class RunCounts(BaseModel):
+    """An organization's outcome as an `invoice_runs` row records it: of a run, or of a preview of one."""
 
-    id: int
-    dag_id: str
-    dag_run_id: str
     organization_id: int
-    organization_name: str | None
-    run_type: RunType
-    billing_period_start: date
-    billing_period_end: date
-    proration_method: str | None
     status: RunStatus
     total_leases: int
     success_count: int
     skipped_count: int
     failure_count: int
     errors: list[LeaseError]
+
+
+class Run(RunCounts):
+    """One organization's part of one DAG run (a row of `invoice_runs`)."""
+
+    id: int
+    dag_id: str
+    dag_run_id: str
+    organization_name: str | None
+    run_type: RunType
+    billing_period_start: date
+    billing_period_end: date
+    proration_method: str | None
     started_at: datetime
     completed_at: datetime | None
     duration_seconds: float | None
@@ -290,16 +295,9 @@ class LeasePreview(BaseModel):
     difference: str | None = Field(description="total minus the current invoice's total (total without one)")
 
 
-class PreviewSummary(BaseModel):
+class PreviewSummary(RunCounts):
     """What the run would record for the organization (an `invoice_runs` row's counts)."""
 
-    organization_id: int
-    status: RunStatus
-    total_leases: int
-    success_count: int
-    skipped_count: int
-    failure_count: int
-    errors: list[LeaseError]
     invoices_created: int
     invoices_updated: int
     invoices_unchanged: int
