@@ -12,6 +12,7 @@ from tentman.billing.schedules import (
     CATCH_UP,
     OrganizationSchedule,
     due_occurrence,
+    known_time_zone,
     next_occurrence,
     occurrences_between,
 )
@@ -126,3 +127,19 @@ def test_an_organization_without_its_own_schedule_has_no_due_time():
 def test_bad_settings_are_refused_naming_the_field_the_value_and_what_is_accepted(fields, message):
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
         OrganizationSchedule.parse(6, **fields)
+
+
+@pytest.mark.parametrize(
+    ("name", "known"),
+    [
+        (None, True),  # UTC
+        ("America/New_York", True),
+        ("UTC", True),
+        ("Mars/Olympus", False),
+        ("../etc/passwd", False),  # ZoneInfo would refuse it with a ValueError, not a KeyError
+        ("", False),
+        (" America/New_York", False),  # as stored: the API stores it stripped
+    ],
+)
+def test_a_stored_time_zone_is_known_only_if_this_machines_zone_data_has_it(name, known):
+    assert known_time_zone(name) is known

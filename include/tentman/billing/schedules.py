@@ -41,11 +41,20 @@ def _available_time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+def known_time_zone(name: str | None) -> bool:
+    """Whether this machine's zone data knows the stored time zone `name` (None: UTC, always known).
+
+    The one test of a time zone: the API refuses the others (parse_time_zone), and what reads a
+    setting stored around it (the schedules page, the schedules DAG) decides with it what to skip.
+    """
+    return name is None or name in _available_time_zones()
+
+
 def parse_time_zone(value: object) -> str | None:
     """An organization's time zone: an IANA name (`America/New_York`), or None for UTC."""
     if value is None:
         return None
-    if not isinstance(value, str) or value.strip() not in _available_time_zones():
+    if not isinstance(value, str) or not known_time_zone(value.strip()):
         raise ValueError(
             f"timezone {value!r} is not a known time zone; expected an IANA name such as 'America/New_York' "
             "or 'Europe/Paris', or null for UTC"

@@ -35,7 +35,6 @@ Why each case bills once:
 from __future__ import annotations
 
 import logging
-import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -43,7 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from tentman.billing.organization_settings import SCHEDULE_FIELDS
-from tentman.billing.schedules import Occurrence, OrganizationSchedule, due_occurrence
+from tentman.billing.schedules import Occurrence, OrganizationSchedule, due_occurrence, known_time_zone
 from tentman.db import UnitOfWork
 from tentman.names import BILLING_SETTINGS_TABLE, SCHEDULE_CLAIMS_TABLE, RunStatus, RunType
 from tentman.runs.billing_run import BillingRun
@@ -90,21 +89,23 @@ def organization_schedules(conn: Connection, organization_ids: list[int] | None 
 
 def due_occurrences(schedules: list[OrganizationSchedule], tick: datetime) -> list[Occurrence]:
     """Every organization's due occurrence at `tick`, rent first, then utility, by organization id."""
+    billable = []
+    for schedule in schedules:
+        if known_time_zone(schedule.timezone):
+            billable.append(schedule)
+        else:
+            # A time zone another service stored that this machine's zone data lacks: the
+            # others are billed; this one waits for a valid zone (the API refuses such names).
+            log.error(
+                "organization #%d has the unknown time zone %r: not billed on its own schedule until it "
+                "is corrected (an IANA name, e.g. 'America/New_York')",
+                schedule.organization_id,
+                schedule.timezone,
+            )
     due = []
     for run_type in RunType:
-        for schedule in schedules:
-            try:
-                occurrence = due_occurrence(schedule, run_type, tick)
-            except (ValueError, zoneinfo.ZoneInfoNotFoundError):
-                # A time zone another service stored that this machine's zone data lacks: the
-                # others are billed; this one waits for a valid zone (the API refuses such names).
-                log.error(
-                    "organization #%d has the unknown time zone %r: not billed on its own schedule until it "
-                    "is corrected (an IANA name, e.g. 'America/New_York')",
-                    schedule.organization_id,
-                    schedule.timezone,
-                )
-                continue
+        for schedule in billable:
+            occurrence = due_occurrence(schedule, run_type, tick)
             if occurrence is not None:
                 due.append(occurrence)
     return due

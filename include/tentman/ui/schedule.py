@@ -16,14 +16,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from croniter import croniter
 from fastapi import APIRouter, Depends, Query
 
 from tentman import settings
 from tentman.billing.periods import BillingPeriod, rent_period_for_run, utility_period_for_run
-from tentman.billing.schedules import OrganizationSchedule, next_occurrence, occurrences_between
+from tentman.billing.schedules import OrganizationSchedule, known_time_zone, next_occurrence, occurrences_between
 from tentman.names import RunType
 from tentman.ui import queries
 from tentman.ui.deps import read_only_connection, requires_reading_runs
@@ -67,16 +66,13 @@ def tick_period(run_type: str, tick: datetime) -> BillingPeriod:
 def schedule_of(row) -> OrganizationSchedule | None:
     """The organization's schedule as stored (a row with organization_id and the five settings); None when
     its time zone is not one this server knows."""
-    if row.timezone is not None:
-        try:
-            ZoneInfo(row.timezone)
-        except (KeyError, ValueError):  # ZoneInfoNotFoundError is a KeyError
-            log.warning(
-                "organization %s has the unknown time zone %r in its billing settings; its runs are not shown",
-                row.organization_id,
-                row.timezone,
-            )
-            return None
+    if not known_time_zone(row.timezone):
+        log.warning(
+            "organization %s has the unknown time zone %r in its billing settings; its runs are not shown",
+            row.organization_id,
+            row.timezone,
+        )
+        return None
     return OrganizationSchedule(
         row.organization_id,
         timezone=row.timezone,
