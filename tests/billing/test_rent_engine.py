@@ -9,11 +9,11 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from support.factories import add_charge, add_lease, add_organization, invoice_for, invoices, lines
+from support.factories import add_charge, add_invoice, add_lease, add_organization, invoice_for, invoices, lines
 from support.meanwhile import Meanwhile
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.rent import generate_rent_invoices
-from tentman.names import ProrationMethod
+from tentman.names import InvoiceStatus, ProrationMethod
 
 FEB_2026 = BillingPeriod.for_month(2026, 2)  # 28 days
 FEB_2028 = BillingPeriod.for_month(2028, 2)  # 29 days (leap year)
@@ -264,17 +264,7 @@ def test_non_draft_invoice_is_left_untouched_and_lease_skipped(engine, status):
         org = add_organization(conn)
         lease = add_lease(conn, org, date(2025, 1, 1), None, "1000.00")
         other = add_lease(conn, org, date(2025, 1, 1), None, "700.00")
-        invoice_id = conn.execute(
-            sa.text(
-                """
-                INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, billing_period_end,
-                                      status, currency, subtotal, total, due_date)
-                VALUES (:org, :lease, 'rent', '2026-03-01', '2026-03-31', :status, 'USD', 950.00, 950.00, '2026-03-01')
-                RETURNING id
-                """
-            ),
-            {"org": org, "lease": lease, "status": status},
-        ).scalar_one()
+        invoice_id = add_invoice(conn, org, lease, MAR_2026.start, MAR_2026.end, "950.00", status=status)
         conn.execute(
             sa.text(
                 "INSERT INTO invoice_lines (invoice_id, line_type, source_id, description, amount) "
@@ -305,14 +295,7 @@ def test_an_invoice_the_application_creates_meanwhile_is_left_alone_and_its_leas
 
     def application_drafts_one():
         with engine.begin() as app:
-            app.execute(
-                sa.text(
-                    """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
-                                             billing_period_end, currency, subtotal, total, due_date)
-                       VALUES (:o, :l, 'rent', '2026-03-01', '2026-03-31', 'USD', 12.34, 12.34, '2026-03-01')"""
-                ),
-                {"o": org, "l": taken},
-            )
+            add_invoice(app, org, taken, MAR_2026.start, MAR_2026.end, "12.34", status=InvoiceStatus.DRAFT)
 
     meanwhile = Meanwhile("insert_new", application_drafts_one)
     with engine.begin() as conn:

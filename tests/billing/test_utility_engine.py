@@ -9,13 +9,13 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from support.factories import add_lease, add_organization, add_statement, invoice_for, lines
+from support.factories import add_invoice, add_lease, add_organization, add_statement, invoice_for, lines
 from support.meanwhile import Meanwhile
 from tentman.billing.locking import lock_organization
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.rent import generate_rent_invoices
 from tentman.billing.utility import generate_utility_invoices
-from tentman.names import ProrationMethod
+from tentman.names import InvoiceType, ProrationMethod
 
 DEC = BillingPeriod.for_month(2026, 12)
 JAN = BillingPeriod.for_month(2027, 1)
@@ -36,14 +36,17 @@ def statement_line(conn, statement_id):
 
 def _application_invoice(conn, org, lease, total, period=DEC, status="draft"):
     """A utility invoice the application wrote itself (no run id), its id."""
-    return conn.execute(
-        sa.text(
-            """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
-                                     billing_period_end, status, currency, subtotal, total, due_date)
-               VALUES (:o, :l, 'utility', :p0, :p1, :s, 'USD', :t, :t, :p1) RETURNING id"""
-        ),
-        {"o": org, "l": lease, "p0": period.start, "p1": period.end, "s": status, "t": Decimal(total)},
-    ).scalar_one()
+    return add_invoice(
+        conn,
+        org,
+        lease,
+        period.start,
+        period.end,
+        total,
+        status=status,
+        invoice_type=InvoiceType.UTILITY,
+        due_date=period.end,
+    )
 
 
 def test_pending_statements_are_billed_onto_one_draft_per_lease(engine):

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from support.factories import add_charge, add_lease, add_organization, inject_invoice_fault
+from support.factories import add_charge, add_lease, add_organization, inject_invoice_fault, set_billing_settings
 from support.live import Api, live_stack, poll
 from support.priority import critical_before_routine
 from tentman.names import DAG_IDS, RENT_DAG_ID, SCHEDULES_DAG_ID, UTILITY_DAG_ID
@@ -438,21 +438,11 @@ def test_organization_schedules_dag_bills_at_the_local_hour_once_cleared_or_not(
     """New York, rent on the 20th at 06:00 local: the 10:00 UTC tick of January 20 bills nothing, the
     11:00 one bills February; the whole tick cleared and re-run, and the next tick, bill it no more.
     (Ticks of January 2026: Airflow runs no logical date in the future.)"""
-    from tentman.billing.organization_settings import change_billing_settings
-
     _, engine = live
     [org], [[lease]] = _orgs_with_leases(engine, "Hudson", [["2100.00"]])
     with engine.begin() as conn:
-        change_billing_settings(
-            conn,
-            org,
-            billing_hold=False,
-            hold_reason=None,
-            proration_method=None,
-            updated_by="live test",
-            timezone="America/New_York",
-            rent_schedule_day=20,
-            rent_schedule_hour=6,
+        set_billing_settings(
+            conn, org, updated_by="live test", timezone="America/New_York", rent_schedule_day=20, rent_schedule_hour=6
         )
 
     def tick(at: str) -> dict:

@@ -19,8 +19,7 @@ import sqlalchemy as sa
 from support.application import application_database, tentman, with_user
 from support.dags import load_dag
 from support.databases import create_database, drop_database
-from support.factories import add_lease
-from tentman.billing.organization_settings import change_billing_settings
+from support.factories import add_lease, set_billing_settings
 from tentman.db import create_engine_from_uri
 from tentman.names import LIST_ORGANIZATIONS_TASK, RENT_DAG_ID, RESOLVE_PERIOD_TASK, UTILITY_DAG_ID
 from tentman_dev.local import REPO_ROOT, with_database
@@ -89,9 +88,7 @@ def test_both_dags_bill_the_applications_database_as_the_documented_role(adopted
     role = create_engine_from_uri(role_uri)
     try:
         with role.begin() as conn:  # the page's settings change, as the billing role
-            change_billing_settings(
-                conn, harbor, billing_hold=False, hold_reason=None, proration_method="ThirtyDayMonth", updated_by="ops"
-            )
+            set_billing_settings(conn, harbor, proration_method="ThirtyDayMonth", updated_by="ops")
     finally:
         role.dispose()
 

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from support.dags import load_dag
-from support.factories import add_lease, add_organization, inject_invoice_fault
+from support.factories import add_invoice, add_lease, add_organization, inject_invoice_fault
 from support.sinks import HttpSink, SmtpSink
 from tentman.names import BILL_ORGANIZATION_TASK, RECONCILE_TASK, RECONCILIATIONS_TABLE, RECORD_RUNS_TASK, RENT_DAG_ID
 
@@ -116,17 +116,7 @@ def test_a_reconciliation_violation_fails_the_run_and_alerts_naming_organization
     with engine.begin() as conn:
         org = add_organization(conn, "Watched Homes")
         lease = add_lease(conn, org, date(2025, 1, 1))
-        issued = conn.execute(
-            sa.text(
-                """
-                INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
-                                      billing_period_end, status, currency, subtotal, total, due_date)
-                VALUES (:org, :lease, 'rent', '2026-01-01', '2026-01-31', 'issued', 'USD', 0, 0, '2026-01-01')
-                RETURNING id
-                """
-            ),
-            {"org": org, "lease": lease},
-        ).scalar_one()
+        issued = add_invoice(conn, org, lease, date(2026, 1, 1), date(2026, 1, 31), "0.00")
         conn.execute(
             sa.text(
                 f"""

@@ -14,7 +14,14 @@ import sqlalchemy as sa
 
 from support.dags import DAGS, load_dag
 from support.databases import create_database, drop_database
-from support.factories import add_charge, add_lease, add_organization, add_statement, inject_invoice_fault
+from support.factories import (
+    add_charge,
+    add_lease,
+    add_organization,
+    add_statement,
+    inject_invoice_fault,
+    set_billing_settings,
+)
 from tentman.names import (
     BILL_ORGANIZATION_TASK,
     DAG_IDS,
@@ -416,8 +423,6 @@ def test_the_max_map_length_message_names_the_setting_its_value_and_the_count(ai
 
 
 def test_dag_test_run_honours_each_organizations_billing_settings(engine, tentman_conn):
-    from tentman.billing.organization_settings import change_billing_settings
-
     with engine.begin() as conn:
         held = add_organization(conn, "Held Homes")
         own = add_organization(conn, "Own Method")
@@ -425,12 +430,8 @@ def test_dag_test_run_honours_each_organizations_billing_settings(engine, tentma
         held_lease = add_lease(conn, held, date(2025, 1, 1), None, "1500.00")
         own_lease = add_lease(conn, own, date(2026, 2, 10), None, "1500.00")  # 19 of February's 28 days
         plain_lease = add_lease(conn, plain, date(2026, 2, 10), None, "1500.00")
-        change_billing_settings(
-            conn, held, billing_hold=True, hold_reason="migration", proration_method=None, updated_by="test"
-        )
-        change_billing_settings(
-            conn, own, billing_hold=False, hold_reason=None, proration_method="ThirtyDayMonth", updated_by="test"
-        )
+        set_billing_settings(conn, held, hold=True, reason="migration")
+        set_billing_settings(conn, own, proration_method="ThirtyDayMonth")
     dag = load_dag(RENT_DAG_ID)
     dag_run = dag.test(logical_date=datetime(2026, 1, 26, 2, tzinfo=UTC))  # no params: all organizations
 

@@ -11,8 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from support.dags import load_dag
-from support.factories import add_lease, add_organization
-from tentman.billing.organization_settings import change_billing_settings
+from support.factories import add_lease, add_organization, set_billing_settings
 from tentman.names import (
     BILL_ORGANIZATION_TASK,
     LIST_ORGANIZATIONS_TASK,
@@ -54,13 +53,11 @@ def test_the_schedules_dag_bills_new_york_at_its_local_hour_once(engine, tentman
         held_lease = add_lease(conn, held, date(2025, 1, 1), None, "700.00")
         plain_lease = add_lease(conn, plain, date(2025, 1, 1), None, "900.00")
         for org, hold in ((ny, False), (held, True)):
-            change_billing_settings(
+            set_billing_settings(
                 conn,
                 org,
-                billing_hold=hold,
-                hold_reason="bank change" if hold else None,
-                proration_method=None,
-                updated_by="test",
+                hold=hold,
+                reason="bank change" if hold else None,
                 timezone="America/New_York",
                 rent_schedule_day=20,
                 rent_schedule_hour=6,

@@ -8,8 +8,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from support.factories import add_lease, add_organization, add_statement, invoice_for
-from tentman.billing.organization_settings import change_billing_settings
+from support.factories import add_lease, add_organization, add_statement, invoice_for, set_billing_settings
 from tentman.names import RENT_DAG_ID, UTILITY_DAG_ID
 from tentman.runs.bill import bill_organization
 from tentman.runs.organizations import list_organizations
@@ -30,11 +29,9 @@ def run_all(engine, run, dag_run_id, dag_id=RENT_DAG_ID):
     return results, record_invoice_runs(engine, run, organizations, results, dag_id=dag_id, dag_run_id=dag_run_id)
 
 
-def set_settings(engine, org, *, hold=False, reason=None, method=None):
+def set_settings(engine, org, **settings):
     with engine.begin() as conn:
-        change_billing_settings(
-            conn, org, billing_hold=hold, hold_reason=reason, proration_method=method, updated_by="test"
-        )
+        set_billing_settings(conn, org, **settings)
 
 
 def invoice_runs(engine, dag_run_id):
@@ -192,7 +189,7 @@ def test_proration_method_precedence(engine, params, expected):
             "own": add_lease(conn, own, date(2026, 3, 16), None, "3100.00"),
             "none": add_lease(conn, none, date(2026, 3, 16), None, "3100.00"),
         }
-    set_settings(engine, own, method="ThirtyDayMonth")
+    set_settings(engine, own, proration_method="ThirtyDayMonth")
     run = resolve(engine, params)
     assert run.proration_method == params.get("proration_method")
     results, _ = run_all(engine, run, "r1")

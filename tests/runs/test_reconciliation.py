@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from support.agreement import ReconciliationDisagrees, assert_reconciliation_agrees
 from support.audit import audit
 from support.commands import tentman
-from support.factories import add_charge, add_lease, add_organization, add_statement
+from support.factories import add_charge, add_invoice, add_lease, add_organization, add_statement
 from support.steps import run_steps
 from tentman.billing.reconciliation import CHECKS_OF_RUN
 from tentman.names import RECONCILIATIONS_TABLE, RENT_DAG_ID, RunType
@@ -39,17 +39,7 @@ def rent_org(engine):
         add_charge(conn, a, "50.00", date(2025, 1, 1))
         bad = add_lease(conn, org, date(2025, 1, 1), None, "-1.00")  # failed, named in the errors
         # January's invoice of lease a, issued before the run.
-        issued = conn.execute(
-            sa.text(
-                """
-                INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
-                                      billing_period_end, status, currency, subtotal, total, due_date)
-                VALUES (:org, :lease, 'rent', '2027-01-01', '2027-01-31', 'issued', 'USD', 1250, 1250, '2027-01-01')
-                RETURNING id
-                """
-            ),
-            {"org": org, "lease": a},
-        ).scalar_one()
+        issued = add_invoice(conn, org, a, date(2027, 1, 1), date(2027, 1, 31), "1250.00")
         conn.execute(
             sa.text("INSERT INTO invoice_lines (invoice_id, line_type, source_id, description, amount) "
                     "VALUES (:i, 'rent', :l, 'Rent', 1250)"),

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from support.audit import snapshot_finalized
-from support.factories import add_charge, add_lease, add_organization, add_statement, invoice_for
+from support.factories import add_charge, add_invoice, add_lease, add_organization, add_statement, invoice_for
 from tentman.names import RENT_DAG_ID
 from tentman.runs.bill import bill_organization
 from tentman.runs.organizations import list_organizations
@@ -231,15 +231,9 @@ def test_draft_in_a_currency_that_disagrees_follows_the_organization(engine, org
     with engine.begin() as conn:
         issued_lease = add_lease(conn, org, date(2025, 1, 1), None, "600.00")
         for lease, status, currency in ((good, "draft", "EUR"), (issued_lease, "issued", "GBP")):
-            invoice = conn.execute(
-                sa.text(
-                    """INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start,
-                                         billing_period_end, status, currency, subtotal, total, due_date)
-                   VALUES (:o, :l, 'rent', '2026-03-01', '2026-03-31', :s, :c, 600.00, 600.00, '2026-03-01')
-                   RETURNING id"""
-                ),
-                {"o": org, "l": lease, "s": status, "c": currency},
-            ).scalar_one()
+            invoice = add_invoice(
+                conn, org, lease, date(2026, 3, 1), date(2026, 3, 31), "600.00", status=status, currency=currency
+            )
             conn.execute(
                 sa.text(
                     "INSERT INTO invoice_lines (invoice_id, line_type, source_id, description, amount) "

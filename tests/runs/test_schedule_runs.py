@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from support.factories import add_lease, add_organization, add_statement
-from tentman.billing.organization_settings import billing_settings, change_billing_settings, settings_audit
+from support.factories import add_lease, add_organization, add_statement, set_billing_settings
+from tentman.billing.organization_settings import billing_settings, settings_audit
 from tentman.names import BILLING_SETTINGS_TABLE, RENT_DAG_ID, SCHEDULE_CLAIMS_TABLE, SCHEDULES_DAG_ID, RunType
 from tentman.runs.bill import bill_organization
 from tentman.runs.organizations import list_organizations
@@ -28,17 +28,9 @@ def utc(*args) -> datetime:
 
 
 def schedule(engine, org, **fields):
+    """The organization's own schedule (no hold, the platform's proration method)."""
     with engine.begin() as conn:
-        old = billing_settings(conn, org)
-        change_billing_settings(
-            conn,
-            org,
-            billing_hold=old.billing_hold,
-            hold_reason=old.hold_reason,
-            proration_method=old.proration_method,
-            updated_by="test",
-            **fields,
-        )
+        set_billing_settings(conn, org, **fields)
 
 
 def tick(engine, at: datetime, run_id: str | None = None, **kwargs):
@@ -150,9 +142,7 @@ def test_a_period_the_default_run_billed_is_not_billed_again_after_moving_to_an_
 def test_a_hold_stops_it_as_it_stops_the_default_run(engine, new_york):
     ny, _, ny_lease, _ = new_york
     with engine.begin() as conn:
-        change_billing_settings(
-            conn, ny, billing_hold=True, hold_reason="moving banks", proration_method=None, updated_by="test"
-        )
+        set_billing_settings(conn, ny, hold=True, reason="moving banks")
     assert tick(engine, JANUARY_DUE) == [(ny, "monthly_rent", "2027-02")]
     assert rent_invoices(engine, ny_lease) == []
     assert runs_of(engine, ny) == [(SCHEDULES_DAG_ID, "monthly_rent", date(2027, 2, 1), "on_hold")]
@@ -232,9 +222,7 @@ def test_schedule_changes_are_audited_and_a_change_without_them_keeps_them(engin
         org = add_organization(conn, "Audited Homes")
     schedule(engine, org, **NEW_YORK_RENT)
     with engine.begin() as conn:  # the page's hold switch names no schedule field
-        change_billing_settings(
-            conn, org, billing_hold=True, hold_reason="audit", proration_method=None, updated_by="b"
-        )
+        set_billing_settings(conn, org, hold=True, reason="audit", updated_by="b")
         settings = billing_settings(conn, org)
         audit = settings_audit(conn, org)
     assert (settings.timezone, settings.rent_schedule_day, settings.rent_schedule_hour) == ("America/New_York", 20, 6)
@@ -245,15 +233,7 @@ def test_schedule_changes_are_audited_and_a_change_without_them_keeps_them(engin
         ("test", None, "America/New_York", None, 20),
     ]
     with engine.begin() as conn, pytest.raises(ValueError, match="rent_schedule_hour 24 is not valid"):
-        change_billing_settings(
-            conn,
-            org,
-            billing_hold=False,
-            hold_reason=None,
-            proration_method=None,
-            updated_by="c",
-            rent_schedule_hour=24,
-        )
+        set_billing_settings(conn, org, updated_by="c", rent_schedule_hour=24)
     with engine.connect() as conn:
         assert len(settings_audit(conn, org)) == 2
     with engine.connect() as conn:

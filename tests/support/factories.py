@@ -8,6 +8,9 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tentman.billing.organization_settings import BillingSettings, change_billing_settings
+from tentman.names import InvoiceStatus, InvoiceType
+
 
 def add_organization(conn: Connection, name: str = "Org", currency: str | None = "USD", is_active: bool = True) -> int:
     return conn.execute(
@@ -105,6 +108,71 @@ def add_statement(
             "status": status,
         },
     ).scalar_one()
+
+
+def add_invoice(
+    conn: Connection,
+    organization_id: int,
+    lease_id: int,
+    period_start: date,
+    period_end: date,
+    total: Decimal | str,
+    *,
+    status: str = InvoiceStatus.ISSUED,
+    invoice_type: str = InvoiceType.RENT,
+    currency: str = "USD",
+    due_date: date | None = None,
+    invoice_run_id: int | None = None,
+) -> int:
+    """An invoice the application wrote itself, no lines (subtotal = total; due on `period_start`
+    unless `due_date` says otherwise), its id."""
+    return conn.execute(
+        sa.text(
+            """
+            INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, billing_period_end,
+                                  status, currency, subtotal, total, due_date, invoice_run_id)
+            VALUES (:org, :lease, :type, :start, :end, :status, :currency, :total, :total, :due, :run)
+            RETURNING id
+            """
+        ),
+        {
+            "org": organization_id,
+            "lease": lease_id,
+            "type": invoice_type,
+            "start": period_start,
+            "end": period_end,
+            "status": status,
+            "currency": currency,
+            "total": Decimal(total),
+            "due": period_start if due_date is None else due_date,
+            "run": invoice_run_id,
+        },
+    ).scalar_one()
+
+
+def set_billing_settings(
+    conn: Connection,
+    organization_id: int,
+    *,
+    hold: bool = False,
+    reason: str | None = None,
+    proration_method: str | None = None,
+    updated_by: str = "test",
+    **schedule: object,
+) -> BillingSettings:
+    """Set the organization's billing settings as the settings page does (change_billing_settings, its
+    audit row included): no hold and the platform's proration method unless given; the schedule fields
+    given (SCHEDULE_FIELDS), the others keep their stored values. Returns the settings now."""
+    settings, _ = change_billing_settings(
+        conn,
+        organization_id,
+        billing_hold=hold,
+        hold_reason=reason,
+        proration_method=proration_method,
+        updated_by=updated_by,
+        **schedule,
+    )
+    return settings
 
 
 def invoices(conn: Connection, invoice_type: str = "rent") -> list[sa.Row]:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from support.factories import add_charge, add_lease, add_organization
+from support.factories import add_charge, add_invoice, add_lease, add_organization
 from support.live import PASSWORDS, Api, live_stack
 from support.pages import OFFLINE_ARGS, BillingRunsPage, chromium
 from tentman.billing.periods import BillingPeriod
@@ -47,15 +47,7 @@ def ui(pg_admin_uri, tmp_path_factory):
             # A lease whose November invoice the app has already issued: the run skips it, so it is one of
             # the period's "other" invoices, not one the run drafted. (It ends in November: December has none.)
             issued_lease = add_lease(conn, good, date(2025, 1, 1), date(2026, 11, 30), "1650.00")
-            conn.execute(
-                sa.text(
-                    "INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, "
-                    "billing_period_end, status, currency, subtotal, total, due_date) "
-                    "VALUES (:org, :lease, 'rent', '2026-11-01', '2026-11-30', 'issued', 'USD', 1650.00, 1650.00, "
-                    "'2026-11-01')"
-                ),
-                {"org": good, "lease": issued_lease},
-            )
+            add_invoice(conn, good, issued_lease, date(2026, 11, 1), date(2026, 11, 30), "1650.00")
             add_lease(conn, bad, date(2025, 1, 1), None, "900.00")
             broken = add_lease(conn, bad, date(2025, 1, 1), None, "-10.00")
         run = admin.trigger(RENT_DAG_ID, {"billing_month": "2026-11", "organization_ids": [good, bad]}).json()

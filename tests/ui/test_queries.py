@@ -9,9 +9,8 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
-from support.factories import add_lease, add_organization
+from support.factories import add_invoice, add_lease, add_organization, set_billing_settings
 from support.steps import run_steps
-from tentman.billing.organization_settings import change_billing_settings
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.reconciliation import CHECKS, CHECKS_OF_RUN
 from tentman.names import RENT_DAG_ID, RunStatus, RunType
@@ -35,17 +34,10 @@ def add_run(conn, organization_id: int, dag_run_id: str, status: str, started_at
     ).scalar_one()
 
 
-def add_invoice(conn, organization_id: int, status: str, total: str, run_id: int | None) -> None:
+def lease_with_invoice(conn, organization_id: int, status: str, total: str, run_id: int | None) -> None:
+    """A lease of its own with its November rent invoice."""
     lease = add_lease(conn, organization_id, date(2025, 1, 1), None, total)
-    conn.execute(
-        sa.text(
-            "INSERT INTO invoices (organization_id, lease_id, invoice_type, billing_period_start, billing_period_end, "
-            "status, currency, subtotal, total, due_date, invoice_run_id) "
-            "VALUES (:org, :lease, 'rent', '2026-11-01', '2026-11-30', :status, 'USD', :total, :total, '2026-11-01', "
-            ":run)"
-        ),
-        {"org": organization_id, "lease": lease, "status": status, "total": total, "run": run_id},
-    )
+    add_invoice(conn, organization_id, lease, NOVEMBER, date(2026, 11, 30), total, status=status, invoice_run_id=run_id)
 
 
 def test_a_runs_drafted_invoices_are_the_ones_linked_to_it_and_the_summary_counts_every_draft(engine):
@@ -53,10 +45,10 @@ def test_a_runs_drafted_invoices_are_the_ones_linked_to_it_and_the_summary_count
         org = add_organization(conn, "Harbor View")
         earlier = add_run(conn, org, "r1", "failed", "2026-11-02T02:00:00Z")
         latest = add_run(conn, org, "r2", "completed", "2026-11-03T02:00:00Z")
-        add_invoice(conn, org, "draft", "100.00", latest)
-        add_invoice(conn, org, "void", "999.00", latest)  # void: counted nowhere
-        add_invoice(conn, org, "issued", "50.00", None)
-        add_invoice(conn, org, "draft", "20.00", earlier)  # a draft of another run
+        lease_with_invoice(conn, org, "draft", "100.00", latest)
+        lease_with_invoice(conn, org, "void", "999.00", latest)  # void: counted nowhere
+        lease_with_invoice(conn, org, "issued", "50.00", None)
+        lease_with_invoice(conn, org, "draft", "20.00", earlier)  # a draft of another run
 
     with engine.connect() as conn:
         total, rows = queries.list_runs(
@@ -113,15 +105,12 @@ def test_the_schedules_queries_count_what_a_default_run_bills_and_list_own_sched
         inactive = add_organization(conn, "Closed Court")
         conn.execute(sa.text("UPDATE organizations SET is_active = false WHERE id = :o"), {"o": inactive})
 
-        def change(org, hold=False, reason=None, **schedule):
-            change_billing_settings(
-                conn, org, billing_hold=hold, hold_reason=reason, proration_method=None, updated_by="test", **schedule
-            )
-
-        change(held, hold=True, reason="dispute")
-        change(own_rent, timezone="America/New_York", rent_schedule_day=20, rent_schedule_hour=6)
-        change(own_utility, timezone="Asia/Tokyo", utility_schedule_weekday=1, utility_schedule_hour=12)
-        change(inactive, rent_schedule_day=1, rent_schedule_hour=0)
+        set_billing_settings(conn, held, hold=True, reason="dispute")
+        set_billing_settings(conn, own_rent, timezone="America/New_York", rent_schedule_day=20, rent_schedule_hour=6)
+        set_billing_settings(
+            conn, own_utility, timezone="Asia/Tokyo", utility_schedule_weekday=1, utility_schedule_hour=12
+        )
+        set_billing_settings(conn, inactive, rent_schedule_day=1, rent_schedule_hour=0)
 
     with engine.connect() as conn:
         counts = queries.default_run_organizations(conn)
