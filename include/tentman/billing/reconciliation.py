@@ -39,7 +39,9 @@ The checks share one read of the organization's rows of the period, staged in te
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
@@ -241,7 +243,11 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
             checks.append(CheckResult(check, True, note="no run window recorded (a run of an earlier release)"))
             continue
         with clock.stage(check):
-            count, ids = conn.execute(sa.text(_offending(check, run.run_type)), params).one()
+            if check in _MERGE_PASSES:
+                with _merge_joins(conn):
+                    conn.execute(sa.text(_MERGE_PASSES[check]), params)
+            with _merge_joins(conn) if check in _MERGE_PLANNED else contextlib.nullcontext():
+                count, ids = conn.execute(sa.text(_offending(check, run.run_type)), params).one()
         checks.append(CheckResult(check, count == 0, count, list(ids or [])))
     result = Reconciliation(
         run.id,
@@ -253,7 +259,7 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
         checks,
     )
     # Dropped now rather than at commit: a caller may reconcile several runs in one transaction.
-    conn.execute(sa.text(f"DROP TABLE {', '.join(_STAGED_TABLES[RunType(run.run_type)])}"))
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {', '.join(_STAGED_TABLES[RunType(run.run_type)])}"))
     _store(conn, result)
     return result
 
@@ -280,6 +286,33 @@ def _store(conn: Connection, result: Reconciliation) -> None:
             "checks": json.dumps([asdict(c) for c in result.checks]),
         },
     )
+
+
+# Planner settings off while a pass over two id-ordered ranges runs (_merge_joins).
+_MERGE_ONLY = ("enable_nestloop", "enable_hashjoin", "enable_bitmapscan")
+
+
+@contextlib.contextmanager
+def _merge_joins(conn: Connection) -> Iterator[None]:
+    """Plan the statements run inside as merge joins of ordered index scans, then restore the settings.
+
+    The passes that need it (_MERGE_PASSES, _MERGE_PLANNED) join two id ranges that the run has just
+    written, both readable in id order from an index of the contract. The application's statistics
+    do not know those rows yet (the range is estimated at a few hundred rows, or one), so the planner
+    picks one index descent per row (200,000 of them) or a bitmap scan, a sort and a hash: 2× the time
+    of walking both indexes side by side, at 200,000 statements (docs/scaling.md, "The cost of
+    reconciliation"). Only for those statements: elsewhere a nested loop is the right plan (a few
+    pending statements against their leases).
+    """
+    current = ", ".join(f"current_setting('{name}')" for name in _MERGE_ONLY)
+    saved = conn.execute(sa.text(f"SELECT {current}")).one()
+    for name in _MERGE_ONLY:
+        conn.execute(sa.text("SELECT set_config(:name, 'off', true)"), {"name": name})
+    try:
+        yield
+    finally:
+        for name, value in zip(_MERGE_ONLY, saved, strict=True):
+            conn.execute(sa.text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value})
 
 
 def _offending(check: str, run_type: str) -> str:
@@ -346,7 +379,7 @@ _STAGING = {
 }
 _STAGED_TABLES = {
     RunType.MONTHLY_RENT: ("tm_recon_invoice", "tm_recon_lease"),
-    RunType.UTILITY: ("tm_recon_invoice", "tm_recon_statement"),
+    RunType.UTILITY: ("tm_recon_invoice", "tm_recon_statement", "tm_recon_misused_line"),
 }
 # The ids the checks read from the application's tables lie in narrow ranges (one run writes them
 # together): they are read with one range scan of an index, bound to the real ids so that the planner
@@ -364,6 +397,24 @@ _ID_RANGES = {
               FROM tm_recon_statement) s
     """,
 }
+
+# Passes a check makes first, planned as merge joins (_merge_joins). `utility_coverage`: every statement
+# linked to a line of the range (any organization's), each against its line, both ranges walked in id
+# order side by side. A line is misused when a statement on it is not the one it bills for that amount;
+# a statement on a misused line is either that statement or shares its line with it (of two statements
+# on one line, the line bills at most one, its `source_id`).
+_MERGE_PASSES = {
+    UTILITY_COVERAGE: """
+        CREATE TEMP TABLE tm_recon_misused_line ON COMMIT DROP AS
+        SELECT o.invoice_line_id FROM utility_statements o
+        LEFT JOIN invoice_lines l ON l.id = o.invoice_line_id AND l.id BETWEEN :first_line_id AND :last_line_id
+        WHERE o.invoice_line_id BETWEEN :first_line_id AND :last_line_id
+          AND (l.id IS NULL OR l.line_type <> :utility_line OR l.source_id <> o.id OR l.amount <> o.amount)
+    """,
+}
+# Checks whose own statement is planned so: `totals`, the drafts' lines summed in the order of their
+# index and merged with the staged drafts (sorted) instead of sorted, summed and hashed.
+_MERGE_PLANNED = {TOTALS}
 
 _OFFENDING = {
     # The billable leases against the period's invoices. More than one invoice per lease and period
@@ -391,16 +442,9 @@ _OFFENDING = {
                 OR NOT EXISTS (SELECT 1 FROM tm_recon_invoice i WHERE i.lease_id = s.lease_id AND i.status = :draft)))
         UNION ALL
         -- Linked to a line that does not bill it for its amount, or sharing its line with another
-        -- statement (of any organization). One pass over every statement linked to a line of the range,
-        -- each against its line: a line is misused when a statement on it is not the one it bills for
-        -- that amount. A statement on a misused line is either that statement or shares its line with
-        -- it; and of two statements on one line, the line bills at most one (its `source_id`).
+        -- statement (of any organization): the lines misused, found in one pass before (_MERGE_PASSES).
         SELECT s.id FROM tm_recon_statement s
-        WHERE s.invoice_line_id IN (
-            SELECT o.invoice_line_id FROM utility_statements o
-            LEFT JOIN invoice_lines l ON l.id = o.invoice_line_id AND l.id BETWEEN :first_line_id AND :last_line_id
-            WHERE o.invoice_line_id BETWEEN :first_line_id AND :last_line_id
-              AND (l.id IS NULL OR l.line_type <> :utility_line OR l.source_id <> o.id OR l.amount <> o.amount))
+        WHERE s.invoice_line_id IN (SELECT m.invoice_line_id FROM tm_recon_misused_line m)
     """,
     # The lines of the drafts' id range, summed per invoice in one scan of their index (lines of other
     # invoices in the range are summed too, and left aside by the join), against the staged drafts.
@@ -417,16 +461,16 @@ _OFFENDING = {
         WHERE d.status = :draft
           AND (l.invoice_id IS NULL OR d.subtotal IS DISTINCT FROM l.amount OR d.total IS DISTINCT FROM l.amount)
     """,
+    # The organization's settled invoices read once (their ids and row versions), then their lines by
+    # those ids (= ANY, one index scan: a join was planned as a scan of every organization's lines).
     HANDS_OFF: f"""
-        SELECT i.id FROM invoices i
-        WHERE i.organization_id = :org AND i.status <> :draft AND {_WRITTEN_DURING_RUN.format(row="i")}
+        WITH settled AS MATERIALIZED (
+            SELECT i.id, i.xmin AS xmin FROM invoices i WHERE i.organization_id = :org AND i.status <> :draft
+        )
+        SELECT i.id FROM settled i WHERE {_WRITTEN_DURING_RUN.format(row="i")}
         UNION ALL
-        -- The lines of those invoices by their ids (= ANY, one index scan): a join was planned as a
-        -- scan of every organization's lines.
         SELECT l.invoice_id FROM invoice_lines l
-        WHERE l.invoice_id = ANY(ARRAY(
-                SELECT i.id FROM invoices i WHERE i.organization_id = :org AND i.status <> :draft))
-          AND {_WRITTEN_DURING_RUN.format(row="l")}
+        WHERE l.invoice_id = ANY(ARRAY(SELECT id FROM settled)) AND {_WRITTEN_DURING_RUN.format(row="l")}
     """,
     # Per run type below (_COUNTS).
 }
