@@ -247,7 +247,9 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
                 with _merge_joins(conn):
                     conn.execute(sa.text(_MERGE_PASSES[check]), params)
             with _merge_joins(conn) if check in _MERGE_PLANNED else contextlib.nullcontext():
-                count, ids = conn.execute(sa.text(_offending(check, run.run_type)), params).one()
+                found = conn.execute(sa.text(_offending(check, run.run_type)), params).one()._asdict()
+        count, ids = found.pop("count"), found.pop("ids")
+        params.update(found)  # what a later check reuses (rent_coverage: `invoiced`, for counts)
         checks.append(CheckResult(check, count == 0, count, list(ids or [])))
     result = Reconciliation(
         run.id,
@@ -316,7 +318,10 @@ def _merge_joins(conn: Connection) -> Iterator[None]:
 
 
 def _offending(check: str, run_type: str) -> str:
-    """The check's statement: one row, (count, the first :max_ids offending ids)."""
+    """The check's statement: one row, (count, the first :max_ids offending ids), and for a few checks
+    a figure a later check reuses (_FIGURES)."""
+    if check in _FIGURES:
+        return _FIGURES[check]
     offending = _COUNTS[RunType(run_type)] if check == COUNTS else _OFFENDING[check]
     return f"""
         WITH offending AS ({offending})
@@ -417,17 +422,7 @@ _MERGE_PASSES = {
 _MERGE_PLANNED = {TOTALS}
 
 _OFFENDING = {
-    # The billable leases against the period's invoices. More than one invoice per lease and period
-    # cannot be: the contract's unique key (invoices_one_per_lease_type_period), which every run
-    # checks before it starts, forbids it.
-    RENT_COVERAGE: f"""
-        SELECT coalesce(s.lease_id, i.lease_id) AS id
-        FROM tm_recon_lease s FULL JOIN tm_recon_invoice i ON i.lease_id = s.lease_id
-        -- A billable lease with no invoice, not named in the errors: lost.
-        WHERE (s.error IS NULL AND i.lease_id IS NULL AND s.lease_id NOT IN ({_NAMED_LEASES}))
-           -- A draft for a lease that is not billable for the period.
-           OR (i.status = :draft AND (s.lease_id IS NULL OR s.error IS NOT NULL))
-    """,
+    # RENT_COVERAGE: in _FIGURES below (it also counts the billable leases invoiced, for `counts`).
     # A statement on more than one utility line cannot be: the contract's unique key
     # (invoice_lines_utility_statement_once) forbids it.
     UTILITY_COVERAGE: f"""
@@ -475,17 +470,35 @@ _OFFENDING = {
     # Per run type below (_COUNTS).
 }
 
+# Checks that also return a figure a later check reuses, in one pass. `rent_coverage`: the billable
+# leases against the period's invoices, one FULL JOIN, which also counts the billable leases that have
+# an invoice (`invoiced`), for `counts`, instead of joining the two staged tables again. More than one
+# invoice per lease and period cannot be: the contract's unique key (invoices_one_per_lease_type_period),
+# which every run checks before it starts, forbids it.
+_FIGURES = {
+    RENT_COVERAGE: f"""
+        SELECT count(DISTINCT id) FILTER (WHERE offending) AS count,
+               (array_agg(DISTINCT id ORDER BY id) FILTER (WHERE offending))[1:CAST(:max_ids AS integer)] AS ids,
+               count(*) FILTER (WHERE invoiced) AS invoiced
+        FROM (
+            SELECT coalesce(s.lease_id, i.lease_id) AS id,
+                   -- A billable lease with no invoice, not named in the errors: lost.
+                   (s.error IS NULL AND i.lease_id IS NULL AND s.lease_id NOT IN ({_NAMED_LEASES}))
+                   -- A draft for a lease that is not billable for the period.
+                   OR (i.status = :draft AND (s.lease_id IS NULL OR s.error IS NOT NULL)) AS offending,
+                   s.lease_id IS NOT NULL AND s.error IS NULL AND i.lease_id IS NOT NULL AS invoiced
+            FROM tm_recon_lease s FULL JOIN tm_recon_invoice i ON i.lease_id = s.lease_id
+        ) pairs
+    """,
+}
+
 _COUNTS = {
+    # :invoiced, the billable leases that have an invoice of the period: counted by rent_coverage (_FIGURES).
     RunType.MONTHLY_RENT: f"""
-        WITH invoiced AS (
-            SELECT count(*) AS invoices
-            FROM tm_recon_lease s JOIN tm_recon_invoice i ON i.lease_id = s.lease_id
-            WHERE s.error IS NULL
-        )
-        SELECT r.id FROM invoice_runs r, invoiced
+        SELECT r.id FROM invoice_runs r
         WHERE r.id = :run_id
           AND (r.total_leases <> r.success_count + r.skipped_count + r.failure_count
-               OR r.success_count + r.skipped_count <> invoiced.invoices
+               OR r.success_count + r.skipped_count <> :invoiced
                OR r.failure_count <> (SELECT count(DISTINCT lease_id) FROM ({_NAMED_LEASES}) n))
     """,
     RunType.UTILITY: f"""
