@@ -14,7 +14,7 @@ from support.audit import audit
 from support.commands import tentman
 from support.factories import add_charge, add_invoice, add_lease, add_organization, add_statement
 from support.steps import run_steps
-from tentman.billing.reconciliation import CHECKS_OF_RUN
+from tentman.billing.reconciliation import CHECKS_OF_RUN, reconcile_invoice_run
 from tentman.names import RECONCILIATIONS_TABLE, RENT_DAG_ID, RunType
 from tentman.runs.bill import bill_organization
 from tentman.runs.reconcile import ReconciliationFailed, raise_on_violations, reconcile_period
@@ -228,6 +228,24 @@ def test_a_utility_line_amount_edited_names_its_statement_and_its_invoice(engine
         ).scalar_one()
     [result] = reconcile_period(engine, run_type=RunType.UTILITY, period=_february())
     assert verdicts([result]) == {org: {"utility_coverage": [s2], "totals": [invoice]}}
+
+
+def test_the_merge_planned_passes_leave_the_planner_settings_as_they_were(engine, utility_org):
+    # utility_coverage and totals plan their passes as merge joins (enable_nestloop, enable_hashjoin and
+    # enable_bitmapscan off for those statements only): the rest of the transaction keeps its own.
+    [clean] = run_steps(engine, RunType.UTILITY, UTILITY_TICK, "u1")
+    with engine.connect() as conn:
+        conn.execute(sa.text("SET LOCAL enable_bitmapscan = off"))  # the caller's own choice, kept
+        again = reconcile_invoice_run(conn, clean.invoice_run_id)
+        settings = conn.execute(
+            sa.text(
+                "SELECT current_setting('enable_nestloop'), current_setting('enable_hashjoin'), "
+                "current_setting('enable_bitmapscan')"
+            )
+        ).one()
+        conn.rollback()
+    assert again.ok, again.describe()
+    assert tuple(settings) == ("on", "on", "off")
 
 
 def _february():

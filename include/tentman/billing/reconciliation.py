@@ -39,7 +39,9 @@ The checks share one read of the organization's rows of the period, staged in te
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
@@ -241,7 +243,13 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
             checks.append(CheckResult(check, True, note="no run window recorded (a run of an earlier release)"))
             continue
         with clock.stage(check):
-            count, ids = conn.execute(sa.text(_offending(check, run.run_type)), params).one()
+            if check in _MERGE_PASSES:
+                with _merge_joins(conn):
+                    conn.execute(sa.text(_MERGE_PASSES[check]), params)
+            with _merge_joins(conn) if check in _MERGE_PLANNED else contextlib.nullcontext():
+                found = conn.execute(sa.text(_offending(check, run.run_type)), params).one()._asdict()
+        count, ids = found.pop("count"), found.pop("ids")
+        params.update(found)  # what a later check reuses (rent_coverage: `invoiced`, for counts)
         checks.append(CheckResult(check, count == 0, count, list(ids or [])))
     result = Reconciliation(
         run.id,
@@ -253,7 +261,7 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
         checks,
     )
     # Dropped now rather than at commit: a caller may reconcile several runs in one transaction.
-    conn.execute(sa.text(f"DROP TABLE {', '.join(_STAGED_TABLES[RunType(run.run_type)])}"))
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {', '.join(_STAGED_TABLES[RunType(run.run_type)])}"))
     _store(conn, result)
     return result
 
@@ -282,8 +290,38 @@ def _store(conn: Connection, result: Reconciliation) -> None:
     )
 
 
+# Planner settings off while a pass over two id-ordered ranges runs (_merge_joins).
+_MERGE_ONLY = ("enable_nestloop", "enable_hashjoin", "enable_bitmapscan")
+
+
+@contextlib.contextmanager
+def _merge_joins(conn: Connection) -> Iterator[None]:
+    """Plan the statements run inside as merge joins of ordered index scans, then restore the settings.
+
+    The passes that need it (_MERGE_PASSES, _MERGE_PLANNED) join two id ranges that the run has just
+    written, both readable in id order from an index of the contract. The application's statistics
+    do not know those rows yet (the range is estimated at a few hundred rows, or one), so the planner
+    picks one index descent per row (200,000 of them) or a bitmap scan, a sort and a hash: 2× the time
+    of walking both indexes side by side, at 200,000 statements (docs/scaling.md, "The cost of
+    reconciliation"). Only for those statements: elsewhere a nested loop is the right plan (a few
+    pending statements against their leases).
+    """
+    current = ", ".join(f"current_setting('{name}')" for name in _MERGE_ONLY)
+    saved = conn.execute(sa.text(f"SELECT {current}")).one()
+    for name in _MERGE_ONLY:
+        conn.execute(sa.text("SELECT set_config(:name, 'off', true)"), {"name": name})
+    try:
+        yield
+    finally:
+        for name, value in zip(_MERGE_ONLY, saved, strict=True):
+            conn.execute(sa.text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value})
+
+
 def _offending(check: str, run_type: str) -> str:
-    """The check's statement: one row, (count, the first :max_ids offending ids)."""
+    """The check's statement: one row, (count, the first :max_ids offending ids), and for a few checks
+    a figure a later check reuses (_FIGURES)."""
+    if check in _FIGURES:
+        return _FIGURES[check]
     offending = _COUNTS[RunType(run_type)] if check == COUNTS else _OFFENDING[check]
     return f"""
         WITH offending AS ({offending})
@@ -346,7 +384,7 @@ _STAGING = {
 }
 _STAGED_TABLES = {
     RunType.MONTHLY_RENT: ("tm_recon_invoice", "tm_recon_lease"),
-    RunType.UTILITY: ("tm_recon_invoice", "tm_recon_statement"),
+    RunType.UTILITY: ("tm_recon_invoice", "tm_recon_statement", "tm_recon_misused_line"),
 }
 # The ids the checks read from the application's tables lie in narrow ranges (one run writes them
 # together): they are read with one range scan of an index, bound to the real ids so that the planner
@@ -365,18 +403,26 @@ _ID_RANGES = {
     """,
 }
 
-_OFFENDING = {
-    # The billable leases against the period's invoices. More than one invoice per lease and period
-    # cannot be: the contract's unique key (invoices_one_per_lease_type_period), which every run
-    # checks before it starts, forbids it.
-    RENT_COVERAGE: f"""
-        SELECT coalesce(s.lease_id, i.lease_id) AS id
-        FROM tm_recon_lease s FULL JOIN tm_recon_invoice i ON i.lease_id = s.lease_id
-        -- A billable lease with no invoice, not named in the errors: lost.
-        WHERE (s.error IS NULL AND i.lease_id IS NULL AND s.lease_id NOT IN ({_NAMED_LEASES}))
-           -- A draft for a lease that is not billable for the period.
-           OR (i.status = :draft AND (s.lease_id IS NULL OR s.error IS NOT NULL))
+# Passes a check makes first, planned as merge joins (_merge_joins). `utility_coverage`: every statement
+# linked to a line of the range (any organization's), each against its line, both ranges walked in id
+# order side by side. A line is misused when a statement on it is not the one it bills for that amount;
+# a statement on a misused line is either that statement or shares its line with it (of two statements
+# on one line, the line bills at most one, its `source_id`).
+_MERGE_PASSES = {
+    UTILITY_COVERAGE: """
+        CREATE TEMP TABLE tm_recon_misused_line ON COMMIT DROP AS
+        SELECT o.invoice_line_id FROM utility_statements o
+        LEFT JOIN invoice_lines l ON l.id = o.invoice_line_id AND l.id BETWEEN :first_line_id AND :last_line_id
+        WHERE o.invoice_line_id BETWEEN :first_line_id AND :last_line_id
+          AND (l.id IS NULL OR l.line_type <> :utility_line OR l.source_id <> o.id OR l.amount <> o.amount)
     """,
+}
+# Checks whose own statement is planned so: `totals`, the drafts' lines summed in the order of their
+# index and merged with the staged drafts (sorted) instead of sorted, summed and hashed.
+_MERGE_PLANNED = {TOTALS}
+
+_OFFENDING = {
+    # RENT_COVERAGE: in _FIGURES below (it also counts the billable leases invoiced, for `counts`).
     # A statement on more than one utility line cannot be: the contract's unique key
     # (invoice_lines_utility_statement_once) forbids it.
     UTILITY_COVERAGE: f"""
@@ -391,16 +437,9 @@ _OFFENDING = {
                 OR NOT EXISTS (SELECT 1 FROM tm_recon_invoice i WHERE i.lease_id = s.lease_id AND i.status = :draft)))
         UNION ALL
         -- Linked to a line that does not bill it for its amount, or sharing its line with another
-        -- statement (of any organization). One pass over every statement linked to a line of the range,
-        -- each against its line: a line is misused when a statement on it is not the one it bills for
-        -- that amount. A statement on a misused line is either that statement or shares its line with
-        -- it; and of two statements on one line, the line bills at most one (its `source_id`).
+        -- statement (of any organization): the lines misused, found in one pass before (_MERGE_PASSES).
         SELECT s.id FROM tm_recon_statement s
-        WHERE s.invoice_line_id IN (
-            SELECT o.invoice_line_id FROM utility_statements o
-            LEFT JOIN invoice_lines l ON l.id = o.invoice_line_id AND l.id BETWEEN :first_line_id AND :last_line_id
-            WHERE o.invoice_line_id BETWEEN :first_line_id AND :last_line_id
-              AND (l.id IS NULL OR l.line_type <> :utility_line OR l.source_id <> o.id OR l.amount <> o.amount))
+        WHERE s.invoice_line_id IN (SELECT m.invoice_line_id FROM tm_recon_misused_line m)
     """,
     # The lines of the drafts' id range, summed per invoice in one scan of their index (lines of other
     # invoices in the range are summed too, and left aside by the join), against the staged drafts.
@@ -417,31 +456,54 @@ _OFFENDING = {
         WHERE d.status = :draft
           AND (l.invoice_id IS NULL OR d.subtotal IS DISTINCT FROM l.amount OR d.total IS DISTINCT FROM l.amount)
     """,
+    # The organization's settled invoices read once (their ids and row versions), then their lines by
+    # those ids (= ANY, one index scan: a join was planned as a scan of every organization's lines).
     HANDS_OFF: f"""
-        SELECT i.id FROM invoices i
-        WHERE i.organization_id = :org AND i.status <> :draft AND {_WRITTEN_DURING_RUN.format(row="i")}
+        WITH settled AS MATERIALIZED (
+            SELECT i.id, i.xmin AS xmin FROM invoices i WHERE i.organization_id = :org AND i.status <> :draft
+        )
+        SELECT i.id FROM settled i WHERE {_WRITTEN_DURING_RUN.format(row="i")}
         UNION ALL
-        -- The lines of those invoices by their ids (= ANY, one index scan): a join was planned as a
-        -- scan of every organization's lines.
         SELECT l.invoice_id FROM invoice_lines l
-        WHERE l.invoice_id = ANY(ARRAY(
-                SELECT i.id FROM invoices i WHERE i.organization_id = :org AND i.status <> :draft))
-          AND {_WRITTEN_DURING_RUN.format(row="l")}
+        WHERE l.invoice_id = ANY(ARRAY(SELECT id FROM settled)) AND {_WRITTEN_DURING_RUN.format(row="l")}
     """,
     # Per run type below (_COUNTS).
 }
 
+# Checks that also return a figure a later check reuses, in one pass. `rent_coverage`: the billable
+# leases against the period's invoices, one FULL JOIN, which also counts the billable leases that have
+# an invoice (`invoiced`), for `counts`, instead of joining the two staged tables again. More than one
+# invoice per lease and period cannot be: the contract's unique key (invoices_one_per_lease_type_period),
+# which every run checks before it starts, forbids it.
+_FIGURES = {
+    RENT_COVERAGE: f"""
+        -- The offending ids gathered unsorted, then sorted alone (a sorted aggregate over the pairs
+        -- sorted all 200,000 of them).
+        SELECT (SELECT count(DISTINCT id) FROM unnest(p.offending) id) AS count,
+               (SELECT (array_agg(DISTINCT id ORDER BY id))[1:CAST(:max_ids AS integer)]
+                FROM unnest(p.offending) id) AS ids,
+               p.invoiced
+        FROM (
+        SELECT array_agg(id) FILTER (WHERE offending) AS offending, count(*) FILTER (WHERE invoiced) AS invoiced
+        FROM (
+            SELECT coalesce(s.lease_id, i.lease_id) AS id,
+                   -- A billable lease with no invoice, not named in the errors: lost.
+                   (s.error IS NULL AND i.lease_id IS NULL AND s.lease_id NOT IN ({_NAMED_LEASES}))
+                   -- A draft for a lease that is not billable for the period.
+                   OR (i.status = :draft AND (s.lease_id IS NULL OR s.error IS NOT NULL)) AS offending,
+                   s.lease_id IS NOT NULL AND s.error IS NULL AND i.lease_id IS NOT NULL AS invoiced
+            FROM tm_recon_lease s FULL JOIN tm_recon_invoice i ON i.lease_id = s.lease_id
+        ) pairs) p
+    """,
+}
+
 _COUNTS = {
+    # :invoiced, the billable leases that have an invoice of the period: counted by rent_coverage (_FIGURES).
     RunType.MONTHLY_RENT: f"""
-        WITH invoiced AS (
-            SELECT count(*) AS invoices
-            FROM tm_recon_lease s JOIN tm_recon_invoice i ON i.lease_id = s.lease_id
-            WHERE s.error IS NULL
-        )
-        SELECT r.id FROM invoice_runs r, invoiced
+        SELECT r.id FROM invoice_runs r
         WHERE r.id = :run_id
           AND (r.total_leases <> r.success_count + r.skipped_count + r.failure_count
-               OR r.success_count + r.skipped_count <> invoiced.invoices
+               OR r.success_count + r.skipped_count <> :invoiced
                OR r.failure_count <> (SELECT count(DISTINCT lease_id) FROM ({_NAMED_LEASES}) n))
     """,
     RunType.UTILITY: f"""
