@@ -75,6 +75,7 @@ def generate_rent_invoices(
     result, _ = _RENT.bill(conn, organization_id, params, clock)
     if result.organization_error is None:
         with clock.stage("delete_stale_drafts"):
+            conn.execute(sa.text(_INDEX_BILLED_LEASES))
             result.stale_drafts_removed = conn.execute(sa.text(_DELETE_STALE_DRAFTS), params).rowcount
     return result
 
@@ -519,6 +520,12 @@ _RENT = StagedRun(
 
 # Every stage a call that bills (a usable currency) reports, in order.
 RENT_STAGES = (*_RENT.stage_names, "delete_stale_drafts")
+
+# The delete below reads the period's drafts, the ones this run just inserted included, which the
+# invoices' statistics do not know yet (a new month has no rows in them): planned for one draft, it
+# pairs each with a scan of the staged leases. On PostgreSQL 15, at 20,000 leases that took 11.8 s
+# of the run's 12.5 s (quadratic: at 200,000, about twenty minutes). Indexed, each draft is one probe.
+_INDEX_BILLED_LEASES = "CREATE INDEX ON tm_rent_lease (lease_id)"
 
 # A draft this job made for a lease that is no longer billed for the period (terminated, dates
 # changed) would otherwise be issued by mistake: remove it. Drafts of leases that failed this run
