@@ -200,6 +200,36 @@ class PairedRatio:
         return f"{self.median:.2f}x ({self.low:.2f}-{self.high:.2f}x over {len(self.ratios)} pairs)"
 
 
+@dataclasses.dataclass
+class CopyFloorPairs:
+    """Rent runs against the COPY floor of their output, as alternating pairs: each pair clears the
+    output (`output`: table -> the SQL filter of its rows), times the engine (`engine_run`), then
+    COPY of the very rows it wrote (`floor_run`). Between the two, the caller may look at what the
+    engine left (its memory, its reconciliation)."""
+
+    output: dict[str, str]
+    paired: PairedRatio = dataclasses.field(default_factory=PairedRatio)
+    runs: list[Phase] = dataclasses.field(default_factory=list)
+    floors: list[Phase] = dataclasses.field(default_factory=list)
+    stages: dict[str, StageTimings] = dataclasses.field(default_factory=dict)
+
+    def engine_run(self, engine, bill):
+        """Pair n+1's engine run: `bill(timings)` on a cleared output, timed. Its result and phase."""
+        clear_output(engine, list(self.output), self.output)
+        timings = self.stages[f"pair {len(self.runs) + 1}"] = StageTimings()
+        with timed_phase(engine) as phase:
+            result = bill(timings)
+        self.runs.append(phase)
+        return result, phase
+
+    def floor_run(self, engine) -> Phase:
+        """The floor of the pair whose engine run came last."""
+        floor = copy_floor(engine, list(self.output), self.output)
+        self.paired.add(self.runs[-1].seconds, floor.seconds)
+        self.floors.append(floor)
+        return floor
+
+
 def median_rate(count: int, seconds: list[float]) -> int:
     """Items per second, the median of the pairs' rates."""
     return round(statistics.median(count / s for s in seconds))

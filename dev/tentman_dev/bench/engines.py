@@ -34,12 +34,12 @@ from tentman.names import InvoiceType, LineType, RunType, StatementStatus
 from tentman_dev.bench.common import (
     DEFAULT_PAIRS,
     PERIOD,
+    CopyFloorPairs,
     PairedRatio,
     Phase,
     analyze,
     bench_server,
     bill_rent,
-    clear_output,
     copy_floor,
     dump_rows,
     load_rows,
@@ -144,30 +144,25 @@ def benchmark_rent(engine, organization_id: int, n: int, pairs: int) -> dict:
     each from the organization's invoices deleted; then the idempotent re-run and the re-run after a
     rent change on every lease (no floor: once each, after the pairs)."""
     org = int(organization_id)
-    output = {
-        "invoices": f"organization_id = {org}",
-        "invoice_lines": f"invoice_id IN (SELECT id FROM invoices WHERE organization_id = {org})",
-    }
-    tables = list(output)
-    paired = PairedRatio()
-    first_runs: list[Phase] = []
-    floors: list[Phase] = []
-    stages: dict[str, StageTimings] = {}
+    alternating = CopyFloorPairs(
+        {
+            "invoices": f"organization_id = {org}",
+            "invoice_lines": f"invoice_id IN (SELECT id FROM invoices WHERE organization_id = {org})",
+        }
+    )
+    paired, first_runs, floors, stages = alternating.paired, alternating.runs, alternating.floors, alternating.stages
     for pair in range(1, pairs + 1):
-        clear_output(engine, tables, output)
-        timings = stages[f"pair {pair}"] = StageTimings()
         invoice_run_id = open_bench_run(engine, org, RunType.MONTHLY_RENT)
-        with timed_phase(engine) as first_phase:
-            first = bill_rent(engine, org, timings=timings, invoice_run_id=invoice_run_id)
+        first, first_phase = alternating.engine_run(
+            engine,
+            lambda timings, run_id=invoice_run_id: bill_rent(engine, org, timings=timings, invoice_run_id=run_id),
+        )
         if pair == 1:
             # The engine's memory, before the floor's COPY buffers are allocated.
             engine_rss_mb = peak_rss_mb()
             # The reconcile task's work after this run: the first run's invoices, as a DAG run leaves them.
             reconciled = reconcile_phase(engine, invoice_run_id, first, first_phase.seconds, "rent")
-        floor = copy_floor(engine, tables, output)
-        paired.add(first_phase.seconds, floor.seconds)
-        first_runs.append(first_phase)
-        floors.append(floor)
+        floor = alternating.floor_run(engine)
         print(
             f"rent pair {pair}/{pairs}: first run {first.success_count} leases billed in {first_phase.seconds:.2f}s "
             f"({n / first_phase.seconds:,.0f} leases/s), {first.invoices_created} invoices, "

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tentman.billing.timing import StageTimings
 from tentman.billing.utility import generate_utility_invoices
 from tentman.db import create_engine_from_uri
 from tentman.migrate import upgrade
@@ -37,17 +36,13 @@ from tentman.names import BILL_ORGANIZATION_TASK, RENT_DAG_ID, UTILITY_DAG_ID, I
 from tentman_dev.airflow_stack import executor_class
 from tentman_dev.bench.common import (
     DEFAULT_PAIRS,
-    PairedRatio,
-    Phase,
+    CopyFloorPairs,
     bill_rent,
-    clear_output,
-    copy_floor,
     median_parts,
     median_rate,
     median_stages,
     pairs_argument,
     stage_table,
-    timed_phase,
     vacuum_analyze,
 )
 from tentman_dev.bench.pipeline import (
@@ -80,21 +75,13 @@ def largest_organization_alone(engine, sizes: list[int], pairs: int) -> dict:
         f"invoice_type = '{InvoiceType.RENT}' AND organization_id = {largest}"
         f" AND billing_period_start = DATE '{NEXT_PERIOD.start}'"
     )
-    output = {"invoices": rows, "invoice_lines": f"invoice_id IN (SELECT id FROM invoices WHERE {rows})"}
-    tables = list(output)
-    paired = PairedRatio()
-    runs: list[Phase] = []
-    floors: list[Phase] = []
-    stages: dict[str, StageTimings] = {}
+    alternating = CopyFloorPairs(
+        {"invoices": rows, "invoice_lines": f"invoice_id IN (SELECT id FROM invoices WHERE {rows})"}
+    )
+    paired, runs, floors, stages = alternating.paired, alternating.runs, alternating.floors, alternating.stages
     for pair in range(1, pairs + 1):
-        clear_output(engine, tables, output)
-        timings = stages[f"pair {pair}"] = StageTimings()
-        with timed_phase(engine) as alone:
-            bill_rent(engine, largest, NEXT_PERIOD, timings=timings)
-        floor = copy_floor(engine, tables, output)
-        paired.add(alone.seconds, floor.seconds)
-        runs.append(alone)
-        floors.append(floor)
+        _, alone = alternating.engine_run(engine, lambda timings: bill_rent(engine, largest, NEXT_PERIOD, timings))
+        floor = alternating.floor_run(engine)
         print(
             f"largest organization alone, pair {pair}/{pairs}: {max(sizes):,} leases in {alone.seconds:.2f}s "
             f"({alone.wal_mb:,.0f} MB of WAL); COPY floor {floor.seconds:.2f}s ({floor.wal_mb:,.0f} MB: "
