@@ -14,6 +14,7 @@ from support.audit import audit
 from support.commands import tentman
 from support.factories import add_charge, add_invoice, add_lease, add_organization, add_statement
 from support.steps import run_steps
+from tentman.billing import reconciliation
 from tentman.billing.reconciliation import CHECKS_OF_RUN, reconcile_invoice_run
 from tentman.names import RECONCILIATIONS_TABLE, RENT_DAG_ID, RunType
 from tentman.runs.bill import bill_organization
@@ -248,10 +249,118 @@ def test_the_merge_planned_passes_leave_the_planner_settings_as_they_were(engine
     assert tuple(settings) == ("on", "on", "off")
 
 
+@pytest.fixture
+def statement_stagings(engine):
+    """How each utility reconciliation staged the organization's statements: "by link" or "by scan"."""
+    seen = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):
+        if "CREATE TEMP TABLE tm_recon_statement" in statement:
+            seen.append("by link" if "ON s.invoice_line_id = l.id" in statement else "by scan")
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    yield seen
+    sa.event.remove(engine, "before_cursor_execute", note)
+
+
 def _february():
     from tentman.billing.periods import BillingPeriod
 
     return BillingPeriod.for_month(2027, 2)
+
+
+def test_utility_reconciliation_reads_its_statements_by_index_not_every_organizations(engine, utility_org):
+    """The statements a utility run should have billed are staged from the contract's indexes (the
+    pending ones) and from the period's lines (the billed ones): a scan of the whole table, once per
+    organization, made a 2,000-organization run's reconciliation grow with every statement ever
+    written."""
+    org, *_ = utility_org
+    with engine.begin() as conn:
+        other = add_organization(conn, "Many Meters")
+        conn.execute(
+            sa.text(
+                "INSERT INTO utility_statements (organization_id, utility_type, period_start, period_end, amount, "
+                "status) SELECT :org, 'water', DATE '2027-01-01', DATE '2027-01-31', 10, 'draft' "
+                "FROM generate_series(1, 5000)"
+            ),
+            {"org": other},
+        )
+        conn.execute(sa.text("ANALYZE utility_statements"))
+    plans = []
+
+    def explain_statement_staging(conn, cursor, statement, parameters, context, executemany):
+        if "CREATE TEMP TABLE tm_recon_statement" in statement:
+            cursor.execute("EXPLAIN " + statement, parameters)
+            plans.append("\n".join(row[0] for row in cursor.fetchall()))
+
+    sa.event.listen(engine, "before_cursor_execute", explain_statement_staging)
+    try:
+        results = run_steps(engine, RunType.UTILITY, UTILITY_TICK, "u1")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", explain_statement_staging)
+    assert verdicts(results) == {org: {}, other: {}}
+    assert len(plans) == 2 and not [p for p in plans if "Seq Scan on utility_statements" in p], plans
+
+
+@pytest.mark.parametrize("staging", ["by link", "by scan"])
+def test_a_statement_billed_in_an_earlier_month_is_that_months_to_reconcile(
+    engine, utility_org, staging, monkeypatch, statement_stagings
+):
+    """A utility run reconciles the statements it should have billed: those still pending, and those
+    billed on its period's invoices. One billed on an earlier month's invoice is checked by that month's
+    reconciliation (on demand: `tentman runs reconcile`), not by every later run. The same verdicts
+    whichever way the organization's statements are staged (by their links, or by one scan of the
+    table for an organization that is a large part of it)."""
+    org, lease, s1, s2, bad = utility_org
+    with engine.begin() as conn:
+        conn.execute(sa.text("ANALYZE utility_statements"))  # the table's size, which the choice reads
+    monkeypatch.setattr(reconciliation, "STATEMENT_PROBE_ROWS", 0 if staging == "by link" else 10**9)
+    [january] = run_steps(engine, RunType.UTILITY, datetime(2027, 1, 4, 3, tzinfo=UTC), "u-jan")
+    assert january.ok, january.describe()
+    with engine.begin() as conn:
+        late = add_statement(conn, org, lease, "7.50", date(2027, 1, 1), date(2027, 1, 31), utility_type="trash")
+    [february] = run_steps(engine, RunType.UTILITY, UTILITY_TICK, "u-feb")
+    assert february.ok, february.describe()
+    with engine.begin() as conn:
+        invoices = dict(
+            conn.execute(
+                sa.text(
+                    "UPDATE invoice_lines SET amount = amount + 1 WHERE line_type = 'utility' AND source_id = ANY(:s) "
+                    "RETURNING source_id, invoice_id"
+                ),
+                {"s": [s1, late]},
+            ).all()
+        )
+    from tentman.billing.periods import BillingPeriod
+
+    [january_again] = reconcile_period(engine, run_type=RunType.UTILITY, period=BillingPeriod.for_month(2027, 1))
+    [february_again] = reconcile_period(engine, run_type=RunType.UTILITY, period=_february())
+    assert verdicts([january_again]) == {org: {"utility_coverage": [s1], "totals": [invoices[s1]]}}
+    assert verdicts([february_again]) == {org: {"utility_coverage": [late], "totals": [invoices[late]]}}
+    assert set(statement_stagings) == {staging}
+
+
+def test_each_organization_of_a_run_is_reconciled_on_its_own_and_reported_in_order(engine):
+    """The organizations are reconciled several at once (RECONCILE_CONNECTIONS), each in its own
+    transaction: every verdict is stored, in organization order, and one organization's violation is
+    its own."""
+    with engine.begin() as conn:
+        orgs = [add_organization(conn, f"Homes {i}") for i in range(7)]
+        leases = {org: add_lease(conn, org, date(2025, 1, 1), None, f"{1000 + org}.00") for org in orgs}
+    broken = orgs[3]
+
+    def delete_one(conn):
+        conn.execute(sa.text("DELETE FROM invoices WHERE lease_id = :l"), {"l": leases[broken]})
+
+    results = run_steps(engine, RunType.MONTHLY_RENT, RENT_TICK, "r1", between=delete_one)
+    assert [r.organization_id for r in results] == sorted(orgs)
+    assert verdicts(results) == {
+        org: ({"rent_coverage": [leases[org]], "counts": [r.invoice_run_id]} if org == broken else {})
+        for org, r in zip(sorted(orgs), results, strict=True)
+    }
+    with engine.connect() as conn:
+        stored = dict(conn.execute(sa.text(f"SELECT organization_id, ok FROM {RECONCILIATIONS_TABLE}")).all())
+    assert stored == {org: org != broken for org in orgs}
 
 
 def test_the_command_reconciles_on_demand_and_exits_1_on_a_violation(engine, db_uri, rent_org):

@@ -34,7 +34,7 @@ Only organizations the run billed are reconciled (`completed`, `completed_with_e
 organization billed nothing and has its own alert; one on hold was not billed.
 
 The checks share one read of the organization's rows of the period, staged in temporary tables
-(_STAGING) as the engines stage theirs; docs/scaling.md, "The cost of reconciliation", has the cost.
+(_stage) as the engines stage theirs; docs/scaling.md, "The cost of reconciliation", has the cost.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from sqlalchemy.engine import Connection
 
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.rent import RENT_LEASE_BINDS, RENT_LEASES_OF_PERIOD
-from tentman.billing.staging import analyze_staging, use_staging_buffers
+from tentman.billing.staging import STAGING_STATISTICS_TARGET, analyze_columns, use_staging_buffers
 from tentman.billing.timing import StageTimings, stage_clock
 from tentman.billing.utility import UTILITY_STATEMENT_ERROR
 from tentman.names import (
@@ -189,24 +189,38 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
     """Run every check of the invoice run's type and store the verdict (on the caller's transaction);
     `timings` gets each check's seconds, by its name (`make bench`)."""
     clock = stage_clock(timings)
-    # The checks read every row of the organization's period once; their estimates, from statistics
-    # of rows the run has just written, are priced high enough to JIT-compile the statements, which
-    # cost more than running them (utility_coverage: 1.6 s of JIT for 0.1 s of work at 20,000).
-    conn.execute(sa.text("SET LOCAL jit = off"))
-    # Their hash joins and aggregates hold one row per lease or statement of the organization: with the
-    # server's default work memory (4 MB) they spilled to disk in batches at 200,000.
-    conn.execute(sa.text(f"SET LOCAL work_mem = '{RECONCILIATION_WORK_MEM}'"))
-    # `totals` sums the lines per invoice: streamed from the lines' index in invoice order, half the
-    # time of a hash of 200,000 numeric sums (86 MB), which the planner preferred.
-    conn.execute(sa.text("SET LOCAL enable_hashagg = off"))
-    run = conn.execute(sa.text("SELECT * FROM invoice_runs WHERE id = :id"), {"id": invoice_run_id}).one()
-    window = conn.execute(
+    # One round trip for the transaction's settings (an organization of a few leases costs its round
+    # trips, not its rows). The checks read every row of the organization's period once; their
+    # estimates, from statistics of rows the run has just written, are priced high enough to
+    # JIT-compile the statements, which cost more than running them (utility_coverage: 1.6 s of JIT
+    # for 0.1 s of work at 20,000). Their hash joins and aggregates hold one row per lease or statement
+    # of the organization: with the server's default work memory (4 MB) they spilled to disk in
+    # batches at 200,000. `totals` sums the lines per invoice: streamed from the lines' index in
+    # invoice order, half the time of a hash of 200,000 numeric sums (86 MB), which the planner
+    # preferred. The staging tables' statistics are sampled at the engines' size (STAGING_STATISTICS_TARGET).
+    conn.execute(
+        sa.text(
+            "SELECT set_config('jit', 'off', true), set_config('work_mem', :work_mem, true), "
+            "set_config('enable_hashagg', 'off', true), set_config('default_statistics_target', :target, true)"
+        ),
+        {"work_mem": RECONCILIATION_WORK_MEM, "target": str(STAGING_STATISTICS_TARGET)},
+    )
+    # The run, with the end of its `hands_off` window (this transaction, unless an earlier
+    # reconciliation set it).
+    run = conn.execute(
         sa.text(
             f"""
-            INSERT INTO {RECONCILIATIONS_TABLE} AS r (invoice_run_id, ended_xid)
-            VALUES (:id, CAST(CAST(pg_current_xact_id() AS text) AS bigint) % :space)
-            ON CONFLICT (invoice_run_id) DO UPDATE SET ended_xid = coalesce(r.ended_xid, excluded.ended_xid)
-            RETURNING started_xid, ended_xid
+            WITH run_window AS (
+                INSERT INTO {RECONCILIATIONS_TABLE} AS r (invoice_run_id, ended_xid)
+                VALUES (:id, CAST(CAST(pg_current_xact_id() AS text) AS bigint) % :space)
+                ON CONFLICT (invoice_run_id) DO UPDATE SET ended_xid = coalesce(r.ended_xid, excluded.ended_xid)
+                RETURNING started_xid, ended_xid
+            )
+            SELECT i.*, w.started_xid, w.ended_xid,
+                   -- The size of the table the utility staging either probes or scans (_stage).
+                   (SELECT c.reltuples FROM pg_class c WHERE c.oid = CAST('utility_statements' AS regclass))
+                       AS statements_estimate
+            FROM invoice_runs i, run_window w WHERE i.id = :id
             """
         ),
         {"id": invoice_run_id, "space": _XID_SPACE},
@@ -221,25 +235,23 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
         "invoice_type": InvoiceType.RENT.value if run.run_type == RunType.MONTHLY_RENT else InvoiceType.UTILITY.value,
         "draft": InvoiceStatus.DRAFT.value,
         "utility_line": LineType.UTILITY.value,
-        "finalized": StatementStatus.FINALIZED.value,
-        "started_xid": window.started_xid,
-        "ended_xid": window.ended_xid,
+        "started_xid": run.started_xid,
+        "ended_xid": run.ended_xid,
         "space": _XID_SPACE,
         "max_ids": MAX_IDS,
+        "statements_estimate": run.statements_estimate,
         # RENT_LEASES_OF_PERIOD's names.
         "organization_id": run.organization_id,
         **RENT_LEASE_BINDS,
     }
-    # The rows the checks share, read once (_STAGING): the organization's invoices of the period, and
+    # The rows the checks share, read once (_stage): the organization's invoices of the period, and
     # its leases of the period (rent) or its statements due (utility).
     use_staging_buffers(conn)
     with clock.stage(STAGE):
-        for statement in _STAGING[RunType(run.run_type)]:
-            conn.execute(sa.text(statement), params)
-        params.update(conn.execute(sa.text(_ID_RANGES[RunType(run.run_type)]), params).one()._asdict())
+        _stage(conn, RunType(run.run_type), params)
     checks = []
     for check in CHECKS_OF_RUN[RunType(run.run_type)]:
-        if check == HANDS_OFF and window.started_xid is None:
+        if check == HANDS_OFF and run.started_xid is None:
             checks.append(CheckResult(check, True, note="no run window recorded (a run of an earlier release)"))
             continue
         with clock.stage(check):
@@ -306,15 +318,21 @@ def _merge_joins(conn: Connection) -> Iterator[None]:
     reconciliation"). Only for those statements: elsewhere a nested loop is the right plan (a few
     pending statements against their leases).
     """
-    current = ", ".join(f"current_setting('{name}')" for name in _MERGE_ONLY)
-    saved = conn.execute(sa.text(f"SELECT {current}")).one()
-    for name in _MERGE_ONLY:
-        conn.execute(sa.text("SELECT set_config(:name, 'off', true)"), {"name": name})
+    # Two round trips: the settings read and turned off in one statement (read first: the CTE is
+    # materialized before the outer query's set_config calls run), restored in another.
+    saved = conn.execute(sa.text(_MERGE_JOINS_ON)).one()
     try:
         yield
     finally:
-        for name, value in zip(_MERGE_ONLY, saved, strict=True):
-            conn.execute(sa.text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value})
+        conn.execute(sa.text(_MERGE_JOINS_RESTORED), {name: getattr(saved, name) for name in _MERGE_ONLY})
+
+
+_MERGE_JOINS_ON = "WITH saved AS MATERIALIZED (SELECT {read}) SELECT {names}, {off} FROM saved".format(
+    read=", ".join(f"current_setting('{name}') AS {name}" for name in _MERGE_ONLY),
+    names=", ".join(_MERGE_ONLY),
+    off=", ".join(f"set_config('{name}', 'off', true)" for name in _MERGE_ONLY),
+)
+_MERGE_JOINS_RESTORED = "SELECT " + ", ".join(f"set_config('{name}', :{name}, true)" for name in _MERGE_ONLY)
 
 
 def _offending(check: str, run_type: str) -> str:
@@ -345,7 +363,7 @@ _WRITTEN_DURING_RUN = """
         < (:ended_xid - :started_xid + :space) % :space
 """
 
-# The rows the checks share, staged once per reconciliation and analyzed (analyze_staging), as the
+# The rows the checks share, staged once per reconciliation and analyzed (analyze_columns), as the
 # engines stage theirs: each check then reads a temporary table with its own statistics instead of
 # the application's tables again, whose statistics of the rows the run has just written are stale.
 _STAGE_INVOICES = """
@@ -359,29 +377,77 @@ CREATE TEMP TABLE tm_recon_lease ON COMMIT DROP AS
 SELECT s.lease_id, s.error FROM ({RENT_LEASES_OF_PERIOD}) s
 """
 # utility: the organization's statements the run should have billed: finalized by the time the run
-# started, ending by the period's end. One scan of utility_statements: no index of the contract
-# leads with `organization_id` for billed statements.
-_STAGE_STATEMENTS = """
-CREATE TEMP TABLE tm_recon_statement ON COMMIT DROP AS
-SELECT s.id, s.organization_id, s.lease_id, s.amount, s.period_start, s.period_end, s.invoice_line_id
-FROM utility_statements s
-WHERE s.organization_id = :org AND s.status = :finalized AND s.period_end <= :period_end
-  AND (s.finalized_at IS NULL OR s.finalized_at <= :run_started_at)
+# started and ending by the period's end, still pending or billed on one of the period's invoices.
+# (One billed on an earlier period's invoice was reconciled by its own run: `utility_coverage` names a
+# statement on a misused line only when the line is one of the period's.) Read one of two ways, by the
+# organization's size (_stage, STATEMENT_PROBE_ROWS):
+# - by index (_STAGE_STATEMENTS_BY_LINK): the pending ones by the contract's index of pending
+#   statements, the billed ones by their link (`utility_statements_invoice_line_idx`) from the period's
+#   lines. Its cost follows the organization's rows of the period, not the whole table: a scan of every
+#   organization's statements of every month, once per organization (no index of the contract leads
+#   with `organization_id` for billed statements), was most of a 2,000-organization run's
+#   reconciliation. The application's statistics do not know the lines and links the run has just
+#   written, so the planner may take any join for a single row; every table it could loop over on the
+#   inner side is probed by an index (the staged invoices by _INDEX_INVOICES), so that no misestimate
+#   makes the staging quadratic (with `invoice_line_id IS NOT NULL` as the statements' index
+#   condition, the join read every linked statement again for each line: 14 minutes at 200,000).
+# - by one scan (_STAGE_STATEMENTS_BY_SCAN): the organization's statements due, every month's, for an
+#   organization that is a large part of the table, where a probe per statement costs more.
+# (The status is written in, not bound: the planner uses a partial index only where it sees the value.)
+_STATEMENT_DUE = f"""
+    s.organization_id = :org AND s.status = '{StatementStatus.FINALIZED}' AND s.period_end <= :period_end
+    AND (s.finalized_at IS NULL OR s.finalized_at <= :run_started_at)
 """
-_STAGING = {
-    RunType.MONTHLY_RENT: (
-        _STAGE_INVOICES,
-        *analyze_staging("tm_recon_invoice", "id", "lease_id", "status"),
-        _STAGE_LEASES,
-        *analyze_staging("tm_recon_lease", "lease_id", "error"),
-    ),
-    RunType.UTILITY: (
-        _STAGE_INVOICES,
-        *analyze_staging("tm_recon_invoice", "id", "lease_id", "status"),
-        _STAGE_STATEMENTS,
-        *analyze_staging("tm_recon_statement", "id", "lease_id", "invoice_line_id"),
-    ),
+_STATEMENT_COLUMNS = "s.id, s.organization_id, s.lease_id, s.amount, s.period_start, s.period_end, s.invoice_line_id"
+_INDEX_INVOICES = "CREATE INDEX ON tm_recon_invoice (id)"
+_STAGE_STATEMENTS_BY_LINK = f"""
+CREATE TEMP TABLE tm_recon_statement ON COMMIT DROP AS
+SELECT {_STATEMENT_COLUMNS} FROM utility_statements s
+WHERE s.invoice_line_id IS NULL AND {_STATEMENT_DUE}
+UNION ALL
+SELECT {_STATEMENT_COLUMNS} FROM tm_recon_invoice i
+JOIN invoice_lines l ON l.invoice_id = i.id AND l.line_type = '{LineType.UTILITY}'
+JOIN utility_statements s ON s.invoice_line_id = l.id
+WHERE {_STATEMENT_DUE}
+"""
+_STAGE_STATEMENTS_BY_SCAN = f"""
+CREATE TEMP TABLE tm_recon_statement ON COMMIT DROP AS
+SELECT {_STATEMENT_COLUMNS} FROM utility_statements s WHERE {_STATEMENT_DUE}
+"""
+# A statement probed by its link costs about what a scan costs for this many rows of the table
+# (200,000 statements of one organization: 475 ms of probes against 75 ms for the scan). The staging
+# probes when the organization's invoices of the period, times this, are fewer than the table's rows
+# (its planner estimate); a table never analyzed is scanned.
+STATEMENT_PROBE_ROWS = 6
+_STAGE_ANALYZED = {
+    "tm_recon_invoice": ("id", "lease_id", "status"),
+    "tm_recon_lease": ("lease_id", "error"),
+    "tm_recon_statement": ("id", "lease_id", "invoice_line_id"),
 }
+
+
+def _stage(conn: Connection, run_type: RunType, params: dict) -> None:
+    """Stage the rows the checks share, each table analyzed, then put the id ranges the checks read
+    (_ID_RANGES) into `params`."""
+    invoices = conn.execute(sa.text(_STAGE_INVOICES), params).rowcount
+    _analyze(conn, "tm_recon_invoice")
+    if run_type == RunType.MONTHLY_RENT:
+        conn.execute(sa.text(_STAGE_LEASES), params)
+        _analyze(conn, "tm_recon_lease")
+    else:
+        if invoices * STATEMENT_PROBE_ROWS < params["statements_estimate"]:
+            conn.execute(sa.text(_INDEX_INVOICES))
+            conn.execute(sa.text(_STAGE_STATEMENTS_BY_LINK), params)
+        else:
+            conn.execute(sa.text(_STAGE_STATEMENTS_BY_SCAN), params)
+        _analyze(conn, "tm_recon_statement")
+    params.update(conn.execute(sa.text(_ID_RANGES[run_type]), params).one()._asdict())
+
+
+def _analyze(conn: Connection, table: str) -> None:
+    conn.execute(sa.text(analyze_columns(table, *_STAGE_ANALYZED[table])))
+
+
 _STAGED_TABLES = {
     RunType.MONTHLY_RENT: ("tm_recon_invoice", "tm_recon_lease"),
     RunType.UTILITY: ("tm_recon_invoice", "tm_recon_statement", "tm_recon_misused_line"),
@@ -411,7 +477,7 @@ _ID_RANGES = {
 _MERGE_PASSES = {
     UTILITY_COVERAGE: """
         CREATE TEMP TABLE tm_recon_misused_line ON COMMIT DROP AS
-        SELECT o.invoice_line_id FROM utility_statements o
+        SELECT o.invoice_line_id, l.invoice_id FROM utility_statements o
         LEFT JOIN invoice_lines l ON l.id = o.invoice_line_id AND l.id BETWEEN :first_line_id AND :last_line_id
         WHERE o.invoice_line_id BETWEEN :first_line_id AND :last_line_id
           AND (l.id IS NULL OR l.line_type <> :utility_line OR l.source_id <> o.id OR l.amount <> o.amount)
@@ -436,10 +502,13 @@ _OFFENDING = {
                 ({UTILITY_STATEMENT_ERROR}) IS NOT NULL
                 OR NOT EXISTS (SELECT 1 FROM tm_recon_invoice i WHERE i.lease_id = s.lease_id AND i.status = :draft)))
         UNION ALL
-        -- Linked to a line that does not bill it for its amount, or sharing its line with another
-        -- statement (of any organization): the lines misused, found in one pass before (_MERGE_PASSES).
+        -- Linked to a line of the period that does not bill it for its amount, or sharing such a line
+        -- with another statement (of any organization): the lines misused, found in one pass before
+        -- (_MERGE_PASSES). (A line of an earlier period is its own run's to reconcile.)
         SELECT s.id FROM tm_recon_statement s
-        WHERE s.invoice_line_id IN (SELECT m.invoice_line_id FROM tm_recon_misused_line m)
+        WHERE s.invoice_line_id IN (
+            SELECT m.invoice_line_id FROM tm_recon_misused_line m
+            WHERE m.invoice_id IS NULL OR m.invoice_id IN (SELECT i.id FROM tm_recon_invoice i))
     """,
     # The lines of the drafts' id range, summed per invoice in one scan of their index (lines of other
     # invoices in the range are summed too, and left aside by the join), against the staged drafts.

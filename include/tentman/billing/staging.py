@@ -49,7 +49,13 @@ def analyze_staging(table: str, *columns: str) -> tuple[str, str]:
     reads the statistics of the other text columns (descriptions), which cost the most to sample.
     """
     sampled = ", ".join(f"ALTER COLUMN {column} SET STATISTICS {STAGING_STATISTICS_TARGET}" for column in columns)
-    return f"ALTER TABLE {table} {sampled}", f"ANALYZE {table} ({', '.join(columns)})"
+    return f"ALTER TABLE {table} {sampled}", analyze_columns(table, *columns)
+
+
+def analyze_columns(table: str, *columns: str) -> str:
+    """ANALYZE of `columns` alone: at STAGING_STATISTICS_TARGET where the transaction has set it as
+    its `default_statistics_target` (one round trip less per table than analyze_staging)."""
+    return f"ANALYZE {table} ({', '.join(columns)})"
 
 
 # SQLSTATE of a unique key violation.

@@ -4,6 +4,8 @@ violation (tentman.billing.reconciliation says what is checked). Also `tentman r
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from sqlalchemy.engine import Engine
 
@@ -18,6 +20,12 @@ from tentman.db import UnitOfWork
 from tentman.runs.organizations import organization_labels
 
 log = logging.getLogger(__name__)
+
+# Organizations reconciled at once, each in its own transaction on a connection of its own. A small
+# organization costs its round trips rather than its rows; one at a time, this process and the server
+# wait on each other, and a 2,000-organization run's reconciliation was the sum of those waits
+# (docs/scaling.md, "The cost of reconciliation").
+RECONCILE_CONNECTIONS = 4
 
 
 class ReconciliationFailed(RuntimeError):
@@ -45,7 +53,16 @@ def reconcile_period(
         invoice_run_ids = latest_invoice_runs(
             uow.connection, run_type=run_type, period=period, organization_id=organization_id
         )
-    return [_reconcile_one(engine, i) for i in invoice_run_ids]
+    return _reconcile_each(engine, invoice_run_ids)
+
+
+def _reconcile_each(engine: Engine, invoice_run_ids: list[int]) -> list[Reconciliation]:
+    """Each invoice run reconciled and committed on its own (RECONCILE_CONNECTIONS at once); the
+    results in the order of `invoice_run_ids`. The first error is raised once all have ended."""
+    if len(invoice_run_ids) <= 1:
+        return [_reconcile_one(engine, i) for i in invoice_run_ids]
+    with ThreadPoolExecutor(max_workers=RECONCILE_CONNECTIONS, thread_name_prefix="reconcile") as pool:
+        return list(pool.map(partial(_reconcile_one, engine), invoice_run_ids))
 
 
 def _reconcile_one(engine: Engine, invoice_run_id: int) -> Reconciliation:
@@ -56,7 +73,7 @@ def _reconcile_one(engine: Engine, invoice_run_id: int) -> Reconciliation:
 
 
 def _reconcile(engine: Engine, invoice_run_ids: list[int]) -> list[Reconciliation]:
-    results = [_reconcile_one(engine, i) for i in invoice_run_ids]
+    results = _reconcile_each(engine, invoice_run_ids)
     labels = organization_labels(engine, [r.organization_id for r in results])
     for r in results:
         label = labels[r.organization_id]
