@@ -11,10 +11,12 @@ a count):
   that is not billable. (It has at most one: the contract's unique key
   `invoices_one_per_lease_type_period`, which every run checks before it starts.) Ids: leases.
 - `utility_coverage` (utility runs): every finalized statement of the organization the run should
-  have billed (finalized by the time the run started, ending by the period's end) is linked to a
-  utility line that bills it (its `source_id`) for the statement's amount, or its lease is named in
-  the errors (the utility engine's rule for a bad statement, tentman.billing.utility.UTILITY_STATEMENT_ERROR,
-  among the reasons); and no line is linked from two statements. (No statement is on two lines: the
+  have billed (finalized by the time the run started, ending by the period's end; still pending, or
+  linked to a utility line of the period's invoices: one billed on an earlier period's invoice is
+  that period's to reconcile) is linked to a utility line that bills it (its `source_id`) for the
+  statement's amount, or its lease is named in the errors (the utility engine's rule for a bad
+  statement, tentman.billing.utility.UTILITY_STATEMENT_ERROR, among the reasons); and no line of the
+  period is linked from two statements. (No statement is on two lines: the
   contract's unique key `invoice_lines_utility_statement_once`.) Ids: statements.
 - `totals`: each draft invoice of the organization, type and period has `subtotal` and `total`
   equal to the sum of its lines, and at least one line. Ids: invoices.
