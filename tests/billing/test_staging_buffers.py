@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from support.factories import add_lease, add_organization, add_statement
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.rent import generate_rent_invoices
-from tentman.billing.staging import STAGING_TEMP_BUFFERS
+from tentman.billing.staging import STAGING_STATISTICS_TARGET, STAGING_TEMP_BUFFERS
 from tentman.billing.utility import generate_utility_invoices
 from tentman.names import ProrationMethod
 
@@ -64,3 +64,26 @@ def test_a_session_that_used_temporary_tables_keeps_its_buffers_and_bills_the_sa
         assert conn.execute(sa.text("SELECT x FROM callers_own")).scalar_one() == 1  # its transaction goes on
     assert (rent.invoices_created, rent.amount_billed) == (1, Decimal("1200.00"))
     assert (utility.statements_billed, utility.amount_billed) == (1, Decimal("31.40"))
+
+
+def test_the_staging_tables_are_analyzed_from_a_small_sample_and_the_setting_ends_with_the_transaction(engine):
+    """use_staging_settings sets the sample for the transaction (STAGING_STATISTICS_TARGET), instead of
+    an ALTER TABLE … SET STATISTICS per staging table: the engine's staging tables get a histogram of
+    at most that many buckets, and the next transaction has the server's default again."""
+    with engine.begin() as conn:
+        org = add_organization(conn, "Sampled")
+        for i in range(60):
+            add_lease(conn, org, date(2025, 1, 1), rent=f"{1000 + i}.00")
+        default = conn.execute(sa.text("SHOW default_statistics_target")).scalar_one()
+    with engine.connect() as conn:
+        rent, _ = _bill(conn, org)
+        buckets = conn.execute(
+            sa.text(
+                "SELECT cardinality(histogram_bounds::text::bigint[]) - 1 FROM pg_stats "
+                "WHERE tablename = 'tm_rent_lease' AND attname = 'lease_id'"
+            )
+        ).scalar_one()
+        conn.rollback()
+        assert conn.execute(sa.text("SHOW default_statistics_target")).scalar_one() == default
+    assert rent.invoices_created == 60
+    assert buckets == STAGING_STATISTICS_TARGET < int(default)

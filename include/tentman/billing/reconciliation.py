@@ -51,7 +51,7 @@ from sqlalchemy.engine import Connection
 
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.rent import RENT_LEASE_BINDS, RENT_LEASES_OF_PERIOD
-from tentman.billing.staging import STAGING_STATISTICS_TARGET, analyze_columns, use_staging_buffers
+from tentman.billing.staging import analyze_staging, use_staging_settings
 from tentman.billing.timing import StageTimings, stage_clock
 from tentman.billing.utility import UTILITY_STATEMENT_ERROR
 from tentman.names import (
@@ -199,13 +199,13 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
     # of the organization: with the server's default work memory (4 MB) they spilled to disk in
     # batches at 200,000. `totals` sums the lines per invoice: streamed from the lines' index in
     # invoice order, half the time of a hash of 200,000 numeric sums (86 MB), which the planner
-    # preferred. The staging tables' statistics are sampled at the engines' size (STAGING_STATISTICS_TARGET).
+    # preferred.
     conn.execute(
         sa.text(
             "SELECT set_config('jit', 'off', true), set_config('work_mem', :work_mem, true), "
-            "set_config('enable_hashagg', 'off', true), set_config('default_statistics_target', :target, true)"
+            "set_config('enable_hashagg', 'off', true)"
         ),
-        {"work_mem": RECONCILIATION_WORK_MEM, "target": str(STAGING_STATISTICS_TARGET)},
+        {"work_mem": RECONCILIATION_WORK_MEM},
     )
     # The run, with the end of its `hands_off` window (this transaction, unless an earlier
     # reconciliation set it).
@@ -248,7 +248,7 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
     }
     # The rows the checks share, read once (_stage): the organization's invoices of the period, and
     # its leases of the period (rent) or its statements due (utility).
-    use_staging_buffers(conn)
+    use_staging_settings(conn)
     with clock.stage(STAGE):
         _stage(conn, RunType(run.run_type), params)
     checks = []
@@ -365,7 +365,7 @@ _WRITTEN_DURING_RUN = """
         < (:ended_xid - :started_xid + :space) % :space
 """
 
-# The rows the checks share, staged once per reconciliation and analyzed (analyze_columns), as the
+# The rows the checks share, staged once per reconciliation and analyzed (analyze_staging), as the
 # engines stage theirs: each check then reads a temporary table with its own statistics instead of
 # the application's tables again, whose statistics of the rows the run has just written are stale.
 _STAGE_INVOICES = """
@@ -447,7 +447,7 @@ def _stage(conn: Connection, run_type: RunType, params: dict) -> None:
 
 
 def _analyze(conn: Connection, table: str) -> None:
-    conn.execute(sa.text(analyze_columns(table, *_STAGE_ANALYZED[table])))
+    conn.execute(sa.text(analyze_staging(table, *_STAGE_ANALYZED[table])))
 
 
 _STAGED_TABLES = {

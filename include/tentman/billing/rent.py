@@ -333,18 +333,18 @@ WHERE o.id IS NULL OR n.invoice_id IS NULL
 # The staging stages, by the name their time is reported under (StageTimings). Each staging table
 # is analyzed (analyze_staging) so the next statements are planned for its real size.
 _STAGES = (
-    ("stage_leases", (_STAGE_LEASES, *analyze_staging("tm_rent_lease", "lease_id", "error"))),
-    ("stage_lines", (_STAGE_LINES, *analyze_staging("tm_rent_line", "lease_id", "line_type", "source_id"))),
+    ("stage_leases", (_STAGE_LEASES, analyze_staging("tm_rent_lease", "lease_id", "error"))),
+    ("stage_lines", (_STAGE_LINES, analyze_staging("tm_rent_line", "lease_id", "line_type", "source_id"))),
     ("flag_bad_charges", (_FLAG_BAD_CHARGES,)),
     ("stage_targets", (_STAGE_TARGETS,)),
     ("flag_targets", (_FLAG_BAD_TOTALS, _FLAG_FOREIGN_INVOICES, _DROP_FLAGGED_TARGETS, _MARK_SKIPPED)),
     (
         "analyze_targets",
-        analyze_staging("tm_rent_target", "lease_id", "invoice_id", "invoice_status", "outcome", "header_changed"),
+        (analyze_staging("tm_rent_target", "lease_id", "invoice_id", "invoice_status", "outcome", "header_changed"),),
     ),
     (
         "stage_line_diff",
-        (_STAGE_LINE_DIFF, *analyze_staging("tm_rent_line_diff", "invoice_id", "old_line_id", "line_type")),
+        (_STAGE_LINE_DIFF, analyze_staging("tm_rent_line_diff", "invoice_id", "old_line_id", "line_type")),
     ),
 )
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from tentman.billing.currency import organization_currency
 from tentman.billing.locking import lock_organization
 from tentman.billing.results import OrganizationBillingResult
-from tentman.billing.staging import InsertFast, use_staging_buffers, write_isolating_bad_leases
+from tentman.billing.staging import InsertFast, use_staging_settings, write_isolating_bad_leases
 from tentman.billing.timing import StageClock
 from tentman.names import InvoiceType
 
@@ -48,7 +48,7 @@ def start_organization_billing(
     Returns the result to fill in and the invoice currency; the currency is None when the
     organization cannot be billed, and the result then carries the organization-level error.
     """
-    use_staging_buffers(conn)
+    use_staging_settings(conn)
     lock_organization(conn, invoice_type, organization_id)
     result = OrganizationBillingResult(organization_id)
     currency, org_error = organization_currency(conn, organization_id)

@@ -21,13 +21,21 @@ STAGING_TEMP_BUFFERS = "256MB"
 _INVALID_PARAMETER_VALUE = "22023"
 
 
-def use_staging_buffers(conn: Connection) -> None:
-    """Give this transaction STAGING_TEMP_BUFFERS of temporary buffers, where the session allows it.
+def use_staging_settings(conn: Connection) -> None:
+    """This transaction's settings for staging tables, set before the first one is created.
 
-    PostgreSQL fixes a session's temporary buffers when it first uses a temporary table, so this must
-    come before the staging. A session that used one already, at another size, keeps its own (tried in
-    a savepoint); one that ran an engine before has this size already and accepts the setting again.
+    - Their statistics sampled at STAGING_STATISTICS_TARGET by analyze_staging: the transaction's
+      `default_statistics_target`, so that every ANALYZE of the transaction samples that little
+      (only staging tables are analyzed in it).
+    - STAGING_TEMP_BUFFERS of temporary buffers, where the session allows it. PostgreSQL fixes a
+      session's temporary buffers when it first uses a temporary table, so this must come before the
+      staging. A session that used one already, at another size, keeps its own (tried in a savepoint);
+      one that staged before has this size already and accepts the setting again.
     """
+    conn.execute(
+        sa.text("SELECT set_config('default_statistics_target', :target, true)"),
+        {"target": str(STAGING_STATISTICS_TARGET)},
+    )
     try:
         with conn.begin_nested():
             conn.execute(sa.text("SELECT set_config('temp_buffers', :size, true)"), {"size": STAGING_TEMP_BUFFERS})
@@ -42,19 +50,13 @@ def use_staging_buffers(conn: Connection) -> None:
 STAGING_STATISTICS_TARGET = 10
 
 
-def analyze_staging(table: str, *columns: str) -> tuple[str, str]:
-    """The statements that give a staging table statistics on `columns`, from a small sample.
+def analyze_staging(table: str, *columns: str) -> str:
+    """The statement that gives a staging table statistics on `columns`, from a small sample (the
+    transaction's target, use_staging_settings).
 
     Only the columns later joined or filtered on (an error column for its null fraction): no plan
     reads the statistics of the other text columns (descriptions), which cost the most to sample.
     """
-    sampled = ", ".join(f"ALTER COLUMN {column} SET STATISTICS {STAGING_STATISTICS_TARGET}" for column in columns)
-    return f"ALTER TABLE {table} {sampled}", analyze_columns(table, *columns)
-
-
-def analyze_columns(table: str, *columns: str) -> str:
-    """ANALYZE of `columns` alone: at STAGING_STATISTICS_TARGET where the transaction has set it as
-    its `default_statistics_target` (one round trip less per table than analyze_staging)."""
     return f"ANALYZE {table} ({', '.join(columns)})"
 
 

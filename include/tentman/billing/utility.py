@@ -194,12 +194,12 @@ _STAGES = (
     # Analyzed before the relink, which the planner otherwise prices for millions of rows (JIT).
     (
         "stage_pending",
-        (_STAGE_PENDING, *analyze_staging("tm_util_stmt", "statement_id", "lease_id", "existing_line_id", "error")),
+        (_STAGE_PENDING, analyze_staging("tm_util_stmt", "statement_id", "lease_id", "existing_line_id", "error")),
     ),
     ("relink_billed", (_RELINK_BILLED,)),
     (
         "stage_leases",
-        (_STAGE_LEASES, *analyze_staging("tm_util_lease", "lease_id", "invoice_id", "outcome", "new_total")),
+        (_STAGE_LEASES, analyze_staging("tm_util_lease", "lease_id", "invoice_id", "outcome", "new_total")),
     ),
     ("flag_lease_problems", (_FLAG_LEASE_PROBLEMS,)),
 )
