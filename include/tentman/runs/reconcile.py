@@ -59,8 +59,6 @@ def reconcile_period(
 def _reconcile_each(engine: Engine, invoice_run_ids: list[int]) -> list[Reconciliation]:
     """Each invoice run reconciled and committed on its own (RECONCILE_CONNECTIONS at once); the
     results in the order of `invoice_run_ids`. The first error is raised once all have ended."""
-    if len(invoice_run_ids) <= 1:
-        return [_reconcile_one(engine, i) for i in invoice_run_ids]
     with ThreadPoolExecutor(max_workers=RECONCILE_CONNECTIONS, thread_name_prefix="reconcile") as pool:
         return list(pool.map(partial(_reconcile_one, engine), invoice_run_ids))
 
