@@ -93,19 +93,32 @@ class BillingRunsPage:
         return {t.strip() for t in self.page.locator(f"#{chart} svg text").all_text_contents()}
 
     def hover_amount_bar(self, month: str, *, until_tooltip_has: str) -> str:
-        """Move the mouse onto the month's first (rent) bar of the amount chart; the tooltip's text."""
-        x, y = self.page.evaluate(
-            """month => {
-                const chart = window.billingCharts["chart-amount"], option = chart.getOption();
-                const i = option.xAxis[0].data.indexOf(month);
-                return chart.convertToPixel({seriesIndex: 0}, [i, option.series[0].data[i].value / 2]);
-            }""",
-            month,
-        )
-        box = self.page.locator("#chart-amount").bounding_box()
-        self.page.mouse.move(box["x"] + x, box["y"] + y)
+        """Move the mouse onto the month's first (rent) bar of the amount chart; the tooltip's text.
+
+        The bar's position is read from the chart, which may still be laying out (a resize, its
+        animation): the mouse is moved off and back onto where the bar is now until the tooltip shows.
+        """
+        from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
         tooltip = self.page.locator("#chart-amount div", has_text=until_tooltip_has).last
-        tooltip.wait_for(timeout=10_000)
+        for attempt in range(5):
+            x, y = self.page.evaluate(
+                """month => {
+                    const chart = window.billingCharts["chart-amount"], option = chart.getOption();
+                    const i = option.xAxis[0].data.indexOf(month);
+                    return chart.convertToPixel({seriesIndex: 0}, [i, option.series[0].data[i].value / 2]);
+                }""",
+                month,
+            )
+            box = self.page.locator("#chart-amount").bounding_box()
+            self.page.mouse.move(0, 0)
+            self.page.mouse.move(box["x"] + x, box["y"] + y)
+            try:
+                tooltip.wait_for(timeout=3_000)
+                break
+            except PlaywrightTimeoutError:
+                if attempt == 4:
+                    raise
         return tooltip.inner_text()
 
     # Elsewhere on the stack
