@@ -49,9 +49,9 @@ RENT_STAGE_NAMES = (
     "flag_targets",
     "analyze_targets",
     "stage_line_diff",
+    "delete_stale_drafts",
     *RENT_WRITE_STAGE_NAMES,
     "counts",
-    "delete_stale_drafts",
 )
 UTILITY_STAGE_NAMES = (
     "lock",

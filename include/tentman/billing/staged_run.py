@@ -27,6 +27,8 @@ Statement = str | InsertFast
 Stage = tuple[str, Sequence[Statement]]
 # Writes the pending leases with ids in [:first_lease_id, :last_lease_id]; returns what it counted.
 WriteBatch = Callable[[Connection, dict, StageClock], Counter[str]]
+# Runs once between the staging and the first write; may fill in the result.
+BeforeWrite = Callable[[Connection, dict, OrganizationBillingResult], None]
 
 
 def run_stages(conn: Connection, stages: Iterable[Stage], params: dict, clock: StageClock) -> None:
@@ -64,6 +66,7 @@ class StagedRun:
 
     - "lock": the organization's lock for `invoice_type`, and its currency checked;
     - `staging`: run once, in order, into the engine's temporary tables;
+    - `before_write` (a stage name and what it runs), when given: once, after the staging;
     - `write_stage_names`: the stages of `write_batch`, run once for all leases, or once per batch
       while leases at fault are isolated (write_isolating_bad_leases): `pending_lease_ids` lists the
       leases not written yet, `record_write_failure` (:lease_id, :reason) fails one;
@@ -79,11 +82,13 @@ class StagedRun:
     record_write_failure: str
     counts: str
     errors: str
+    before_write: tuple[str, BeforeWrite] | None = None
 
     @property
     def stage_names(self) -> tuple[str, ...]:
         """Every stage a call that bills (a usable currency) reports, in order."""
-        return ("lock", *(name for name, _ in self.staging), *self.write_stage_names, "counts")
+        before_write = (self.before_write[0],) if self.before_write else ()
+        return ("lock", *(name for name, _ in self.staging), *before_write, *self.write_stage_names, "counts")
 
     def bill(
         self, conn: Connection, organization_id: int, params: dict, clock: StageClock
@@ -99,6 +104,10 @@ class StagedRun:
             return result, Counter()
         params = {**params, "currency": currency}
         run_stages(conn, self.staging, params, clock)
+        if self.before_write:
+            name, before_write = self.before_write
+            with clock.stage(name):
+                before_write(conn, params, result)
         written = write_isolating_bad_leases(
             conn,
             lambda first, last: self.write_batch(
