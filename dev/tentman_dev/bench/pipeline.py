@@ -18,6 +18,8 @@ import sqlalchemy as sa
 
 from tentman.billing.leases import LeaseStatus
 from tentman.billing.periods import BillingPeriod
+from tentman.db import create_engine_from_uri
+from tentman.migrate import upgrade
 from tentman.names import BILL_ORGANIZATION_TASK, DAG_IDS, LIST_ORGANIZATIONS_TASK, RECONCILE_TASK, StatementStatus
 from tentman_dev.airflow_stack import (
     MAX_MAP_LENGTH,
@@ -29,7 +31,13 @@ from tentman_dev.airflow_stack import (
 )
 from tentman_dev.bench.control import CONTROL_DAG_ID, benchmark_dags_folder
 from tentman_dev.broker import EmbeddedBroker
-from tentman_dev.local import airflow_metadata_uri, ensure_database, with_database
+from tentman_dev.local import (
+    airflow_metadata_uri,
+    ensure_database,
+    server_uri,
+    start_embedded_postgres,
+    with_database,
+)
 
 MONTH_PERIOD = BillingPeriod.for_month(2026, 3)
 MONTH = MONTH_PERIOD.label
@@ -95,6 +103,27 @@ def populate_organizations(conn, sizes: list[int], statements: int) -> None:
         ),
         {"every": max(1, sum(sizes) // statements), "finalized": StatementStatus.FINALIZED},
     )
+
+
+@contextlib.contextmanager
+def embedded_tentman(scratch: Path):
+    """An embedded PostgreSQL in `scratch` with a freshly migrated TentMan database (the
+    application's tables included): its admin URI, the TentMan URI and an engine on it; the server
+    is stopped afterwards (its `postmaster_pid(scratch / "pgdata")` is PostgreSQL's root process)."""
+    server = start_embedded_postgres(scratch / "pgdata", cleanup_mode="stop")
+    try:
+        admin = server_uri(server)
+        tentman_db = f"tentman_{uuid.uuid4().hex[:6]}"
+        ensure_database(admin, tentman_db)
+        tentman_uri = with_database(admin, tentman_db)
+        engine = create_engine_from_uri(tentman_uri)
+        try:
+            upgrade(engine, with_application_tables=True)
+            yield admin, tentman_uri, engine
+        finally:
+            engine.dispose()
+    finally:
+        server.cleanup()
 
 
 class ProcessSampler(threading.Thread):
@@ -228,11 +257,19 @@ def measured_stack_settings(concurrency: int, organizations: int) -> dict[str, s
 
 @contextlib.contextmanager
 def measured_stack(
-    tmp: Path, admin: str, tentman_uri: str, *, executor: str = "local", workers: int = 2, concurrency: int, n: int
+    tmp: Path,
+    admin: str,
+    tentman_uri: str,
+    *,
+    executor: str = "local",
+    workers: int = 2,
+    concurrency: int,
+    n: int,
+    extra_settings: dict[str, str] | None = None,
 ):
-    """A live Airflow on a fresh metadata database with the benchmark settings, room for `n` mapped
-    tasks, the bundle's DAGs and the control DAG unpaused (none has a schedule here); yields the
-    stack and a logged-in API."""
+    """A live Airflow on a fresh metadata database with the benchmark settings (and `extra_settings`
+    on top), room for `n` mapped tasks, the bundle's DAGs and the control DAG unpaused (none has a
+    schedule here); yields the stack and a logged-in API."""
     airflow_db = f"airflow_{uuid.uuid4().hex[:6]}"
     ensure_database(admin, airflow_db)
     home = tmp / f"airflow-{executor}-{n}"
@@ -257,6 +294,7 @@ def measured_stack(
         extra_env={
             **measured_stack_settings(concurrency, n),
             "AIRFLOW__CORE__DAGS_FOLDER": str(benchmark_dags_folder(home / "dags")),
+            **(extra_settings or {}),
         },
     )
     stack.migrate()

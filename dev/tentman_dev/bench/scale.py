@@ -24,14 +24,11 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from tentman.billing.utility import generate_utility_invoices
-from tentman.db import create_engine_from_uri
-from tentman.migrate import upgrade
 from tentman.names import BILL_ORGANIZATION_TASK, RENT_DAG_ID, UTILITY_DAG_ID, InvoiceType
 from tentman_dev.airflow_stack import executor_class
 from tentman_dev.bench.common import (
@@ -51,6 +48,7 @@ from tentman_dev.bench.pipeline import (
     NEXT_PERIOD,
     ProcessSampler,
     control_table,
+    embedded_tentman,
     measured_control_run,
     measured_run,
     measured_stack,
@@ -61,7 +59,7 @@ from tentman_dev.bench.pipeline import (
     ui_timings,
     versus_control,
 )
-from tentman_dev.local import REPO_ROOT, ensure_database, server_uri, start_embedded_postgres, with_database
+from tentman_dev.local import REPO_ROOT
 
 
 def largest_organization_alone(engine, sizes: list[int], pairs: int) -> dict:
@@ -167,11 +165,33 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", action="store_true", help="keep the points already in --out's sweep.json, measure the rest"
     )
     sweep.add_argument("--out", default=str(REPO_ROOT / "test-artifacts" / "bench-scale"), help="where figures go")
+    floor = parser.add_argument_group("below the floor: Airflow settings measured pairwise on the control DAG")
+    floor.add_argument(
+        "--floor-settings",
+        help="`all` or candidates separated by commas (tentman_dev.bench.floor.FLOOR_CANDIDATES); uses --pairs",
+    )
+    floor.add_argument("--floor-organizations", type=int, default=300, help="organizations of each control run")
     args = parser.parse_args(argv)
     # Stopped by a signal, even when started in the background (which ignores SIGINT), the stacks
     # and embedded servers are stopped on the way out.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.floor_settings:
+        from tentman_dev.bench.floor import candidate_names, run_floor_settings
+
+        try:
+            names = candidate_names(args.floor_settings)
+        except ValueError as error:
+            parser.error(str(error))
+        run_floor_settings(
+            names,
+            organizations=args.floor_organizations,
+            concurrency=args.concurrency,
+            pairs=args.pairs,
+            timeout=args.timeout or 3600,
+            out_dir=Path(args.out),
+        )
+        return 0
     if args.sweep:
         from tentman_dev.bench.sweep import run_sweep
 
@@ -189,89 +209,78 @@ def main(argv: list[str] | None = None) -> int:
     args.timeout = args.timeout or 3600
     organizations, leases, statements = int(2000 * args.scale), int(1_000_000 * args.scale), int(200_000 * args.scale)
 
-    with tempfile.TemporaryDirectory(prefix="tentman-bench-scale-") as tmp:
-        server = start_embedded_postgres(Path(tmp) / "pgdata", cleanup_mode="stop")
-        try:
-            admin = server_uri(server)
-            tentman_db = f"tentman_{uuid.uuid4().hex[:6]}"
-            ensure_database(admin, tentman_db)
-            tentman_uri = with_database(admin, tentman_db)
-            engine = create_engine_from_uri(tentman_uri)
-            upgrade(engine, with_application_tables=True)
-            sizes = organization_sizes(organizations, leases)
-            started = time.perf_counter()
-            with engine.begin() as conn:
-                populate_organizations(conn, sizes, statements)
-            vacuum_analyze(engine)
-            print(
-                f"generated {len(sizes)} organizations (largest {max(sizes):,}, median {int(statistics.median(sizes))} "
-                f"leases), {sum(sizes):,} leases, ~{statements:,} statements in {time.perf_counter() - started:.0f}s",
-                flush=True,
-            )
+    with (
+        tempfile.TemporaryDirectory(prefix="tentman-bench-scale-") as tmp,
+        embedded_tentman(Path(tmp)) as (admin, tentman_uri, engine),
+    ):
+        sizes = organization_sizes(organizations, leases)
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            populate_organizations(conn, sizes, statements)
+        vacuum_analyze(engine)
+        print(
+            f"generated {len(sizes)} organizations (largest {max(sizes):,}, median {int(statistics.median(sizes))} "
+            f"leases), {sum(sizes):,} leases, ~{statements:,} statements in {time.perf_counter() - started:.0f}s",
+            flush=True,
+        )
 
-            if args.engine_only:
-                figures = engines_only(engine, sizes, args.pairs)
-                engine.dispose()
-                print(json.dumps(figures))
-                return 0
-            with measured_stack(Path(tmp), admin, tentman_uri, concurrency=args.concurrency, n=organizations) as (
-                stack,
-                api,
-            ):
-                roots = {name: proc.pid for name, proc in stack.processes.items()}
-                roots["postgres"] = postmaster_pid(Path(tmp) / "pgdata")
-                sampler = ProcessSampler(roots)
-                sampler.start()
-                figures = {
-                    "organizations": len(sizes),
-                    "leases": sum(sizes),
-                    "largest_organization_leases": max(sizes),
-                    "concurrency": args.concurrency,
-                }
-                conf = {"billing_month": MONTH}
-                rent, cpu = measured_run(api, sampler, RENT_DAG_ID, conf, args.timeout)
-                figures.update(summarize("rent", engine, rent, "leases", sum(sizes), args.concurrency, cpu))
-                print(json.dumps(figures), flush=True)
-                # Airflow's floor: the control DAG over the same organizations, right after.
-                control, cpu = measured_control_run(api, sampler, rent, args.timeout)
-                figures.update(
-                    summarize("control", engine, control, "organizations", len(sizes), args.concurrency, cpu)
+        if args.engine_only:
+            figures = engines_only(engine, sizes, args.pairs)
+            print(json.dumps(figures))
+            return 0
+        with measured_stack(Path(tmp), admin, tentman_uri, concurrency=args.concurrency, n=organizations) as (
+            stack,
+            api,
+        ):
+            roots = {name: proc.pid for name, proc in stack.processes.items()}
+            roots["postgres"] = postmaster_pid(Path(tmp) / "pgdata")
+            sampler = ProcessSampler(roots)
+            sampler.start()
+            figures = {
+                "organizations": len(sizes),
+                "leases": sum(sizes),
+                "largest_organization_leases": max(sizes),
+                "concurrency": args.concurrency,
+            }
+            conf = {"billing_month": MONTH}
+            rent, cpu = measured_run(api, sampler, RENT_DAG_ID, conf, args.timeout)
+            figures.update(summarize("rent", engine, rent, "leases", sum(sizes), args.concurrency, cpu))
+            print(json.dumps(figures), flush=True)
+            # Airflow's floor: the control DAG over the same organizations, right after.
+            control, cpu = measured_control_run(api, sampler, rent, args.timeout)
+            figures.update(summarize("control", engine, control, "organizations", len(sizes), args.concurrency, cpu))
+            figures.update(versus_control(figures, "rent"))
+            print(control_table(figures, "rent"), flush=True)
+            # Organizations are mapped in id order (ids 1..n): an organization is at the index of its size.
+            for label, size in (("largest", max(sizes)), ("median", sorted(sizes)[len(sizes) // 2])):
+                xcom = (
+                    api.client.get(
+                        f"/dags/{RENT_DAG_ID}/dagRuns/{rent['run']['dag_run_id']}/taskInstances/{BILL_ORGANIZATION_TASK}/xcomEntries/return_value",
+                        params={"map_index": sizes.index(size), "deserialize": True},
+                    )
+                    .json()
+                    .get("value")
+                    or {}
                 )
-                figures.update(versus_control(figures, "rent"))
-                print(control_table(figures, "rent"), flush=True)
-                # Organizations are mapped in id order (ids 1..n): an organization is at the index of its size.
-                for label, size in (("largest", max(sizes)), ("median", sorted(sizes)[len(sizes) // 2])):
-                    xcom = (
-                        api.client.get(
-                            f"/dags/{RENT_DAG_ID}/dagRuns/{rent['run']['dag_run_id']}/taskInstances/{BILL_ORGANIZATION_TASK}/xcomEntries/return_value",
-                            params={"map_index": sizes.index(size), "deserialize": True},
-                        )
-                        .json()
-                        .get("value")
-                        or {}
-                    )
-                    figures[f"{label}_task_peak_rss_mb"] = xcom.get("peak_rss_mb")
-                    figures[f"{label}_task_leases"] = xcom.get("total_leases")
-                utility, cpu = measured_run(api, sampler, UTILITY_DAG_ID, conf, args.timeout)
-                with engine.connect() as conn:
-                    billed = conn.execute(
-                        sa.text("SELECT count(*) FROM utility_statements WHERE invoice_line_id IS NOT NULL")
-                    ).scalar()
-                figures.update(summarize("utility", engine, utility, "statements", billed, args.concurrency, cpu))
-                print(json.dumps(figures), flush=True)
-                rerun, cpu = measured_run(api, sampler, RENT_DAG_ID, conf, args.timeout)
-                figures.update(summarize("rent_rerun", engine, rerun, "leases", sum(sizes), args.concurrency, cpu))
-                figures["ui_ms"] = ui_timings(api, stack.base_url, RENT_DAG_ID, rerun["run"]["dag_run_id"])
-                sampler.stop.set()
-                figures["scheduler_peak_rss_mb"] = round(sampler.peak_mb, 1)
-                with engine.connect() as conn:
-                    figures["database_size_mb"] = round(
-                        conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar() / 2**20
-                    )
-                figures.update(largest_organization_alone(engine, sizes, args.pairs))
-                engine.dispose()
-        finally:
-            server.cleanup()
+                figures[f"{label}_task_peak_rss_mb"] = xcom.get("peak_rss_mb")
+                figures[f"{label}_task_leases"] = xcom.get("total_leases")
+            utility, cpu = measured_run(api, sampler, UTILITY_DAG_ID, conf, args.timeout)
+            with engine.connect() as conn:
+                billed = conn.execute(
+                    sa.text("SELECT count(*) FROM utility_statements WHERE invoice_line_id IS NOT NULL")
+                ).scalar()
+            figures.update(summarize("utility", engine, utility, "statements", billed, args.concurrency, cpu))
+            print(json.dumps(figures), flush=True)
+            rerun, cpu = measured_run(api, sampler, RENT_DAG_ID, conf, args.timeout)
+            figures.update(summarize("rent_rerun", engine, rerun, "leases", sum(sizes), args.concurrency, cpu))
+            figures["ui_ms"] = ui_timings(api, stack.base_url, RENT_DAG_ID, rerun["run"]["dag_run_id"])
+            sampler.stop.set()
+            figures["scheduler_peak_rss_mb"] = round(sampler.peak_mb, 1)
+            with engine.connect() as conn:
+                figures["database_size_mb"] = round(
+                    conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar() / 2**20
+                )
+            figures.update(largest_organization_alone(engine, sizes, args.pairs))
     print(json.dumps(figures))
     return 0
 

@@ -14,16 +14,14 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from tentman.db import create_engine_from_uri
-from tentman.migrate import upgrade
 from tentman.names import RENT_DAG_ID
 from tentman_dev.bench.pipeline import (
     MONTH,
     ProcessSampler,
     control_table,
+    embedded_tentman,
     measured_control_run,
     measured_run,
     measured_stack,
@@ -32,45 +30,36 @@ from tentman_dev.bench.pipeline import (
     summarize,
     versus_control,
 )
-from tentman_dev.local import ensure_database, server_uri, start_embedded_postgres, with_database
 
 
 def measure(n: int, leases: int, *, executor: str, workers: int, concurrency: int, timeout: float) -> dict:
-    with tempfile.TemporaryDirectory(prefix="tentman-bench-sweep-") as scratch_name:
+    with (
+        tempfile.TemporaryDirectory(prefix="tentman-bench-sweep-") as scratch_name,
+        embedded_tentman(Path(scratch_name)) as (admin, tentman_uri, engine),
+    ):
         scratch = Path(scratch_name)
-        server = start_embedded_postgres(scratch / "pgdata", cleanup_mode="stop")
-        try:
-            admin = server_uri(server)
-            tentman_db = f"tentman_{uuid.uuid4().hex[:6]}"
-            ensure_database(admin, tentman_db)
-            tentman_uri = with_database(admin, tentman_db)
-            engine = create_engine_from_uri(tentman_uri)
-            upgrade(engine, with_application_tables=True)
-            with engine.begin() as conn:
-                populate_organizations(conn, [leases] * n, statements=max(1, n * leases))
-            with measured_stack(
-                scratch, admin, tentman_uri, executor=executor, workers=workers, concurrency=concurrency, n=n
-            ) as (
-                stack,
-                api,
-            ):
-                roots = {name: proc.pid for name, proc in stack.processes.items()}
-                roots["postgres"] = postmaster_pid(scratch / "pgdata")
-                sampler = ProcessSampler(roots)
-                sampler.start()
-                started = time.perf_counter()
-                outcome, cpu = measured_run(api, sampler, RENT_DAG_ID, {"billing_month": MONTH}, timeout)
-                figures = summarize("rent", engine, outcome, "leases", n * leases, concurrency, cpu)
-                figures["observed_s"] = round(time.perf_counter() - started, 1)
-                # Airflow's floor: the control DAG over the same organizations, right after.
-                control, cpu = measured_control_run(api, sampler, outcome, timeout)
-                sampler.stop.set()
-                figures.update(summarize("control", engine, control, "organizations", n, concurrency, cpu))
-                figures.update(versus_control(figures, "rent"))
-                print(control_table(figures, "rent"), flush=True)
-            engine.dispose()
-        finally:
-            server.cleanup()
+        with engine.begin() as conn:
+            populate_organizations(conn, [leases] * n, statements=max(1, n * leases))
+        with measured_stack(
+            scratch, admin, tentman_uri, executor=executor, workers=workers, concurrency=concurrency, n=n
+        ) as (
+            stack,
+            api,
+        ):
+            roots = {name: proc.pid for name, proc in stack.processes.items()}
+            roots["postgres"] = postmaster_pid(scratch / "pgdata")
+            sampler = ProcessSampler(roots)
+            sampler.start()
+            started = time.perf_counter()
+            outcome, cpu = measured_run(api, sampler, RENT_DAG_ID, {"billing_month": MONTH}, timeout)
+            figures = summarize("rent", engine, outcome, "leases", n * leases, concurrency, cpu)
+            figures["observed_s"] = round(time.perf_counter() - started, 1)
+            # Airflow's floor: the control DAG over the same organizations, right after.
+            control, cpu = measured_control_run(api, sampler, outcome, timeout)
+            sampler.stop.set()
+            figures.update(summarize("control", engine, control, "organizations", n, concurrency, cpu))
+            figures.update(versus_control(figures, "rent"))
+            print(control_table(figures, "rent"), flush=True)
     return {
         "organizations": n,
         "leases_per_organization": leases,
