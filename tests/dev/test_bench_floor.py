@@ -18,6 +18,7 @@ pytestmark = pytest.mark.unit
 
 def test_the_candidates_are_named_on_the_command_line():
     assert floor.candidate_names("all") == list(floor.FLOOR_CANDIDATES)
+    assert floor.candidate_names("all")[0] == "same" and floor.FLOOR_CANDIDATES["same"].settings == {}
     assert floor.candidate_names("concurrency-8, logging-warning") == ["concurrency-8", "logging-warning"]
 
 
@@ -26,7 +27,7 @@ def test_an_unknown_candidate_is_refused_with_the_accepted_names(text):
     with pytest.raises(ValueError) as refused:
         floor.candidate_names(text)
     message = str(refused.value)
-    assert "unknown floor setting(s)" in message and "expected `all` or some of: no-preload" in message
+    assert "unknown floor setting(s)" in message and "expected `all` or some of: same, no-preload" in message
     assert (text.split(",")[-1] or repr(text)) in message
 
 
@@ -40,7 +41,7 @@ def test_every_candidate_sets_an_option_airflow_has():
             if variable.startswith("AIRFLOW__"):
                 section, key = variable.removeprefix("AIRFLOW__").lower().split("__")
                 assert conf.has_option(section, key), (name, variable)
-        assert candidate.settings or candidate.concurrency, name
+        assert candidate.settings or candidate.concurrency or name == "same", name
         assert candidate.trade_off, name
 
 

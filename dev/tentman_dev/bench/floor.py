@@ -5,7 +5,8 @@ Airflow's floor is what the control DAG's organization task costs (tentman_dev.b
 rent DAG with bodies that do nothing). For each candidate setting (FLOOR_CANDIDATES), two live
 stacks on one embedded PostgreSQL, on fresh metadata databases — the benchmark's settings (the
 baseline) and the same with the candidate — run the control DAG over the same organizations as
-alternating pairs (baseline, candidate, baseline, candidate…). The stack not running is frozen
+alternating pairs (baseline then candidate, candidate then baseline, …). The candidate `same` is
+the baseline's settings on a second stack: its ratios are the benchmark's own noise. The stack not running is frozen
 (SIGSTOP on its process groups, SIGCONT before its run), so that its loops take no CPU from the
 measured one. The baseline stack runs for the whole benchmark; each candidate's stack is started
 for its pairs and stopped after them.
@@ -55,6 +56,9 @@ class FloorCandidate:
 
 
 FLOOR_CANDIDATES: dict[str, FloorCandidate] = {
+    # The baseline's own settings on a second stack: how far apart two stacks of the same settings
+    # are, the noise any other candidate's ratio must stand out of.
+    "same": FloorCandidate({}, "none: the baseline's settings (the benchmark's noise, measured)"),
     "no-preload": FloorCandidate(
         # config/airflow_local_settings.py off the stack's PYTHONPATH: the setting we run with, measured
         # by taking it away.
@@ -227,8 +231,14 @@ def run_floor_settings(
                 with frozen_stack(name, candidate.settings, candidate.concurrency or concurrency) as tried:
                     runs = []
                     for pair in range(1, pairs + 1):
-                        base = baseline.control_run(engine, organization_ids, timeout)
-                        other = tried.control_run(engine, organization_ids, timeout)
+                        # Which stack runs first alternates pair by pair: a run right after a thaw, or
+                        # after the other stack's run, is not favoured on one side only.
+                        if pair % 2:
+                            base = baseline.control_run(engine, organization_ids, timeout)
+                            other = tried.control_run(engine, organization_ids, timeout)
+                        else:
+                            other = tried.control_run(engine, organization_ids, timeout)
+                            base = baseline.control_run(engine, organization_ids, timeout)
                         runs.append({"baseline": base, "candidate": other, "ratios": pair_ratios(base, other)})
                         print(
                             f"{name}, pair {pair}/{pairs}: baseline {base['control_wall_s']:.1f}s "
