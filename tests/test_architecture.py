@@ -138,6 +138,7 @@ def test_the_developer_tooling_is_a_package_of_its_own():
     assert "tentman_dev.cli" in dev_modules and "tentman_dev.bench.engines" in dev_modules
     # The production package's deployment settings are imported, not copied.
     assert ("tentman.deployment.FAILURE_DETECTION", False) in dev_modules["tentman_dev.airflow_stack"]
+    assert ("tentman.deployment.SCHEDULING", False) in dev_modules["tentman_dev.airflow_stack"]
 
 
 def test_the_ui_and_the_airflow_glue_stay_apart():

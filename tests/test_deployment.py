@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tentman.deployment import FAILURE_DETECTION
+from tentman.deployment import FAILURE_DETECTION, SCHEDULING
 from tentman_dev.airflow_stack import stack_environment, with_local_settings
 from tentman_dev.local import REPO_ROOT
 
@@ -147,6 +147,8 @@ def test_settings_match_what_the_live_tests_run():
             "AIRFLOW__CORE__LOAD_EXAMPLES",
         ):
             assert str(env[key]) == live[key], (name, key)
+        # The scheduling settings chosen below Airflow's floor, in compose and in every local stack.
+        assert {key: str(env[key]) for key in SCHEDULING} == SCHEDULING == {key: live[key] for key in SCHEDULING}
         assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"  # login required
         assert int(env["AIRFLOW__CORE__MAX_MAP_LENGTH"]) >= 10_000  # one mapped task per organization
         assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == jwt and len(jwt) >= 64

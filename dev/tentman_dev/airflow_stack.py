@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tentman.deployment import FAILURE_DETECTION, MAX_MAP_LENGTH
+from tentman.deployment import FAILURE_DETECTION, MAX_MAP_LENGTH, SCHEDULING
 from tentman.settings import BILLING_POOL, BILLING_POOL_DESCRIPTION, DEFAULT_POOL, billing_pool, billing_pool_slots
 from tentman_dev.local import REPO_ROOT
 
@@ -174,6 +174,7 @@ def stack_environment(
         }
     )
     env.update(FAILURE_DETECTION)
+    env.update(SCHEDULING)
     if env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor":
         if not broker_url:
             raise ValueError("the CeleryExecutor needs a broker URL (redis://HOST:PORT/DB)")
