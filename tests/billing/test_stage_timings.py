@@ -60,7 +60,6 @@ UTILITY_STAGE_NAMES = (
     "stage_leases",
     "flag_lease_problems",
     "bill_statements",
-    "mark_concurrently_issued",
     "recompute_totals",
     "counts",
 )
