@@ -55,8 +55,8 @@ RENT_STAGE_NAMES = (
 )
 UTILITY_STAGE_NAMES = (
     "lock",
-    "stage_pending",
     "relink_billed",
+    "stage_pending",
     "stage_leases",
     "flag_lease_problems",
     "bill_statements",

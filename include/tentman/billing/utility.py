@@ -115,33 +115,33 @@ CASE
 END
 """
 
+# The organization's pending statements: finalized, not linked to an invoice line, ending by the period.
+_PENDING = f"""s.organization_id = :organization_id
+  AND s.{_FINALIZED}
+  AND s.invoice_line_id IS NULL
+  AND (s.period_end <= :period_end OR s.period_end IS NULL)"""
+
+# A pending statement that already has a utility line (its link lost, e.g. restored from a backup)
+# is linked back to that line instead of being billed a second time. Run before the staging, which
+# then no longer finds it pending.
+_RELINK_BILLED = f"""
+UPDATE utility_statements s
+SET invoice_line_id = existing.id
+FROM invoice_lines existing
+WHERE existing.{_UTILITY_LINE} AND existing.source_id = s.id
+  AND {_PENDING}
+"""
+
 # The organization's pending statements, each with the reason it cannot be billed (null = ok).
-# A statement that already has a utility line (its link lost, e.g. restored from a backup) is
-# linked back to that line instead of being billed a second time.
 _STAGE_PENDING = f"""
 CREATE TEMP TABLE tm_util_stmt ON COMMIT DROP AS
 SELECT s.id AS statement_id,
        s.lease_id,
        s.utility_type, s.period_start, s.period_end, s.amount,
-       existing.id AS existing_line_id,
        {UTILITY_STATEMENT_ERROR} AS error
 FROM utility_statements s
 LEFT JOIN leases l ON l.id = s.lease_id
-LEFT JOIN invoice_lines existing ON existing.{_UTILITY_LINE} AND existing.source_id = s.id
-WHERE s.organization_id = :organization_id
-  AND s.{_FINALIZED}
-  AND s.invoice_line_id IS NULL
-  AND (s.period_end <= :period_end OR s.period_end IS NULL)
-"""
-
-_RELINK_BILLED = """
-WITH relinked AS (
-    UPDATE utility_statements s SET invoice_line_id = t.existing_line_id
-    FROM tm_util_stmt t
-    WHERE s.id = t.statement_id AND t.existing_line_id IS NOT NULL AND s.invoice_line_id IS NULL
-    RETURNING s.id
-)
-DELETE FROM tm_util_stmt t USING relinked r WHERE t.statement_id = r.id
+WHERE {_PENDING}
 """
 
 # Per lease with pending statements (a statement without a lease counts as one on its own): what its good
@@ -194,12 +194,8 @@ WHERE l.outcome = :skipped OR l.new_total > :max_amount OR l.new_total < -CAST(:
 # The staging stages, by the name their time is reported under (StageTimings). Staging tables are
 # analyzed (analyze_staging) so the next statements are planned for their real size.
 _STAGES = (
-    # Analyzed before the relink, which the planner otherwise prices for millions of rows (JIT).
-    (
-        "stage_pending",
-        (_STAGE_PENDING, analyze_staging("tm_util_stmt", "statement_id", "lease_id", "existing_line_id", "error")),
-    ),
     ("relink_billed", (_RELINK_BILLED,)),
+    ("stage_pending", (_STAGE_PENDING, analyze_staging("tm_util_stmt", "statement_id", "lease_id", "error"))),
     (
         "stage_leases",
         (_STAGE_LEASES, analyze_staging("tm_util_lease", "lease_id", "invoice_id", "outcome", "new_total")),
