@@ -274,9 +274,12 @@ _UPSERT_INVOICES = """INSERT INTO invoices (organization_id, lease_id, invoice_t
            l.new_amount, l.new_amount, :due_date, :invoice_run_id
     FROM tm_util_lease l
     WHERE l.outcome = {staged} AND l.lease_id BETWEEN :first_lease_id AND :last_lease_id
-    ORDER BY l.lease_id
-    {on_conflict}
+    {order}{on_conflict}
     RETURNING id, lease_id, (xmax = 0) AS created"""
+# An upsert locks the invoices it finds in lease order, as every writer that takes several does. The
+# fast statement's plain INSERT locks none: it takes the staging table's order (the lease staging's
+# own, by lease), without sorting 200,000 rows on the way (0.15 s of bill_statements at 200,000).
+_IN_LEASE_ORDER = "ORDER BY l.lease_id\n    "
 _TOUCH_DRAFT = (
     "ON CONFLICT (lease_id, invoice_type, billing_period_start) DO UPDATE SET updated_at = now() "
     "WHERE invoices.status = :draft"
@@ -292,10 +295,10 @@ _MARK_RETURNED_NEW = """, marked_new AS (
     FROM new_invoice i
     WHERE l.lease_id = i.lease_id
 )"""
-_EXISTING_INVOICES = _UPSERT_INVOICES.format(staged=":updated", on_conflict=_TOUCH_DRAFT)
+_EXISTING_INVOICES = _UPSERT_INVOICES.format(staged=":updated", order=_IN_LEASE_ORDER, on_conflict=_TOUCH_DRAFT)
 _BILL = InsertFast(
     fast=_BILL_STATEMENTS.format(
-        new_invoice=_UPSERT_INVOICES.format(staged=":created", on_conflict=""),
+        new_invoice=_UPSERT_INVOICES.format(staged=":created", order="", on_conflict=""),
         existing_invoice=_EXISTING_INVOICES,
         line_on_conflict="",
         mark_new="",
@@ -304,7 +307,7 @@ _BILL = InsertFast(
         finalized=_FINALIZED,
     ),
     careful=_BILL_STATEMENTS.format(
-        new_invoice=_UPSERT_INVOICES.format(staged=":created", on_conflict=_TOUCH_DRAFT),
+        new_invoice=_UPSERT_INVOICES.format(staged=":created", order=_IN_LEASE_ORDER, on_conflict=_TOUCH_DRAFT),
         existing_invoice=_EXISTING_INVOICES,
         line_on_conflict=_SKIP_BILLED_STATEMENT,
         mark_new=_MARK_RETURNED_NEW,
