@@ -55,12 +55,11 @@ RENT_STAGE_NAMES = (
 )
 UTILITY_STAGE_NAMES = (
     "lock",
-    "stage_pending",
     "relink_billed",
+    "stage_pending",
     "stage_leases",
     "flag_lease_problems",
     "bill_statements",
-    "mark_concurrently_issued",
     "recompute_totals",
     "counts",
 )

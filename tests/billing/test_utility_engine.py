@@ -292,6 +292,47 @@ def test_a_statement_the_application_bills_meanwhile_is_not_billed_again(engine)
         )
 
 
+def test_a_draft_the_application_issues_meanwhile_keeps_its_statements_pending(engine):
+    """Between staging and writing, the application issues the draft a lease's statements were staged
+    for: the write's ON CONFLICT DO UPDATE no longer touches it, so the lease is skipped with the reason,
+    its statement stays pending and the invoice is left as the application wrote it; the other lease is
+    billed as usual."""
+    with engine.begin() as conn:
+        org = add_organization(conn)
+        lease, other = add_lease(conn, org, date(2025, 1, 1)), add_lease(conn, org, date(2025, 1, 1))
+        draft = _application_invoice(conn, org, lease, "5.00")
+        late = add_statement(conn, org, lease, "42.17")
+        billed = add_statement(conn, org, other, "19.95")
+
+    def application_issues_it():
+        with engine.begin() as app:
+            app.execute(sa.text("UPDATE invoices SET status = 'issued' WHERE id = :i"), {"i": draft})
+
+    result = bill_meanwhile(engine, org, application_issues_it)
+    assert (
+        result.total_leases,
+        result.success_count,
+        result.skipped_count,
+        result.failure_count,
+        result.invoices_created,
+        result.invoices_updated,
+        result.statements_billed,
+    ) == (2, 1, 1, 0, 1, 0, 1)
+    assert result.amount_billed == Decimal("19.95")
+    assert result.errors == [
+        {
+            "lease_id": lease,
+            "error": f"utility invoice of lease {lease} for 2026-12 was issued while this run was billing it; "
+            "its statements stay pending for the next run",
+        }
+    ]
+    with engine.connect() as conn:
+        issued = invoice_for(conn, lease, DEC.start, "utility")
+        assert (issued.id, issued.status, issued.total) == (draft, "issued", Decimal("5.00"))
+        assert lines(conn, draft) == []
+        assert statement_line(conn, late) is None and statement_line(conn, billed) is not None
+
+
 def test_statement_whose_link_was_lost_is_relinked_not_billed_again(engine):
     with engine.begin() as conn:
         org = add_organization(conn)
