@@ -360,24 +360,12 @@ def test_bad_lease_is_recorded_and_the_others_are_billed(engine, lease_kwargs, c
         assert invoice_for(conn, after, MAR_2026.start).total == Decimal("900.00")
 
 
-def add_march_run(conn, org) -> int:
-    """A running rent run of March 2026 for the organization: its id."""
-    return conn.execute(
-        sa.text(
-            """INSERT INTO invoice_runs (organization_id, run_type, billing_period_start, billing_period_end,
-                                        status, dag_id, dag_run_id)
-               VALUES (:o, 'monthly_rent', '2026-03-01', '2026-03-31', 'running', 'd', 'r') RETURNING id"""
-        ),
-        {"o": org},
-    ).scalar_one()
-
-
 def test_draft_of_a_lease_no_longer_billed_is_removed(engine):
     with engine.begin() as conn:
         org = add_organization(conn)
         stays = add_lease(conn, org, date(2025, 1, 1))
         leaves = add_lease(conn, org, date(2025, 1, 1))
-        run_id = add_march_run(conn, org)
+        run_id = _invoice_run(conn, org)
     bill(engine, org, MAR_2026, run_id=run_id)
     with engine.begin() as conn:
         conn.execute(
@@ -476,7 +464,7 @@ def test_removing_stale_drafts_probes_the_staged_leases_instead_of_scanning_them
         org = add_organization(conn)
         for i in range(2000):
             add_lease(conn, org, date(2025, 1, 1), None, f"{1000 + i}.00")
-        run_id = add_march_run(conn, org)
+        run_id = _invoice_run(conn, org)
     statements = []
 
     def explain_stale_draft_delete(conn, cursor, statement, parameters, context, executemany):
