@@ -509,13 +509,15 @@ _ERRORS = "SELECT lease_id, error FROM tm_rent_lease WHERE error IS NOT NULL ORD
 # It runs before the write: the drafts it may remove are those of earlier runs (a lease this run
 # writes is staged, so its draft is never stale), and on a period's first run there are none to
 # read; after the write it read every draft the run had just inserted (0.14 s at 200,000 leases).
-_HAS_DRAFTS_OF_EARLIER_RUNS = """
-SELECT EXISTS (
-    SELECT 1 FROM invoices
-    WHERE organization_id = :organization_id AND invoice_type = :rent_invoice
-      AND billing_period_start = :period_start AND status = :draft AND invoice_run_id IS NOT NULL
-)
-"""
+# The drafts runs of this job made for the period (`i`: the invoices), which the check and the
+# delete below both read.
+_RUN_DRAFTS_OF_PERIOD = """i.organization_id = :organization_id
+  AND i.invoice_type = :rent_invoice
+  AND i.billing_period_start = :period_start
+  AND i.status = :draft
+  AND i.invoice_run_id IS NOT NULL"""
+
+_HAS_DRAFTS_OF_EARLIER_RUNS = f"SELECT EXISTS (SELECT 1 FROM invoices i WHERE {_RUN_DRAFTS_OF_PERIOD})"
 
 # The delete reads the drafts of earlier runs, which the invoices' statistics may not know yet
 # (a re-run right after the period's first run): planned for one draft, it paired each with a scan
@@ -523,13 +525,9 @@ SELECT EXISTS (
 # (quadratic: at 200,000, about twenty minutes). Indexed, each draft is one probe.
 _INDEX_BILLED_LEASES = "CREATE INDEX ON tm_rent_lease (lease_id)"
 
-_DELETE_STALE_DRAFTS = """
+_DELETE_STALE_DRAFTS = f"""
 DELETE FROM invoices i
-WHERE i.organization_id = :organization_id
-  AND i.invoice_type = :rent_invoice
-  AND i.billing_period_start = :period_start
-  AND i.status = :draft
-  AND i.invoice_run_id IS NOT NULL
+WHERE {_RUN_DRAFTS_OF_PERIOD}
   AND NOT EXISTS (SELECT 1 FROM tm_rent_lease l WHERE l.lease_id = i.lease_id)
 """
 
