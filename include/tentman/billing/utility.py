@@ -234,10 +234,7 @@ WITH new_invoice AS (
 ), invoice AS (
     SELECT * FROM new_invoice UNION ALL SELECT * FROM existing_invoice
 ){mark_new}, marked_existing AS (
-    UPDATE tm_util_lease l
-    SET invoice_id = i.id, outcome = CASE WHEN i.created THEN :created ELSE :updated END
-    FROM existing_invoice i
-    WHERE l.lease_id = i.lease_id
+    {mark_existing}
 ), issued AS (
     UPDATE tm_util_lease l
     SET outcome = :skipped,
@@ -289,31 +286,38 @@ _SKIP_BILLED_STATEMENT = f"ON CONFLICT (source_id) WHERE {_UTILITY_LINE} DO NOTH
 # the careful statement only): those it was returned, matched by lease. The fast statement either
 # inserts every one of them or fails: they stay as staged, created (at 1,000,000 leases, marking them
 # visited the staging table out of order: seconds of temporary-table I/O; in order, 0.1 s at 200,000).
-_MARK_RETURNED_NEW = """, marked_new AS (
-    UPDATE tm_util_lease l
+# What an upsert of `returned` did, recorded for the leases it returned (their invoice, and whether
+# it created or updated it).
+_MARK_RETURNED = """UPDATE tm_util_lease l
     SET invoice_id = i.id, outcome = CASE WHEN i.created THEN :created ELSE :updated END
-    FROM new_invoice i
-    WHERE l.lease_id = i.lease_id
+    FROM {returned} i
+    WHERE l.lease_id = i.lease_id"""
+_MARK_RETURNED_NEW = f""", marked_new AS (
+    {_MARK_RETURNED.format(returned="new_invoice")}
 )"""
 _EXISTING_INVOICES = _UPSERT_INVOICES.format(staged=":updated", order=_IN_LEASE_ORDER, on_conflict=_TOUCH_DRAFT)
+# What the fast and the careful statement share.
+_BILL_EITHER_WAY = {
+    "existing_invoice": _EXISTING_INVOICES,
+    "mark_existing": _MARK_RETURNED.format(returned="existing_invoice"),
+    "finalized": _FINALIZED,
+}
 _BILL = InsertFast(
     fast=_BILL_STATEMENTS.format(
+        **_BILL_EITHER_WAY,
         new_invoice=_UPSERT_INVOICES.format(staged=":created", order="", on_conflict=""),
-        existing_invoice=_EXISTING_INVOICES,
         line_on_conflict="",
         mark_new="",
         written_outcomes=":updated",
         returned="existing_invoice",
-        finalized=_FINALIZED,
     ),
     careful=_BILL_STATEMENTS.format(
+        **_BILL_EITHER_WAY,
         new_invoice=_UPSERT_INVOICES.format(staged=":created", order=_IN_LEASE_ORDER, on_conflict=_TOUCH_DRAFT),
-        existing_invoice=_EXISTING_INVOICES,
         line_on_conflict=_SKIP_BILLED_STATEMENT,
         mark_new=_MARK_RETURNED_NEW,
         written_outcomes=":created, :updated",
         returned="invoice",
-        finalized=_FINALIZED,
     ),
 )
 
