@@ -37,6 +37,7 @@ from tentman_dev.bench.pipeline import (
     measured_run,
     measured_stack,
     postmaster_pid,
+    ratio,
     summarize,
 )
 
@@ -102,7 +103,7 @@ def candidate_names(text: str) -> list[str]:
     return names
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # compared (and hashed) by identity: one per stack
 class FrozenWhenIdle:
     """A live benchmark stack whose processes are stopped (SIGSTOP) between its runs."""
 
@@ -118,9 +119,10 @@ class FrozenWhenIdle:
     def freeze(self) -> None:
         self._signal(signal.SIGSTOP)
 
-    def thaw(self) -> None:
+    def thaw(self, settle: bool = True) -> None:
         self._signal(signal.SIGCONT)
-        time.sleep(THAW_SETTLE_S)
+        if settle:
+            time.sleep(THAW_SETTLE_S)
 
     def control_run(self, engine, organization_ids: list[int], timeout: float) -> dict:
         """The control DAG over `organization_ids`, thawed for it and frozen after: summarize's figures."""
@@ -143,20 +145,13 @@ def cpu_total(figures: dict) -> float:
 
 def pair_ratios(baseline: dict, candidate: dict) -> dict:
     """Candidate ÷ baseline of one pair: wall time, CPU-s per task in all and by component."""
-
-    def ratio(a: float, b: float) -> float | None:
-        return round(a / b, 3) if b else None
-
-    components = sorted({*baseline["control_cpu_per_task_s"], *candidate["control_cpu_per_task_s"]})
+    base_cpu, candidate_cpu = baseline["control_cpu_per_task_s"], candidate["control_cpu_per_task_s"]
     return {
         "wall": ratio(candidate["control_wall_s"], baseline["control_wall_s"]),
         "cpu_per_task": ratio(cpu_total(candidate), cpu_total(baseline)),
         **{
-            f"cpu_{component}": ratio(
-                candidate["control_cpu_per_task_s"].get(component, 0.0),
-                baseline["control_cpu_per_task_s"].get(component, 0.0),
-            )
-            for component in components
+            f"cpu_{component}": ratio(candidate_cpu.get(component, 0.0), base_cpu.get(component))
+            for component in sorted({*base_cpu, *candidate_cpu})
         },
     }
 
@@ -196,6 +191,49 @@ def verdict_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def frozen_stack(scratch: Path, admin: str, tentman_uri: str, label: str, *, organizations: int, concurrency: int,
+                 settings: dict[str, str]):  # fmt: skip
+    """A benchmark stack of `settings` on embedded_tentman's server in `scratch`, frozen until its
+    first run; thawed again before it is stopped (a frozen process group would wait out the stop's
+    timeout)."""
+    (scratch / label).mkdir()
+    with measured_stack(
+        scratch / label, admin, tentman_uri, concurrency=concurrency, n=organizations, extra_settings=settings
+    ) as (stack, api):
+        roots = {name: proc.pid for name, proc in stack.processes.items()}
+        roots["postgres"] = postmaster_pid(scratch / "pgdata")
+        frozen = FrozenWhenIdle(stack, api, ProcessSampler(roots))
+        frozen.freeze()
+        try:
+            yield frozen
+        finally:
+            frozen.thaw(settle=False)
+
+
+def measured_pairs(
+    name: str, baseline: FrozenWhenIdle, tried: FrozenWhenIdle, engine, organization_ids: list[int], pairs: int,
+    timeout: float,
+) -> list[dict]:  # fmt: skip
+    """`pairs` pairs of control runs, one on each stack: each side's figures and the pair's ratios."""
+    runs = []
+    for pair in range(1, pairs + 1):
+        # Which stack runs first alternates pair by pair: a run right after a thaw, or after the
+        # other stack's run, is not favoured on one side only.
+        order = (baseline, tried) if pair % 2 else (tried, baseline)
+        figures = {side: side.control_run(engine, organization_ids, timeout) for side in order}
+        base, other = figures[baseline], figures[tried]
+        runs.append({"baseline": base, "candidate": other, "ratios": pair_ratios(base, other)})
+        print(
+            f"{name}, pair {pair}/{pairs}: baseline {base['control_wall_s']:.1f}s "
+            f"({cpu_total(base):.3f} CPU-s/task), {name} {other['control_wall_s']:.1f}s "
+            f"({cpu_total(other):.3f} CPU-s/task): wall {runs[-1]['ratios']['wall']:.2f}x, "
+            f"CPU {runs[-1]['ratios']['cpu_per_task']:.2f}x",
+            flush=True,
+        )
+    return runs
+
+
 def run_floor_settings(
     names: list[str], *, organizations: int, concurrency: int, pairs: int, timeout: float, out_dir: Path
 ) -> dict[str, dict]:
@@ -207,51 +245,22 @@ def run_floor_settings(
         tempfile.TemporaryDirectory(prefix="tentman-bench-floor-") as scratch_name,
         embedded_tentman(Path(scratch_name)) as (admin, tentman_uri, engine),
     ):
-        scratch = Path(scratch_name)
-        postgres = postmaster_pid(scratch / "pgdata")
-
-        @contextlib.contextmanager
-        def frozen_stack(label: str, settings: dict[str, str], stack_concurrency: int):
-            with measured_stack(
-                scratch / label, admin, tentman_uri, concurrency=stack_concurrency, n=organizations,
-                extra_settings=settings,
-            ) as (stack, api):  # fmt: skip
-                roots = {name: proc.pid for name, proc in stack.processes.items()}
-                roots["postgres"] = postgres
-                sampler = ProcessSampler(roots)
-                frozen = FrozenWhenIdle(stack, api, sampler)
-                frozen.freeze()
-                try:
-                    yield frozen
-                finally:
-                    frozen.thaw()  # stopping a frozen process group would wait for its timeout
-
+        server = (Path(scratch_name), admin, tentman_uri)
         for name in names:
             candidate = FLOOR_CANDIDATES[name]
-            for label in (f"baseline-for-{name}", name):
-                (scratch / label).mkdir()
             with (
-                frozen_stack(f"baseline-for-{name}", {}, concurrency) as baseline,
-                frozen_stack(name, candidate.settings, candidate.concurrency or concurrency) as tried,
+                frozen_stack(
+                    *server, f"baseline-for-{name}", organizations=organizations, concurrency=concurrency, settings={}
+                ) as baseline,
+                frozen_stack(
+                    *server,
+                    name,
+                    organizations=organizations,
+                    concurrency=candidate.concurrency or concurrency,
+                    settings=candidate.settings,
+                ) as tried,
             ):
-                runs = []
-                for pair in range(1, pairs + 1):
-                    # Which stack runs first alternates pair by pair: a run right after a thaw, or
-                    # after the other stack's run, is not favoured on one side only.
-                    if pair % 2:
-                        base = baseline.control_run(engine, organization_ids, timeout)
-                        other = tried.control_run(engine, organization_ids, timeout)
-                    else:
-                        other = tried.control_run(engine, organization_ids, timeout)
-                        base = baseline.control_run(engine, organization_ids, timeout)
-                    runs.append({"baseline": base, "candidate": other, "ratios": pair_ratios(base, other)})
-                    print(
-                        f"{name}, pair {pair}/{pairs}: baseline {base['control_wall_s']:.1f}s "
-                        f"({cpu_total(base):.3f} CPU-s/task), {name} {other['control_wall_s']:.1f}s "
-                        f"({cpu_total(other):.3f} CPU-s/task): wall {runs[-1]['ratios']['wall']:.2f}x, "
-                        f"CPU {runs[-1]['ratios']['cpu_per_task']:.2f}x",
-                        flush=True,
-                    )
+                runs = measured_pairs(name, baseline, tried, engine, organization_ids, pairs, timeout)
             results[name] = {
                 "settings": candidate.settings,
                 "concurrency": candidate.concurrency or concurrency,
@@ -261,8 +270,7 @@ def run_floor_settings(
             }
             (out_dir / "floor-settings.json").write_text(
                 json.dumps(
-                    {"organizations": organizations, "concurrency": concurrency, "candidates": results},
-                    indent=2,
+                    {"organizations": organizations, "concurrency": concurrency, "candidates": results}, indent=2
                 )
             )
             print(verdict_table({name: results[name]}), flush=True)

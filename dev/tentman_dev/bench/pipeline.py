@@ -397,8 +397,9 @@ def measured_control_run(api, sampler: ProcessSampler, billing: dict, timeout: f
     return measured_run(api, sampler, CONTROL_DAG_ID, {"organization_ids": organization_ids}, timeout)
 
 
-def _ratio(billing: float | None, control: float | None) -> float | None:
-    return round(billing / control, 2) if billing is not None and control else None
+def ratio(part: float | None, whole: float | None) -> float | None:
+    """`part` ÷ `whole` to two decimals; None when either side was not measured (or `whole` is 0)."""
+    return round(part / whole, 2) if part is not None and whole else None
 
 
 def versus_control(figures: dict, billing: str, control: str = "control") -> dict:
@@ -406,7 +407,7 @@ def versus_control(figures: dict, billing: str, control: str = "control") -> dic
     `billing` and `control`): wall time, overhead per task, CPU-s per task of every component.
     A component either side did not measure has no ratio (None)."""
     ratios = {
-        f"{billing}_vs_{control}_{figure}": _ratio(
+        f"{billing}_vs_{control}_{figure}": ratio(
             figures.get(f"{billing}_{figure}"), figures.get(f"{control}_{figure}")
         )
         for figure in CONTROL_FIGURES
@@ -416,7 +417,7 @@ def versus_control(figures: dict, billing: str, control: str = "control") -> dic
         figures.get(f"{control}_cpu_per_task_s", {}),
     )
     ratios[f"{billing}_vs_{control}_cpu_per_task"] = {
-        component: _ratio(billing_cpu.get(component), control_cpu.get(component))
+        component: ratio(billing_cpu.get(component), control_cpu.get(component))
         for component in sorted({*billing_cpu, *control_cpu})
     }
     return ratios
