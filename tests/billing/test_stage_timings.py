@@ -33,7 +33,6 @@ DEC_2026 = BillingPeriod.for_month(2026, 12)
 # The stages that run once per batch of leases.
 RENT_WRITE_STAGE_NAMES = (
     "insert_new",
-    "mark_concurrently_created",
     "update_changed",
     "delete_old_lines",
     "upsert_changed_lines",
