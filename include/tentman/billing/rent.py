@@ -272,7 +272,20 @@ SELECT t.lease_id, t.total, i.id AS invoice_id, i.status AS invoice_status,
             OR i.billing_period_end IS DISTINCT FROM CAST(:period_end AS date)
        )) AS header_changed,
        CASE WHEN i.id IS NULL THEN :created WHEN i.status <> :draft THEN :skipped END AS outcome
-FROM (SELECT lease_id, sum(amount) AS total FROM tm_rent_line GROUP BY lease_id) t
+FROM (
+    -- Each billable lease has one rent line; only the leases with charges (a third in `make bench`)
+    -- are summed. Grouping all the lines by lease took 0.04 s more of the database's time at 200,000
+    -- leases, and the insert after it 0.03–0.37 s more in each of four alternating runs.
+    SELECT r.lease_id, r.amount + coalesce(c.charges, 0) AS total
+    FROM tm_rent_line r
+    LEFT JOIN (
+        SELECT lease_id, sum(amount) AS charges
+        FROM tm_rent_line
+        WHERE line_type = :recurring_charge_line
+        GROUP BY lease_id
+    ) c ON c.lease_id = r.lease_id
+    WHERE r.line_type = :rent_line
+) t
 LEFT JOIN invoices i
        ON i.lease_id = t.lease_id AND i.invoice_type = :rent_invoice AND i.billing_period_start = :period_start
 """
