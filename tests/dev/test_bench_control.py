@@ -8,7 +8,13 @@ import pytest
 from tentman.names import BILL_ORGANIZATION_TASK, RECORD_RUNS_TASK, RENT_DAG_ID, TASK_IDS
 from tentman_dev.bench import pipeline as bench_pipeline
 from tentman_dev.bench import sweep as bench_sweep
-from tentman_dev.bench.control import CONTROL_DAG_ID, benchmark_dags_folder
+from tentman_dev.bench.control import (
+    CONTROL_DAG_ID,
+    ORGANIZATION_ID_RANGES_PARAM,
+    benchmark_dags_folder,
+    id_ranges,
+    ids_of_ranges,
+)
 
 # What makes a task cost what it costs in Airflow, besides its body.
 TASK_SETTINGS = (
@@ -74,7 +80,7 @@ def test_the_control_dag_has_the_rent_dags_frame_settings_and_graph(bench_dags):
 def test_the_control_dag_maps_the_given_organizations_and_returns_at_once(bench_dags):
     from airflow.utils.session import create_session
 
-    dag_run = bench_dags[CONTROL_DAG_ID].test(run_conf={"organization_ids": [3, 5, 8]})
+    dag_run = bench_dags[CONTROL_DAG_ID].test(run_conf={ORGANIZATION_ID_RANGES_PARAM: id_ranges([3, 5, 8])})
 
     assert dag_run.state == "success"
     with create_session() as session:
@@ -91,6 +97,16 @@ def test_the_control_dag_maps_the_given_organizations_and_returns_at_once(bench_
         2: ("success", "organization (#8)"),
     }
     assert results == [{"organization_id": 3}, {"organization_id": 5}, {"organization_id": 8}]
+
+
+def test_the_controls_conf_holds_ranges_of_ids_not_the_ids():
+    """The scheduler decodes a run's conf with each of its task instances on every loop: a conf of
+    10,000 ids made the control measure that instead of Airflow's floor."""
+    ids = [*range(1, 10_001), 10_005, 10_007, 10_008]
+    assert id_ranges(ids) == [[1, 10_000], [10_005, 10_005], [10_007, 10_008]]
+    assert ids_of_ranges(id_ranges(ids)) == ids
+    assert ids_of_ranges(id_ranges([8, 3, 4])) == [8, 3, 4]
+    assert id_ranges([]) == []
 
 
 # Figures of a rent run and its control as summarize() reports them (2,000 organizations).

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tentman_dev.bench.control import CONTROL_DAG_ID
+from tentman_dev.bench.control import CONTROL_DAG_ID, ORGANIZATION_ID_RANGES_PARAM, id_ranges
 from tentman_dev.bench.pipeline import (
     ProcessSampler,
     embedded_tentman,
@@ -129,7 +129,11 @@ class FrozenWhenIdle:
         self.thaw()
         try:
             outcome, cpu = measured_run(
-                self.api, self.sampler, CONTROL_DAG_ID, {"organization_ids": organization_ids}, timeout
+                self.api,
+                self.sampler,
+                CONTROL_DAG_ID,
+                {ORGANIZATION_ID_RANGES_PARAM: id_ranges(organization_ids)},
+                timeout,
             )
         finally:
             self.freeze()
