@@ -10,8 +10,8 @@ from tentman_dev.bench import pipeline as bench_pipeline
 from tentman_dev.bench import sweep as bench_sweep
 from tentman_dev.bench.control import (
     CONTROL_DAG_ID,
-    ORGANIZATION_ID_RANGES_PARAM,
     benchmark_dags_folder,
+    control_conf,
     id_ranges,
     ids_of_ranges,
 )
@@ -80,7 +80,7 @@ def test_the_control_dag_has_the_rent_dags_frame_settings_and_graph(bench_dags):
 def test_the_control_dag_maps_the_given_organizations_and_returns_at_once(bench_dags):
     from airflow.utils.session import create_session
 
-    dag_run = bench_dags[CONTROL_DAG_ID].test(run_conf={ORGANIZATION_ID_RANGES_PARAM: id_ranges([3, 5, 8])})
+    dag_run = bench_dags[CONTROL_DAG_ID].test(run_conf=control_conf([3, 5, 8]))
 
     assert dag_run.state == "success"
     with create_session() as session:

@@ -61,6 +61,11 @@ def ids_of_ranges(ranges: list[list[int]]) -> list[int]:
     return [organization_id for first, last in ranges for organization_id in range(first, last + 1)]
 
 
+def control_conf(organization_ids: list[int]) -> dict:
+    """The conf of a control run over `organization_ids`, as the benchmarks trigger it."""
+    return {ORGANIZATION_ID_RANGES_PARAM: id_ranges(organization_ids)}
+
+
 def list_given_organizations(run: dict) -> list[int]:
     from airflow.sdk import get_current_context
 

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tentman_dev.bench.control import CONTROL_DAG_ID, ORGANIZATION_ID_RANGES_PARAM, id_ranges
+from tentman_dev.bench.control import CONTROL_DAG_ID, control_conf
 from tentman_dev.bench.pipeline import (
     ProcessSampler,
     embedded_tentman,
@@ -128,13 +128,7 @@ class FrozenWhenIdle:
         """The control DAG over `organization_ids`, thawed for it and frozen after: summarize's figures."""
         self.thaw()
         try:
-            outcome, cpu = measured_run(
-                self.api,
-                self.sampler,
-                CONTROL_DAG_ID,
-                {ORGANIZATION_ID_RANGES_PARAM: id_ranges(organization_ids)},
-                timeout,
-            )
+            outcome, cpu = measured_run(self.api, self.sampler, CONTROL_DAG_ID, control_conf(organization_ids), timeout)
         finally:
             self.freeze()
         if outcome["run"]["state"] != "success":

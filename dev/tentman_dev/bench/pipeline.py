@@ -29,7 +29,7 @@ from tentman_dev.airflow_stack import (
     isolated_environment,
     write_passwords,
 )
-from tentman_dev.bench.control import CONTROL_DAG_ID, ORGANIZATION_ID_RANGES_PARAM, benchmark_dags_folder, id_ranges
+from tentman_dev.bench.control import CONTROL_DAG_ID, benchmark_dags_folder, control_conf
 from tentman_dev.broker import EmbeddedBroker
 from tentman_dev.local import (
     airflow_metadata_uri,
@@ -394,9 +394,7 @@ def measured_control_run(api, sampler: ProcessSampler, billing: dict, timeout: f
     right after it: its outcome and CPU seconds by component, as measured_run gives them."""
     run = billing["run"]
     organization_ids = listed_organizations(api, run["dag_id"], run["dag_run_id"])
-    return measured_run(
-        api, sampler, CONTROL_DAG_ID, {ORGANIZATION_ID_RANGES_PARAM: id_ranges(organization_ids)}, timeout
-    )
+    return measured_run(api, sampler, CONTROL_DAG_ID, control_conf(organization_ids), timeout)
 
 
 def ratio(part: float | None, whole: float | None) -> float | None:

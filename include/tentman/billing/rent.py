@@ -383,9 +383,10 @@ WITH new_invoice AS (
     RETURNING id, lease_id
 ){new_lines}
 """
-_NEW_LINES = """
-INSERT INTO invoice_lines (invoice_id, line_type, source_id, description,
-                           service_period_start, service_period_end, amount)
+# The columns rent writes of an invoice line, in the order both line inserts select them.
+_LINE_COLUMNS = "invoice_id, line_type, source_id, description, service_period_start, service_period_end, amount"
+_NEW_LINES = f"""
+INSERT INTO invoice_lines ({_LINE_COLUMNS})
 SELECT n.id, l.line_type, l.source_id, l.description, l.service_period_start,
        l.service_period_end, l.amount
 FROM new_invoice n
@@ -430,9 +431,8 @@ JOIN tm_rent_target t ON t.invoice_id = d.invoice_id AND t.outcome = :updated
 WHERE il.id = d.old_line_id AND d.line_type IS NULL AND t.lease_id BETWEEN :first_lease_id AND :last_lease_id
 """
 
-_UPSERT_CHANGED_LINES = """
-INSERT INTO invoice_lines (invoice_id, line_type, source_id, description,
-                           service_period_start, service_period_end, amount)
+_UPSERT_CHANGED_LINES = f"""
+INSERT INTO invoice_lines ({_LINE_COLUMNS})
 SELECT d.invoice_id, d.line_type, d.source_id, d.description, d.service_period_start,
        d.service_period_end, d.amount
 FROM tm_rent_line_diff d
