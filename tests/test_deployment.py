@@ -383,6 +383,35 @@ def test_airflow_components_preload_the_billing_tasks_imports():
     )
 
 
+def test_a_forked_task_process_starts_with_airflows_plugins_loaded(tmp_path):
+    """The local settings load Airflow's plugins in the process that forks the task processes, at
+    its first fork and not at start-up (logging and the database are not configured yet): a task
+    process finds them loaded, the "Billing runs" plugin among them, and loads nothing itself."""
+    code = (
+        "import os, airflow.settings\n"
+        "from airflow.sdk import plugins_manager\n"
+        "print('at start-up', plugins_manager._get_plugins.cache_info().currsize, flush=True)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    inherited = plugins_manager._get_plugins.cache_info().currsize\n"
+        "    plugins, errors = plugins_manager._get_plugins()\n"
+        "    print('in the task process', inherited, sorted(p.name for p in plugins), errors, flush=True)\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+    )
+    env = with_local_settings(
+        {
+            "PATH": os.environ["PATH"],
+            "AIRFLOW_HOME": str(tmp_path),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        }
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith(("at start-up", "in the task process"))]
+    assert lines == ["at start-up 0", "in the task process 1 ['tentman_billing'] {}"], out.stderr
+
+
 MONITORING_SERVICES = {"statsd-exporter", "prometheus", "grafana"}
 AIRFLOW_SERVICES = {"airflow-init", "api-server", "scheduler", "dag-processor", "triggerer"}
 

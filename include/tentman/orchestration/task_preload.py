@@ -6,6 +6,11 @@ spends most of its own CPU importing psycopg, SQLAlchemy's psycopg dialect, the 
 authoring modules and the billing code — about 0.1 s per organization task, measured with
 `make bench-scale`, which at 2,000 organizations is as much as the billing itself.
 
+The same parent also loads Airflow's plugins once for all its task processes
+(`load_plugins_before_forking`): otherwise every task process loads them again when it starts
+(the plugins folder's files executed, every installed distribution's entry points read), about
+10 ms of CPU per task whatever the task does.
+
 Called from `config/airflow_local_settings.py`, which Airflow imports at start-up in every
 component ($AIRFLOW_HOME/config is on its path). Nothing here opens a connection: only modules
 are loaded, so forking after it is safe.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,7 @@ TASK_MODULES = (
     "tentman.runs.organizations",
     "tentman.runs.bill",
     "tentman.runs.record",
+    "tentman.orchestration.metrics",
 )
 
 
@@ -45,3 +52,25 @@ def preload_task_modules() -> list[str]:
             log.warning("tentman: could not preload %s; billing tasks will import it themselves", name, exc_info=True)
             failed.append(name)
     return failed
+
+
+def load_plugins_before_forking() -> None:
+    """Load Airflow's plugins, as a task process does when it starts, in this process right before
+    it first forks (os.register_at_fork), so that the task processes it forks inherit them loaded.
+
+    Not at import: Airflow imports the local settings before it configures logging and its
+    database, and a plugin may need both. The Task SDK keeps the plugins it loaded for the life of
+    a process (functools.cache), so only the first fork of a process loads them; a plugin added
+    later reaches the tasks when the scheduler or worker restarts, as it reaches the scheduler.
+    """
+    os.register_at_fork(before=_load_task_sdk_plugins)
+
+
+def _load_task_sdk_plugins() -> None:
+    try:
+        # What the task runner calls first thing; cached, with the plugins it loads.
+        from airflow.sdk.listener import get_listener_manager
+
+        get_listener_manager()
+    except Exception:  # noqa: BLE001 - never stop a fork: each task then loads the plugins itself
+        log.warning("tentman: could not load Airflow's plugins before forking; each task will", exc_info=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import resource
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -20,7 +21,7 @@ from tentman.names import ProrationMethod, RunStatus, RunType
 from tentman.runs import invoice_runs
 from tentman.runs.billing_run import BillingRun
 from tentman.runs.invoice_runs import RunKey
-from tentman.runs.organizations import organization_labels
+from tentman.runs.organizations import read_organization_labels
 from tentman.settings import utility_due_days
 
 log = logging.getLogger(__name__)
@@ -30,22 +31,43 @@ log = logging.getLogger(__name__)
 InvoiceGenerator = Callable[[Connection, int, int | None], OrganizationBillingResult]
 
 
+@dataclass(frozen=True)
+class OrganizationToBill:
+    """An organization as its task bills it: its label (logs, alerts, the mapped instance's name)
+    and its billing settings."""
+
+    label: str
+    settings: BillingSettings
+
+
+def read_organization_to_bill(engine: Engine, organization_id: int) -> OrganizationToBill:
+    """The organization's label and billing settings, in one read-only transaction;
+    UnknownOrganization if it does not exist."""
+    with UnitOfWork(engine, read_only=True) as uow:
+        label = read_organization_labels(uow.connection, [organization_id])[organization_id]
+        return OrganizationToBill(label, billing_settings(uow.connection, organization_id))
+
+
 def bill_organization(
-    engine: Engine, run: BillingRun, organization_id: int, *, label: str | None = None, dag_id: str, dag_run_id: str
+    engine: Engine,
+    run: BillingRun,
+    organization_id: int,
+    *,
+    organization: OrganizationToBill | None = None,
+    dag_id: str,
+    dag_run_id: str,
 ) -> dict:
     """Bill one organization in one transaction, with its `invoice_runs` row; returns its result.
 
-    `label` names the organization in the logs; read from the database when not given.
-
-    The organization's billing settings are read here, when its task starts (a hold set after the
-    organization was listed still counts): a run for all organizations bills nothing of one on
-    hold and records its row as on hold; a run naming it bills it with a warning. A rent run without
-    its own proration method bills with the organization's, else the platform default.
+    `organization` is its label and settings as the task read them when it started (a hold set
+    after the organization was listed still counts); read here when not given. A run for all
+    organizations bills nothing of one on hold and records its row as on hold; a run naming it
+    bills it with a warning. A rent run without its own proration method bills with the
+    organization's, else the platform default.
     """
-    if label is None:
-        label = organization_labels(engine, [organization_id])[organization_id]
-    with UnitOfWork(engine, read_only=True) as uow:
-        settings = billing_settings(uow.connection, organization_id)
+    if organization is None:
+        organization = read_organization_to_bill(engine, organization_id)
+    label, settings = organization.label, organization.settings
     method = _proration_method_for(run, settings)
     key = RunKey(dag_id, dag_run_id, organization_id)
     if settings.billing_hold:

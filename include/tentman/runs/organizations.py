@@ -67,11 +67,16 @@ def list_organizations(engine: Engine, run: BillingRun) -> list[int]:
 def organization_labels(engine: Engine, organization_ids: list[int]) -> dict[int, str]:
     """Each organization's label ("Acme Homes (#3)"); an id no longer in the table keeps a bare one."""
     with UnitOfWork(engine, read_only=True) as uow:
-        names = dict(
-            uow.connection.execute(
-                sa.text("SELECT id, name FROM organizations WHERE id = ANY(:ids)"), {"ids": list(organization_ids)}
-            ).all()
-        )
+        return read_organization_labels(uow.connection, organization_ids)
+
+
+def read_organization_labels(conn: Connection, organization_ids: list[int]) -> dict[int, str]:
+    """organization_labels, on the caller's connection and transaction."""
+    names = dict(
+        conn.execute(
+            sa.text("SELECT id, name FROM organizations WHERE id = ANY(:ids)"), {"ids": list(organization_ids)}
+        ).all()
+    )
     return {i: organization_label(names.get(i), i) for i in organization_ids}
 
 
