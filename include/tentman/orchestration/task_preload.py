@@ -18,6 +18,7 @@ are loaded, so forking after it is safe.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -66,6 +67,9 @@ def load_plugins_before_forking() -> None:
     os.register_at_fork(before=_load_task_sdk_plugins)
 
 
+# Once per process, whatever the outcome: the hook runs before every fork (every task with
+# LocalExecutor), and a failure would otherwise be retried and logged at each one.
+@functools.cache
 def _load_task_sdk_plugins() -> None:
     try:
         # What the task runner calls first thing; cached, with the plugins it loads.
@@ -73,4 +77,7 @@ def _load_task_sdk_plugins() -> None:
 
         get_listener_manager()
     except Exception:  # noqa: BLE001 - never stop a fork: each task then loads the plugins itself
-        log.warning("tentman: could not load Airflow's plugins before forking; each task will", exc_info=True)
+        log.warning(
+            "tentman: could not load Airflow's plugins before forking; each task process will load them itself",
+            exc_info=True,
+        )
