@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+
+from tentman.db import execute
 
 
 class OrganizationNotFound(LookupError):
@@ -12,8 +13,8 @@ class OrganizationNotFound(LookupError):
 
 def organization_currency(conn: Connection, organization_id: int) -> tuple[str | None, str | None]:
     """(currency, error): the organization's invoice currency, or why it cannot be used."""
-    row = conn.execute(
-        sa.text("SELECT currency FROM organizations WHERE id = :organization_id"), {"organization_id": organization_id}
+    row = execute(
+        conn, "SELECT currency FROM organizations WHERE id = :organization_id", {"organization_id": organization_id}
     ).one_or_none()
     if row is None:
         raise OrganizationNotFound(f"organization {organization_id} does not exist")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tentman.db import execute
 from tentman.names import PREVIEW_APPLICATION_NAME
 
 log = logging.getLogger(__name__)
@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 # before it looks again; a session ends in milliseconds.
 PREVIEW_EXIT_WAIT_MS = 5000
 
-_TRY_LOCK = sa.text("SELECT pg_try_advisory_xact_lock(hashtextextended(:key, 0))")
-_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended(:key, 0))"
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"
 
 # The preview sessions (by their application_name) that hold the advisory lock `:key` or wait for
 # it, and that this session may end: its role has the privileges of theirs (the same role, as when
@@ -25,8 +25,7 @@ _LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 # superuser ends a superuser's session. pg_locks shows a bigint advisory key as its high and low
 # 32 bits (classid, objid) with objsubid 1. pg_terminate_backend(pid, timeout) returns once the
 # session is gone, or false (and a warning) after the timeout.
-_END_PREVIEWS = sa.text(
-    """
+_END_PREVIEWS = """
     WITH lock AS (SELECT hashtextextended(:key, 0) AS key)
     SELECT a.pid, pg_terminate_backend(a.pid, :exit_wait_ms) AS ended
     FROM lock
@@ -38,8 +37,7 @@ _END_PREVIEWS = sa.text(
       AND (NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = a.usesysid AND r.rolsuper)
            OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))
       AND (pg_has_role(a.usesysid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE'))
-    """
-)
+"""
 
 
 def organization_lock_key(scope: str, organization_id: int) -> str:
@@ -61,12 +59,12 @@ def lock_organization(conn: Connection, scope: str, organization_id: int) -> Non
     again. Held by another run, it is waited for as always.
     """
     key = organization_lock_key(scope, organization_id)
-    while not conn.execute(_TRY_LOCK, {"key": key}).scalar():
-        ended = conn.execute(
-            _END_PREVIEWS, {"key": key, "preview": PREVIEW_APPLICATION_NAME, "exit_wait_ms": PREVIEW_EXIT_WAIT_MS}
+    while not execute(conn, _TRY_LOCK, {"key": key}).scalar():
+        ended = execute(
+            conn, _END_PREVIEWS, {"key": key, "preview": PREVIEW_APPLICATION_NAME, "exit_wait_ms": PREVIEW_EXIT_WAIT_MS}
         ).all()
         if not ended:
-            conn.execute(_LOCK, {"key": key})  # another run holds it: take turns
+            execute(conn, _LOCK, {"key": key})  # another run holds it: take turns
             return
         log.info(
             "Ended %d preview session(s) holding or awaiting %s (pids %s)", len(ended), key, [r.pid for r in ended]
@@ -80,4 +78,4 @@ def lock_organization_for_preview(conn: Connection, scope: str, organization_id:
     The engine's own `lock_organization` later in the same transaction finds it held by this
     session and goes on: an advisory lock is re-entrant within a session.
     """
-    conn.execute(_LOCK, {"key": organization_lock_key(scope, organization_id)})
+    execute(conn, _LOCK, {"key": organization_lock_key(scope, organization_id)})

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 
 from tentman.billing.locking import lock_organization
 from tentman.billing.schedules import OrganizationSchedule
+from tentman.db import execute
 from tentman.names import (
     BILLING_SETTINGS_AUDIT_TABLE,
     BILLING_SETTINGS_TABLE,
@@ -93,7 +94,7 @@ _SELECT = f"""
 
 def billing_settings(conn: Connection, organization_id: int) -> BillingSettings:
     """The organization's settings (the defaults when it has no row); UnknownOrganization if it does not exist."""
-    row = conn.execute(sa.text(f"{_SELECT} WHERE o.id = :org"), {"org": organization_id}).one_or_none()
+    row = execute(conn, f"{_SELECT} WHERE o.id = :org", {"org": organization_id}).one_or_none()
     if row is None:
         raise UnknownOrganization(
             f"organization {organization_id!r} does not exist; expected the id of an organization"
@@ -170,27 +171,25 @@ def change_billing_settings(
         return old, False
     values = {"org": organization_id, "by": updated_by, **new, **{f"old_{n}": getattr(old, n) for n in SETTING_FIELDS}}
     columns = ", ".join(SETTING_FIELDS)
-    conn.execute(
-        sa.text(
-            f"""
+    execute(
+        conn,
+        f"""
             INSERT INTO {BILLING_SETTINGS_TABLE} (organization_id, {columns}, updated_at, updated_by)
             VALUES (:org, {", ".join(f":{n}" for n in SETTING_FIELDS)}, now(), :by)
             ON CONFLICT (organization_id) DO UPDATE
             SET {", ".join(f"{n} = excluded.{n}" for n in SETTING_FIELDS)},
                 updated_at = excluded.updated_at, updated_by = excluded.updated_by
-            """
-        ),
+            """,
         values,
     )
-    conn.execute(
-        sa.text(
-            f"""
+    execute(
+        conn,
+        f"""
             INSERT INTO {BILLING_SETTINGS_AUDIT_TABLE}
                 (organization_id, changed_at, changed_by,
                  {", ".join(f"old_{n}, new_{n}" for n in SETTING_FIELDS)})
             VALUES (:org, now(), :by, {", ".join(f":old_{n}, :{n}" for n in SETTING_FIELDS)})
-            """
-        ),
+            """,
         values,
     )
     return billing_settings(conn, organization_id), True
@@ -199,13 +198,12 @@ def change_billing_settings(
 def settings_audit(conn: Connection, organization_id: int, limit: int = 100) -> list[sa.Row]:
     """The organization's changes, newest first."""
     return list(
-        conn.execute(
-            sa.text(
-                f"""
+        execute(
+            conn,
+            f"""
                 SELECT * FROM {BILLING_SETTINGS_AUDIT_TABLE} WHERE organization_id = :org
                 ORDER BY changed_at DESC, id DESC LIMIT :limit
-                """
-            ),
+                """,
             {"org": organization_id, "limit": limit},
         )
     )

@@ -46,7 +46,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tentman.billing.periods import BillingPeriod
@@ -54,6 +53,7 @@ from tentman.billing.rent import RENT_LEASE_BINDS, RENT_LEASES_OF_PERIOD
 from tentman.billing.staging import analyze_staging, use_staging_settings
 from tentman.billing.timing import StageTimings, stage_clock
 from tentman.billing.utility import UTILITY_STATEMENT_ERROR
+from tentman.db import execute
 from tentman.names import (
     RECONCILIATIONS_TABLE,
     InvoiceStatus,
@@ -134,15 +134,14 @@ def record_run_start(conn: Connection, invoice_run_id: int) -> None:
     """Note the transaction that opens an organization's run: the start of the `hands_off` window.
     Each attempt (a retry, a cleared task) starts a new window and forgets the last verdict: what
     an earlier attempt wrote was rolled back or is written again by this one."""
-    conn.execute(
-        sa.text(
-            f"""
+    execute(
+        conn,
+        f"""
             INSERT INTO {RECONCILIATIONS_TABLE} (invoice_run_id, started_xid)
             VALUES (:id, CAST(CAST(pg_current_xact_id() AS text) AS bigint) % :space)
             ON CONFLICT (invoice_run_id) DO UPDATE
             SET started_xid = excluded.started_xid, ended_xid = NULL, checked_at = NULL, ok = NULL, checks = NULL
-            """
-        ),
+            """,
         {"id": invoice_run_id, "space": _XID_SPACE},
     )
 
@@ -150,14 +149,13 @@ def record_run_start(conn: Connection, invoice_run_id: int) -> None:
 def invoice_runs_to_reconcile(conn: Connection, *, dag_id: str, dag_run_id: str) -> list[int]:
     """The invoice runs of a DAG run that billed their organization, by organization id."""
     return list(
-        conn.execute(
-            sa.text(
-                """
+        execute(
+            conn,
+            """
                 SELECT id FROM invoice_runs
                 WHERE dag_id = :dag_id AND dag_run_id = :dag_run_id AND status = ANY(:statuses)
                 ORDER BY organization_id
-                """
-            ),
+                """,
             {"dag_id": dag_id, "dag_run_id": dag_run_id, "statuses": [s.value for s in RECONCILED_STATUSES]},
         ).scalars()
     )
@@ -168,15 +166,14 @@ def latest_invoice_runs(
 ) -> list[int]:
     """Each organization's latest invoice run that billed it for `run_type` and `period`."""
     return list(
-        conn.execute(
-            sa.text(
-                """
+        execute(
+            conn,
+            """
                 SELECT DISTINCT ON (organization_id) id FROM invoice_runs
                 WHERE run_type = :run_type AND billing_period_start = :period_start AND status = ANY(:statuses)
                   AND (CAST(:org AS bigint) IS NULL OR organization_id = :org)
                 ORDER BY organization_id, started_at DESC, id DESC
-                """
-            ),
+                """,
             {
                 "run_type": run_type,
                 "period_start": period.start,
@@ -200,18 +197,17 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
     # batches at 200,000. `totals` sums the lines per invoice: streamed from the lines' index in
     # invoice order, half the time of a hash of 200,000 numeric sums (86 MB), which the planner
     # preferred.
-    conn.execute(
-        sa.text(
-            "SELECT set_config('jit', 'off', true), set_config('work_mem', :work_mem, true), "
-            "set_config('enable_hashagg', 'off', true)"
-        ),
+    execute(
+        conn,
+        "SELECT set_config('jit', 'off', true), set_config('work_mem', :work_mem, true), "
+        "set_config('enable_hashagg', 'off', true)",
         {"work_mem": RECONCILIATION_WORK_MEM},
     )
     # The run, with the end of its `hands_off` window (this transaction, unless an earlier
     # reconciliation set it).
-    run = conn.execute(
-        sa.text(
-            f"""
+    run = execute(
+        conn,
+        f"""
             WITH run_window AS (
                 INSERT INTO {RECONCILIATIONS_TABLE} AS r (invoice_run_id, ended_xid)
                 VALUES (:id, CAST(CAST(pg_current_xact_id() AS text) AS bigint) % :space)
@@ -223,8 +219,7 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
                    (SELECT c.reltuples FROM pg_class c WHERE c.oid = CAST('utility_statements' AS regclass))
                        AS statements_estimate
             FROM invoice_runs i, run_window w WHERE i.id = :id
-            """
-        ),
+            """,
         {"id": invoice_run_id, "space": _XID_SPACE},
     ).one()
     params = {
@@ -259,9 +254,9 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
         with clock.stage(check):
             if check in _MERGE_PASSES:
                 with _merge_joins(conn):
-                    conn.execute(sa.text(_MERGE_PASSES[check]), params)
+                    execute(conn, _MERGE_PASSES[check], params)
             with _merge_joins(conn) if check in _MERGE_PLANNED else contextlib.nullcontext():
-                found = conn.execute(sa.text(_offending(check, run.run_type)), params).one()._asdict()
+                found = execute(conn, _offending(check, run.run_type), params).one()._asdict()
         count, ids = found.pop("count"), found.pop("ids")
         params.update(found)  # what a later check reuses (rent_coverage: `invoiced`, for counts)
         checks.append(CheckResult(check, count == 0, count, list(ids or [])))
@@ -275,22 +270,21 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
         checks,
     )
     # Dropped now rather than at commit: a caller may reconcile several runs in one transaction.
-    conn.execute(sa.text(f"DROP TABLE IF EXISTS {', '.join(_STAGED_TABLES[RunType(run.run_type)])}"))
+    execute(conn, f"DROP TABLE IF EXISTS {', '.join(_STAGED_TABLES[RunType(run.run_type)])}")
     _store(conn, result)
     return result
 
 
 def _store(conn: Connection, result: Reconciliation) -> None:
-    conn.execute(
-        sa.text(
-            f"""
+    execute(
+        conn,
+        f"""
             UPDATE {RECONCILIATIONS_TABLE}
             SET organization_id = :org, run_type = :run_type, billing_period_start = :period_start,
                 dag_id = :dag_id, dag_run_id = :dag_run_id, checked_at = clock_timestamp(), ok = :ok,
                 checks = CAST(:checks AS jsonb)
             WHERE invoice_run_id = :id
-            """
-        ),
+            """,
         {
             "id": result.invoice_run_id,
             "org": result.organization_id,
@@ -322,11 +316,11 @@ def _merge_joins(conn: Connection) -> Iterator[None]:
     """
     # Two round trips: the settings read and turned off in one statement (read first: the CTE is
     # materialized before the outer query's set_config calls run), restored in another.
-    saved = conn.execute(sa.text(_MERGE_JOINS_ON)).one()
+    saved = execute(conn, _MERGE_JOINS_ON).one()
     try:
         yield
     finally:
-        conn.execute(sa.text(_MERGE_JOINS_RESTORED), {name: getattr(saved, name) for name in _MERGE_ONLY})
+        execute(conn, _MERGE_JOINS_RESTORED, {name: getattr(saved, name) for name in _MERGE_ONLY})
 
 
 _MERGE_JOINS_ON = "WITH saved AS MATERIALIZED (SELECT {read}) SELECT {names}, {off} FROM saved".format(
@@ -431,23 +425,23 @@ _STAGE_ANALYZED = {
 def _stage(conn: Connection, run_type: RunType, params: dict) -> None:
     """Stage the rows the checks share, each table analyzed, then put the id ranges the checks read
     (_ID_RANGES) into `params`."""
-    invoices = conn.execute(sa.text(_STAGE_INVOICES), params).rowcount
+    invoices = execute(conn, _STAGE_INVOICES, params).rowcount
     _analyze(conn, "tm_recon_invoice")
     if run_type == RunType.MONTHLY_RENT:
-        conn.execute(sa.text(_STAGE_LEASES), params)
+        execute(conn, _STAGE_LEASES, params)
         _analyze(conn, "tm_recon_lease")
     else:
         if invoices * STATEMENT_PROBE_ROWS < params["statements_estimate"]:
-            conn.execute(sa.text(_INDEX_INVOICES))
-            conn.execute(sa.text(_STAGE_STATEMENTS_BY_LINK), params)
+            execute(conn, _INDEX_INVOICES)
+            execute(conn, _STAGE_STATEMENTS_BY_LINK, params)
         else:
-            conn.execute(sa.text(_STAGE_STATEMENTS_BY_SCAN), params)
+            execute(conn, _STAGE_STATEMENTS_BY_SCAN, params)
         _analyze(conn, "tm_recon_statement")
-    params.update(conn.execute(sa.text(_ID_RANGES[run_type]), params).one()._asdict())
+    params.update(execute(conn, _ID_RANGES[run_type], params).one()._asdict())
 
 
 def _analyze(conn: Connection, table: str) -> None:
-    conn.execute(sa.text(analyze_staging(table, *_STAGE_ANALYZED[table])))
+    execute(conn, analyze_staging(table, *_STAGE_ANALYZED[table]))
 
 
 _STAGED_TABLES = {

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tentman.application_schema import MAX_AMOUNT
@@ -30,6 +29,7 @@ from tentman.billing.results import OrganizationBillingResult
 from tentman.billing.staged_run import StagedRun, run_stages
 from tentman.billing.staging import InsertFast, analyze_staging
 from tentman.billing.timing import StageClock, StageTimings, stage_clock
+from tentman.db import execute
 from tentman.names import PRORATE_FUNCTION, InvoiceStatus, InvoiceType, LineType, ProrationMethod
 
 # The lease vocabulary RENT_LEASES_OF_PERIOD reads.
@@ -124,9 +124,9 @@ def plan_rent_invoices(
     )
     if result.organization_error is not None:
         return result, []
-    leases = conn.execute(sa.text(_PLANNED_LEASES), {"limit": limit, "offset": offset}).all()
+    leases = execute(conn, _PLANNED_LEASES, {"limit": limit, "offset": offset}).all()
     lines: dict[int, list[PlannedLine]] = {row.lease_id: [] for row in leases}
-    for row in conn.execute(sa.text(_PLANNED_LINES), {"lease_ids": list(lines)}):
+    for row in execute(conn, _PLANNED_LINES, {"lease_ids": list(lines)}):
         lines[row.lease_id].append(
             PlannedLine(
                 row.line_type,
@@ -539,9 +539,9 @@ WHERE {_RUN_DRAFTS_OF_PERIOD}
 
 def _delete_stale_drafts(conn: Connection, params: dict, result: OrganizationBillingResult) -> None:
     """Remove the drafts of earlier runs for leases this run no longer bills (StagedRun.before_write)."""
-    if conn.execute(sa.text(_HAS_DRAFTS_OF_EARLIER_RUNS), params).scalar_one():
-        conn.execute(sa.text(_INDEX_BILLED_LEASES))
-        result.stale_drafts_removed = conn.execute(sa.text(_DELETE_STALE_DRAFTS), params).rowcount
+    if execute(conn, _HAS_DRAFTS_OF_EARLIER_RUNS, params).scalar_one():
+        execute(conn, _INDEX_BILLED_LEASES)
+        result.stale_drafts_removed = execute(conn, _DELETE_STALE_DRAFTS, params).rowcount
 
 
 _RENT = StagedRun(

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tentman.billing.currency import organization_currency
@@ -20,6 +19,7 @@ from tentman.billing.locking import lock_organization
 from tentman.billing.results import OrganizationBillingResult
 from tentman.billing.staging import InsertFast, use_staging_settings, write_isolating_bad_leases
 from tentman.billing.timing import StageClock
+from tentman.db import execute
 from tentman.names import InvoiceType
 
 # A statement of a stage: SQL text, or a write tried without ON CONFLICT first.
@@ -39,7 +39,7 @@ def run_stages(conn: Connection, stages: Iterable[Stage], params: dict, clock: S
                 if isinstance(statement, InsertFast):
                     statement.execute(conn, params)  # the rows it skipped are found by a later stage
                 else:
-                    conn.execute(sa.text(statement), params)
+                    execute(conn, statement, params)
 
 
 def start_organization_billing(
@@ -113,14 +113,14 @@ class StagedRun:
             lambda first, last: self.write_batch(
                 conn, {**params, "first_lease_id": first, "last_lease_id": last}, clock
             ),
-            lambda: list(conn.execute(sa.text(self.pending_lease_ids), params).scalars()),
-            lambda lease_id, reason: conn.execute(
-                sa.text(self.record_write_failure), {**params, "lease_id": lease_id, "reason": reason}
+            lambda: list(execute(conn, self.pending_lease_ids, params).scalars()),
+            lambda lease_id, reason: execute(
+                conn, self.record_write_failure, {**params, "lease_id": lease_id, "reason": reason}
             ),
         )
         with clock.stage("counts"):
-            counts = conn.execute(sa.text(self.counts), params).one()
-            errors = conn.execute(sa.text(self.errors), params).all()
+            counts = execute(conn, self.counts, params).one()
+            errors = execute(conn, self.errors, params).all()
         result.total_leases = counts.total
         result.success_count = counts.success
         result.skipped_count = counts.skipped

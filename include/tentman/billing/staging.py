@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tentman.db import execute
+
 # The session's temporary buffers, where the staging tables live: 8 MB by default, past which they
 # are written to temporary files and read back. At 1,000,000 leases in one organization rent's staging
 # tables hold roughly 250 MB of rows, and its write, which reads them, took 26.6 s with 256 MB against 34.3 s
@@ -32,13 +34,14 @@ def use_staging_settings(conn: Connection) -> None:
       staging. A session that used one already, at another size, keeps its own (tried in a savepoint);
       one that staged before has this size already and accepts the setting again.
     """
-    conn.execute(
-        sa.text("SELECT set_config('default_statistics_target', :target, true)"),
+    execute(
+        conn,
+        "SELECT set_config('default_statistics_target', :target, true)",
         {"target": str(STAGING_STATISTICS_TARGET)},
     )
     try:
         with conn.begin_nested():
-            conn.execute(sa.text("SELECT set_config('temp_buffers', :size, true)"), {"size": STAGING_TEMP_BUFFERS})
+            execute(conn, "SELECT set_config('temp_buffers', :size, true)", {"size": STAGING_TEMP_BUFFERS})
     except sa.exc.DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) != _INVALID_PARAMETER_VALUE:
             raise
@@ -83,11 +86,11 @@ class InsertFast:
         """Run the write: the rows it returns (if any), and whether it had to run `careful`."""
         try:
             with conn.begin_nested():
-                return _rows(conn.execute(sa.text(self.fast), params)), False
+                return _rows(execute(conn, self.fast, params)), False
         except sa.exc.IntegrityError as exc:
             if getattr(exc.orig, "sqlstate", None) != _UNIQUE_VIOLATION:
                 raise
-        return _rows(conn.execute(sa.text(self.careful), params)), True
+        return _rows(execute(conn, self.careful, params)), True
 
 
 def _rows(result: sa.CursorResult) -> list[sa.Row]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections import Counter
 from datetime import date, timedelta
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tentman.application_schema import MAX_AMOUNT
@@ -28,6 +27,7 @@ from tentman.billing.results import OrganizationBillingResult
 from tentman.billing.staged_run import StagedRun
 from tentman.billing.staging import InsertFast, analyze_staging
 from tentman.billing.timing import StageClock, StageTimings, stage_clock
+from tentman.db import execute
 from tentman.names import InvoiceStatus, InvoiceType, LineType, StatementStatus
 
 # The vocabulary the statements below read, bound by these names.
@@ -90,7 +90,7 @@ def _write_batch(conn: Connection, params: dict, clock: StageClock) -> Counter[s
     # them meanwhile (its line was skipped): then the new invoices are recomputed from their lines too.
     recompute = [LeaseOutcome.CREATED, LeaseOutcome.UPDATED] if another_writer_billed else [LeaseOutcome.UPDATED]
     with clock.stage("recompute_totals"):
-        conn.execute(sa.text(_RECOMPUTE_TOTALS), {**params, "outcomes": [outcome.value for outcome in recompute]})
+        execute(conn, _RECOMPUTE_TOTALS, {**params, "outcomes": [outcome.value for outcome in recompute]})
     return Counter(statements_billed=billed.lines)
 
 

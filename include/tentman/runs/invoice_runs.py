@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.results import OrganizationBillingResult
+from tentman.db import execute
 from tentman.names import RunStatus
 
 
@@ -78,9 +79,9 @@ def _write_invoice_run(
     errors: list[dict],
 ) -> int:
     """Insert or reset the organization's row of the run, with zero counts; complete unless running."""
-    return conn.execute(
-        sa.text(
-            """
+    return execute(
+        conn,
+        """
             INSERT INTO invoice_runs (organization_id, run_type, billing_period_start, billing_period_end,
                                       proration_method, status, errors, dag_id, dag_run_id,
                                       started_at, completed_at)
@@ -95,8 +96,7 @@ def _write_invoice_run(
                 failure_count = 0, errors = excluded.errors, started_at = now(),
                 completed_at = excluded.completed_at
             RETURNING id
-            """
-        ),
+            """,
         {
             "org": key.organization_id,
             "run_type": run_type,
@@ -113,17 +113,16 @@ def _write_invoice_run(
 
 
 def complete_invoice_run(conn: Connection, invoice_run_id: int, result: OrganizationBillingResult) -> None:
-    conn.execute(
-        sa.text(
-            """
+    execute(
+        conn,
+        """
             -- clock_timestamp(): now() would be the start of the billing transaction itself.
             UPDATE invoice_runs
             SET status = :status, total_leases = :total, success_count = :success,
                 skipped_count = :skipped, failure_count = :failure,
                 errors = CAST(:errors AS jsonb), completed_at = clock_timestamp()
             WHERE id = :id
-            """
-        ),
+            """,
         {
             "id": invoice_run_id,
             "status": result.status,
@@ -138,13 +137,12 @@ def complete_invoice_run(conn: Connection, invoice_run_id: int, result: Organiza
 
 def note_attempt_error(conn: Connection, invoice_run_id: int, error: str) -> None:
     """Keep the last error of a failed attempt on the (still running) row, for the aggregation."""
-    conn.execute(
-        sa.text(
-            """
+    execute(
+        conn,
+        """
             UPDATE invoice_runs SET errors = CAST(:errors AS jsonb)
             WHERE id = :id AND status = :running
-            """
-        ),
+            """,
         {
             "id": invoice_run_id,
             "running": RunStatus.RUNNING,
@@ -169,9 +167,9 @@ def fail_unfinished_invoice_runs(
     belongs to a task that failed after its retries. Finished rows (completed, …, on hold) are
     left as they are.
     """
-    conn.execute(
-        sa.text(
-            """
+    execute(
+        conn,
+        """
             INSERT INTO invoice_runs (organization_id, run_type, billing_period_start, billing_period_end,
                                       proration_method, status, errors, dag_id, dag_run_id,
                                       started_at, completed_at)
@@ -191,8 +189,7 @@ def fail_unfinished_invoice_runs(
                     ELSE excluded.errors
                 END
             WHERE invoice_runs.status = :running
-            """
-        ),
+            """,
         {
             "orgs": list(organization_ids),
             "run_type": run_type,
@@ -209,15 +206,14 @@ def fail_unfinished_invoice_runs(
 
 def invoice_runs_of_dag_run(conn: Connection, dag_id: str, dag_run_id: str) -> list[sa.Row]:
     return list(
-        conn.execute(
-            sa.text(
-                """
+        execute(
+            conn,
+            """
                 SELECT r.*, o.name AS organization_name
                 FROM invoice_runs r JOIN organizations o ON o.id = r.organization_id
                 WHERE r.dag_id = :dag_id AND r.dag_run_id = :dag_run_id
                 ORDER BY r.organization_id
-                """
-            ),
+                """,
             {"dag_id": dag_id, "dag_run_id": dag_run_id},
         )
     )

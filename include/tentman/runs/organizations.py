@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from tentman.billing.leases import LeaseStatus
-from tentman.db import UnitOfWork
+from tentman.db import UnitOfWork, execute
 from tentman.names import BILLING_SETTINGS_TABLE, SCHEDULES_DAG_ID, RunType, organization_label
 from tentman.runs.billing_run import BillingRun
 
@@ -33,15 +32,14 @@ def list_organizations(engine: Engine, run: BillingRun) -> list[int]:
     """
     own_schedule = _OWN_SCHEDULE[run.run_type]
     with UnitOfWork(engine, read_only=True) as uow:
-        rows = uow.connection.execute(
-            sa.text(
-                f"""
+        rows = execute(
+            uow.connection,
+            f"""
                 SELECT o.id, o.name, s.{own_schedule} IS NOT NULL AS has_own_schedule
                 FROM organizations o LEFT JOIN {BILLING_SETTINGS_TABLE} s ON s.organization_id = o.id
                 WHERE o.is_active AND (CAST(:ids AS bigint[]) IS NULL OR o.id = ANY(:ids))
                 ORDER BY o.id
-                """
-            ),
+                """,
             {"ids": run.organization_ids},
         ).all()
         if run.organization_ids is None:
@@ -73,29 +71,24 @@ def organization_labels(engine: Engine, organization_ids: list[int]) -> dict[int
 def read_organization_labels(conn: Connection, organization_ids: list[int]) -> dict[int, str]:
     """organization_labels, on the caller's connection and transaction."""
     names = dict(
-        conn.execute(
-            sa.text("SELECT id, name FROM organizations WHERE id = ANY(:ids)"), {"ids": list(organization_ids)}
-        ).all()
+        execute(conn, "SELECT id, name FROM organizations WHERE id = ANY(:ids)", {"ids": list(organization_ids)}).all()
     )
     return {i: organization_label(names.get(i), i) for i in organization_ids}
 
 
 def _warn_about_orphan_leases(conn: Connection) -> None:
     """Active leases of no known organization are billed by nobody: say so in the run's log."""
-    orphans = (
-        conn.execute(
-            sa.text(
-                """
+    orphans = list(
+        execute(
+            conn,
+            """
                 SELECT l.id FROM leases l
                 WHERE l.status = :active
                   AND NOT EXISTS (SELECT 1 FROM organizations o WHERE o.id = l.organization_id)
                 ORDER BY l.id
-                """
-            ),
+                """,
             {"active": LeaseStatus.ACTIVE},
-        )
-        .scalars()
-        .all()
+        ).scalars()
     )
     if orphans:
         shown = ", ".join(str(i) for i in orphans[:LOGGED_ORPHAN_LEASES])
