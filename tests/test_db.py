@@ -50,6 +50,7 @@ def test_one_first_scalars_and_rowcount(engine):
         assert execute(conn, SQL, {**PARAMS, "rows": 0}).first() is None
         assert execute(conn, "SELECT g FROM generate_series(1, 3) g").scalars() == [1, 2, 3]
         assert execute(conn, "SELECT 5").scalar_one() == 5
+        assert tuple(execute(conn, "SELECT '100%' AS a, 7 % 3 AS b").one()) == ("100%", 1)  # no parameters
         with pytest.raises(sa.exc.NoResultFound):
             execute(conn, SQL, {**PARAMS, "rows": 0}).one()
         with pytest.raises(sa.exc.MultipleResultsFound):
