@@ -40,7 +40,7 @@ def test_rows_are_read_as_sqlalchemy_reads_them(engine):
     )
     assert type(row.doubled) is Decimal
     assert row._asdict() == dict(row._mapping)
-    assert row[6:] == (1, 2)  # the repeated name is renamed, its value kept
+    assert row[6:] == (1, 2)  # both values of the repeated name kept
 
 
 def test_one_first_scalars_and_rowcount(engine):
@@ -48,7 +48,7 @@ def test_one_first_scalars_and_rowcount(engine):
         assert execute(conn, SQL, {**PARAMS, "rows": 1}).one().n == 3
         assert execute(conn, SQL, {**PARAMS, "rows": 0}).one_or_none() is None
         assert execute(conn, SQL, {**PARAMS, "rows": 0}).first() is None
-        assert execute(conn, "SELECT g FROM generate_series(1, 3) g").scalars() == [1, 2, 3]
+        assert execute(conn, "SELECT g FROM generate_series(1, 3) g").scalars().all() == [1, 2, 3]
         assert execute(conn, "SELECT 5").scalar_one() == 5
         assert tuple(execute(conn, "SELECT '100%' AS a, 7 % 3 AS b").one()) == ("100%", 1)  # no parameters
         with pytest.raises(sa.exc.NoResultFound):

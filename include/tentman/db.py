@@ -6,14 +6,14 @@ The engine for the Airflow connection `tentman_db` is built in tentman.orchestra
 from __future__ import annotations
 
 import functools
-from collections import namedtuple
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 
 from tentman.settings import tentman_database_uri
 
@@ -116,9 +116,9 @@ class UnitOfWork:
             self.connection.close()
 
 
-def execute(conn: Connection, sql: str, params: Mapping[str, object] | None = None) -> DriverResult | sa.CursorResult:
+def execute(conn: Connection, sql: str, params: Mapping[str, object] | None = None) -> sa.Result:
     """Run `sql` (SQL text with `:name` binds, as sa.text reads it) with `params` on `conn`'s
-    transaction; its rows read as SQLAlchemy's are (`one`, `all`, `scalars`, `rowcount`, ...).
+    transaction; its result is SQLAlchemy's (`one`, `all`, `scalars`, `rowcount`, ...).
 
     On psycopg's own cursor: SQLAlchemy's execution of a text statement costs about 0.15 ms of Python
     more (its cache key, compiled form, parameter types, result metadata), and an organization task
@@ -157,56 +157,18 @@ def _driver_sql(sql: str) -> str:
     return str(sa.text(sql).compile(dialect=_DIALECT))
 
 
-class DriverResult:
-    """A statement's result read from psycopg's cursor at once: its rows (named tuples), the rows it
-    changed, as SQLAlchemy's CursorResult reads them."""
-
-    __slots__ = ("rowcount", "_columns", "_rows")
+class DriverResult(IteratorResult):
+    """A statement's result read from psycopg's cursor at once: SQLAlchemy's own result over its rows
+    (the same Row objects and `one`, `all`, `scalars`, ... as on the SQLAlchemy path), with the
+    cursor's `rowcount` and `returns_rows` as CursorResult has them."""
 
     def __init__(self, cursor: psycopg.Cursor):
         self.rowcount = cursor.rowcount
-        self._columns = tuple(column.name for column in cursor.description) if cursor.description else None
-        self._rows = cursor.fetchall() if self._columns is not None else []
-
-    @property
-    def returns_rows(self) -> bool:
-        return self._columns is not None
-
-    def all(self) -> list[tuple]:
-        if not self._rows:
-            return []
-        row = _row_type(self._columns)._make
-        return [row(values) for values in self._rows]
-
-    def __iter__(self) -> Iterator[tuple]:
-        return iter(self.all())
-
-    def first(self) -> tuple | None:
-        return _row_type(self._columns)._make(self._rows[0]) if self._rows else None
-
-    def one_or_none(self) -> tuple | None:
-        if len(self._rows) > 1:
-            raise sa.exc.MultipleResultsFound("Multiple rows were found when one or none was required")
-        return self.first()
-
-    def one(self) -> tuple:
-        if not self._rows:
-            raise sa.exc.NoResultFound("No row was found when one was required")
-        return self.one_or_none()
-
-    def scalars(self) -> list:
-        return [values[0] for values in self._rows]
-
-    def scalar(self):
-        return self._rows[0][0] if self._rows else None
-
-    def scalar_one(self):
-        return self.one()[0]
+        self.returns_rows = cursor.description is not None
+        columns = tuple(column.name for column in cursor.description) if self.returns_rows else ()
+        super().__init__(_result_metadata(columns), iter(cursor.fetchall() if self.returns_rows else ()))
 
 
 @functools.lru_cache(maxsize=1024)
-def _row_type(columns: tuple[str, ...]) -> type:
-    """A row of these columns: a named tuple (a name that is no identifier, or repeated, becomes _1,
-    _2, ...) that also has SQLAlchemy's `row._mapping`."""
-    fields = namedtuple("Row", columns, rename=True)
-    return type("Row", (fields,), {"__slots__": (), "_mapping": property(fields._asdict)})
+def _result_metadata(columns: tuple[str, ...]) -> SimpleResultMetaData:
+    return SimpleResultMetaData(columns)

@@ -78,7 +78,7 @@ def read_organization_labels(conn: Connection, organization_ids: list[int]) -> d
 
 def _warn_about_orphan_leases(conn: Connection) -> None:
     """Active leases of no known organization are billed by nobody: say so in the run's log."""
-    orphans = list(
+    orphans = (
         execute(
             conn,
             """
@@ -88,7 +88,9 @@ def _warn_about_orphan_leases(conn: Connection) -> None:
                 ORDER BY l.id
                 """,
             {"active": LeaseStatus.ACTIVE},
-        ).scalars()
+        )
+        .scalars()
+        .all()
     )
     if orphans:
         shown = ", ".join(str(i) for i in orphans[:LOGGED_ORPHAN_LEASES])
