@@ -3,13 +3,18 @@ them (rows, values and their types, errors, transactions), and through SQLAlchem
 watches the connection's statements."""
 
 import datetime
+from datetime import UTC, date
 from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
+from support.factories import add_charge, add_lease, add_organization, add_statement
+from support.steps import run_steps
+from tentman import db
 from tentman.db import DriverResult, execute
-from tentman.names import RunStatus
+from tentman.names import RunStatus, RunType
 
 # A modulo, a literal percent sign, a `::` cast, numeric, date, array and enum parameters, two
 # columns of the same name.
@@ -96,3 +101,36 @@ def test_a_listener_on_the_statements_sees_each_one(engine):
         assert result.one().n == 3
     assert not isinstance(result, DriverResult)
     assert len(seen) == 1 and "generate_series" in seen[0]
+
+
+def test_every_statement_of_a_run_reads_on_the_driver_as_sqlalchemy_compiles_it(engine, monkeypatch):
+    """_driver_sql rewrites the binds itself instead of compiling through SQLAlchemy: on every text a
+    rent run and a utility run execute (billing, invoice_runs, reconciliation), the same SQL as
+    SQLAlchemy's compiler gives psycopg."""
+    texts = set()
+    convert = db._driver_sql.__wrapped__
+
+    def recorded(sql):
+        texts.add(sql)
+        return convert(sql)
+
+    monkeypatch.setattr(db, "_driver_sql", recorded)
+    with engine.begin() as conn:
+        org = add_organization(conn, "Compiled Homes")
+        lease = add_lease(conn, org, date(2026, 12, 10), None, "1200.00")  # prorated: starts mid-month
+        add_charge(conn, lease, "45.00")
+        add_statement(conn, org, lease, "31.40")
+    run_steps(engine, RunType.MONTHLY_RENT, datetime.datetime(2026, 11, 26, 2, tzinfo=UTC), "rent")
+    run_steps(engine, RunType.UTILITY, datetime.datetime(2026, 12, 7, 3, tzinfo=UTC), "utility")
+    dialect = PGDialect_psycopg()
+    assert len(texts) > 40
+    for sql in texts:
+        assert convert(sql) == str(sa.text(sql).compile(dialect=dialect)), sql
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["x::int = :a", "7 % :b", "'100%' || '%(x)s'", r"\:not_a_bind, :bind", "a:=1, :x:, :é", ":a:b", "(:a)"],
+)
+def test_a_text_reads_on_the_driver_as_sqlalchemy_compiles_it(sql):
+    assert db._driver_sql.__wrapped__(sql) == str(sa.text(sql).compile(dialect=PGDialect_psycopg()))

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from support.factories import add_lease, add_organization, add_statement
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.rent import generate_rent_invoices
-from tentman.billing.staging import STAGING_STATISTICS_TARGET, STAGING_TEMP_BUFFERS
+from tentman.billing.staging import STAGING_STATISTICS_TARGET, STAGING_TEMP_BUFFERS, use_staging_settings
 from tentman.billing.utility import generate_utility_invoices
 from tentman.names import ProrationMethod
 
@@ -46,9 +46,34 @@ def test_a_fresh_session_stages_with_the_larger_temporary_buffers(engine):
         assert conn.execute(sa.text("SHOW temp_buffers")).scalar_one() == STAGING_TEMP_BUFFERS
     assert (rent.invoices_created, rent.amount_billed) == (1, Decimal("1200.00"))
     assert (utility.statements_billed, utility.amount_billed) == (1, Decimal("31.40"))
-    with engine.begin() as conn:  # the next call on the same session sets it again
-        _bill(conn, org)
+    with engine.begin() as conn:  # the session keeps them: the next call bills the same
         assert conn.execute(sa.text("SHOW temp_buffers")).scalar_one() == STAGING_TEMP_BUFFERS
+        again, _ = _bill(conn, org)
+        assert conn.execute(sa.text("SHOW temp_buffers")).scalar_one() == STAGING_TEMP_BUFFERS
+    assert again.amount_billed == rent.amount_billed
+
+
+def test_a_session_that_staged_once_keeps_its_buffers_and_sets_only_the_sample(engine):
+    """The reconciliation stages once per organization on one connection: after the first, each
+    organization's settings cost one statement (no savepoint, no second set_config)."""
+    statements = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    engine.dispose()
+    with engine.connect() as conn:
+        use_staging_settings(conn)
+        conn.commit()
+        sa.event.listen(engine, "before_cursor_execute", count)
+        try:
+            use_staging_settings(conn)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", count)
+        assert conn.execute(sa.text("SHOW default_statistics_target")).scalar_one() == str(STAGING_STATISTICS_TARGET)
+        conn.rollback()
+        assert conn.execute(sa.text("SHOW temp_buffers")).scalar_one() == STAGING_TEMP_BUFFERS
+    assert len(statements) == 1, statements
 
 
 def test_a_session_that_used_temporary_tables_keeps_its_buffers_and_bills_the_same(engine):

@@ -31,17 +31,21 @@ def use_staging_settings(conn: Connection) -> None:
       (only staging tables are analyzed in it).
     - STAGING_TEMP_BUFFERS of temporary buffers, where the session allows it. PostgreSQL fixes a
       session's temporary buffers when it first uses a temporary table, so this must come before the
-      staging. A session that used one already, at another size, keeps its own (tried in a savepoint);
-      one that staged before has this size already and accepts the setting again.
+      staging. They are set for the session, not the transaction: a session that has them already
+      (one that staged before: the reconciliation, which stages once per organization on one
+      connection) pays one statement, not four. A session that used a temporary table at another
+      size keeps its own (tried in a savepoint).
     """
-    execute(
+    buffers = execute(
         conn,
-        "SELECT set_config('default_statistics_target', :target, true)",
+        "SELECT set_config('default_statistics_target', :target, true), current_setting('temp_buffers')",
         {"target": str(STAGING_STATISTICS_TARGET)},
-    )
+    ).one()[1]
+    if buffers == STAGING_TEMP_BUFFERS:
+        return
     try:
         with conn.begin_nested():
-            execute(conn, "SELECT set_config('temp_buffers', :size, true)", {"size": STAGING_TEMP_BUFFERS})
+            execute(conn, "SELECT set_config('temp_buffers', :size, false)", {"size": STAGING_TEMP_BUFFERS})
     except sa.exc.DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) != _INVALID_PARAMETER_VALUE:
             raise
