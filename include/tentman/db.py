@@ -6,7 +6,6 @@ The engine for the Airflow connection `tentman_db` is built in tentman.orchestra
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -14,6 +13,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+from sqlalchemy.sql.compiler import BIND_PARAMS, BIND_PARAMS_ESC
 
 from tentman.settings import tentman_database_uri
 
@@ -148,19 +148,14 @@ def execute(conn: Connection, sql: str, params: Mapping[str, object] | None = No
         ) from exc
 
 
-# How sa.text finds its binds (`:name`, not `::` nor `\\:name`; SQLAlchemy's TextClause._bind_params_regex)
-# and un-escapes `\\:` (its compiler's BIND_PARAMS_ESC): kept to the letter, so that a text reads the
-# same here as through SQLAlchemy (tests/test_db.py compares the two on every engine statement).
-_BIND = re.compile(r"(?<![:\w\x5c]):(\w+)(?![:\w])", re.UNICODE)
-_ESCAPED_COLON = re.compile(r"\x5c(:\w*)(?![:\w])", re.UNICODE)
-
-
 @functools.lru_cache(maxsize=1024)
 def _driver_sql(sql: str) -> str:
     """`sql` as psycopg takes it: `%` doubled, `%(name)s` binds, `\\:` un-escaped — what SQLAlchemy's
     compiler makes of sa.text(sql) for psycopg, without it: compiling a text through SQLAlchemy took
     about 0.15 ms, paid for every statement of each task process (a fresh fork whose cache is empty)."""
-    return _ESCAPED_COLON.sub(r"\1", _BIND.sub(r"%(\1)s", sql.replace("%", "%%")))
+    # SQLAlchemy's own patterns (sa.text's binds, the compiler's `\\:` escape), so that a text reads the
+    # same here as through SQLAlchemy (tests/test_db.py compares the two on every engine statement).
+    return BIND_PARAMS_ESC.sub(r"\1", BIND_PARAMS.sub(r"%(\1)s", sql.replace("%", "%%")))
 
 
 class DriverResult(IteratorResult):

@@ -36,11 +36,15 @@ def use_staging_settings(conn: Connection) -> None:
       connection) pays one statement, not four. A session that used a temporary table at another
       size keeps its own (tried in a savepoint).
     """
-    buffers = execute(
-        conn,
-        "SELECT set_config('default_statistics_target', :target, true), current_setting('temp_buffers')",
-        {"target": str(STAGING_STATISTICS_TARGET)},
-    ).one()[1]
+    buffers = (
+        execute(
+            conn,
+            "SELECT set_config('default_statistics_target', :target, true), current_setting('temp_buffers') AS buffers",
+            {"target": str(STAGING_STATISTICS_TARGET)},
+        )
+        .one()
+        .buffers
+    )
     if buffers == STAGING_TEMP_BUFFERS:
         return
     try:
