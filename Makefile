@@ -110,10 +110,16 @@ lock:
 
 ## The tentman-billing wheel and sdist in dist/ (the package under include/ only: no DAGs, no
 ## tests, no developer tooling). The Dockerfile builds the same wheel in its first stage.
+# Built from a copy of the files the build reads: setuptools writes the sdist's metadata (egg-info)
+# beside the package, and while it was in include/ the development venv (which has include/ on its
+# path) saw a second tentman-billing, whose plugin entry point Airflow reported as a duplicate in
+# any Airflow process started meanwhile (a test of the plugin, under `make test`, failed that way).
+DIST_SOURCES = pyproject.toml MANIFEST.in README.md LICENSE include
 dist: $(STAMP)
-	rm -rf dist build/lib
-	$(BIN)/python -m build --outdir dist .
-	rm -rf include/*.egg-info  # the sdist's metadata, left beside the package as by `make venv`
+	rm -rf dist
+	@src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && \
+	  tar -cf - --exclude=__pycache__ --exclude='*.egg-info' $(DIST_SOURCES) | tar -xf - -C "$$src" && \
+	  $(BIN)/python -m build --outdir "$(CURDIR)/dist" "$$src"
 
 ## Print the local environment (embedded PostgreSQL, Airflow home) as shell exports.
 env: $(STAMP)

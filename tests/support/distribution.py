@@ -65,7 +65,8 @@ def dist(tmp_path_factory) -> dict[str, Path]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = subprocess.run(["make", "-s", "dist"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        # `make dist` leaves no egg-info beside the package (the dev venv would see the entry point twice).
+        # `make dist` builds from a copy: no egg-info beside the package, neither during the build
+        # nor after it (the dev venv would see the entry point twice).
         assert not list((REPO_ROOT / "include").glob("*.egg-info"))
         for built in (REPO_ROOT / "dist").iterdir():
             shutil.copy(built, out / built.name)
