@@ -4,6 +4,7 @@ while the run goes, a statement unlinked, a lease activated mid-run, a run row h
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 
 import pytest
@@ -24,6 +25,15 @@ from tentman.runs.resolve import resolve_billing_period
 
 RENT_TICK = datetime(2027, 1, 26, 2, tzinfo=UTC)  # bills February 2027
 UTILITY_TICK = datetime(2027, 2, 1, 3, tzinfo=UTC)  # bills February 2027
+
+
+@pytest.fixture(autouse=True, params=["batched", "alone"])
+def reconciled(request, monkeypatch) -> str:
+    """Every scenario both ways: small organizations in batches (reconcile_invoice_runs), and every
+    organization alone, by the statements tuned for one large organization (reconcile_invoice_run)."""
+    if request.param == "alone":
+        monkeypatch.setattr(reconciliation, "BATCH_RUN_LEASES", -1)
+    return request.param
 
 
 def verdicts(results) -> dict:
@@ -269,7 +279,7 @@ def _february():
     return BillingPeriod.for_month(2027, 2)
 
 
-def test_utility_reconciliation_reads_its_statements_by_index_not_every_organizations(engine, utility_org):
+def test_utility_reconciliation_reads_its_statements_by_index_not_every_organizations(engine, utility_org, reconciled):
     """The statements a utility run should have billed are staged from the contract's indexes (the
     pending ones) and from the period's lines (the billed ones): a scan of the whole table, once per
     organization, made a 2,000-organization run's reconciliation grow with every statement ever
@@ -289,7 +299,7 @@ def test_utility_reconciliation_reads_its_statements_by_index_not_every_organiza
     plans = []
 
     def explain_statement_staging(conn, cursor, statement, parameters, context, executemany):
-        if "CREATE TEMP TABLE tm_recon_statement" in statement:
+        if re.search(r"CREATE TEMP TABLE tm_recon_(batch_)?statement\b", statement):
             cursor.execute("EXPLAIN " + statement, parameters)
             plans.append("\n".join(row[0] for row in cursor.fetchall()))
 
@@ -299,12 +309,14 @@ def test_utility_reconciliation_reads_its_statements_by_index_not_every_organiza
     finally:
         sa.event.remove(engine, "before_cursor_execute", explain_statement_staging)
     assert verdicts(results) == {org: {}, other: {}}
-    assert len(plans) == 2 and not [p for p in plans if "Seq Scan on utility_statements" in p], plans
+    # Alone, one staging per organization; in a batch, one for both.
+    assert len(plans) == (2 if reconciled == "alone" else 1), plans
+    assert not [p for p in plans if "Seq Scan on utility_statements" in p], plans
 
 
 @pytest.mark.parametrize("staging", ["by link", "by scan"])
 def test_a_statement_billed_in_an_earlier_month_is_that_months_to_reconcile(
-    engine, utility_org, staging, monkeypatch, statement_stagings
+    engine, utility_org, staging, monkeypatch, statement_stagings, reconciled
 ):
     """A utility run reconciles the statements it should have billed: those still pending, and those
     billed on its period's invoices. One billed on an earlier month's invoice is checked by that month's
@@ -337,7 +349,8 @@ def test_a_statement_billed_in_an_earlier_month_is_that_months_to_reconcile(
     [february_again] = reconcile_period(engine, run_type=RunType.UTILITY, period=_february())
     assert verdicts([january_again]) == {org: {"utility_coverage": [s1], "totals": [invoices[s1]]}}
     assert verdicts([february_again]) == {org: {"utility_coverage": [late], "totals": [invoices[late]]}}
-    assert set(statement_stagings) == {staging}
+    # (A batch stages its organizations' statements by index whatever their size.)
+    assert set(statement_stagings) == ({staging} if reconciled == "alone" else set())
 
 
 def test_each_organization_of_a_run_is_reconciled_on_its_own_and_reported_in_order(engine):
@@ -361,6 +374,104 @@ def test_each_organization_of_a_run_is_reconciled_on_its_own_and_reported_in_ord
     with engine.connect() as conn:
         stored = dict(conn.execute(sa.text(f"SELECT organization_id, ok FROM {RECONCILIATIONS_TABLE}")).all())
     assert stored == {org: org != broken for org in orgs}
+
+
+def test_a_rent_run_of_several_organizations_names_each_violation_under_its_own_organization(engine):
+    """In a batch every check reads several organizations' rows at once: each violation is its own
+    organization's, a lease named in one organization's errors excuses nothing elsewhere."""
+    with engine.begin() as conn:
+        orgs = [add_organization(conn, f"Batch Homes {i}") for i in range(5)]
+        leases = {org: add_lease(conn, org, date(2025, 1, 1), None, "1000.00") for org in orgs}
+        add_lease(conn, orgs[3], date(2025, 1, 1), None, "-1.00")  # failed, named in orgs[3]'s errors
+        issued = add_invoice(conn, orgs[2], leases[orgs[2]], date(2027, 1, 1), date(2027, 1, 31), "1000.00")
+    edited = {}
+
+    def break_three(conn):
+        conn.execute(sa.text("DELETE FROM invoices WHERE lease_id = :l"), {"l": leases[orgs[0]]})
+        edited["invoice"] = conn.execute(
+            sa.text(
+                "UPDATE invoice_lines SET amount = amount + 1 WHERE invoice_id = (SELECT id FROM invoices "
+                "WHERE lease_id = :l AND billing_period_start = '2027-02-01') RETURNING invoice_id"
+            ),
+            {"l": leases[orgs[1]]},
+        ).scalar_one()
+        conn.execute(sa.text("UPDATE invoices SET total = 1 WHERE id = :i"), {"i": issued})
+
+    results = run_steps(engine, RunType.MONTHLY_RENT, RENT_TICK, "r1", between=break_three)
+    run_of = {r.organization_id: r.invoice_run_id for r in results}
+    assert verdicts(results) == {
+        orgs[0]: {"rent_coverage": [leases[orgs[0]]], "counts": [run_of[orgs[0]]]},
+        orgs[1]: {"totals": [edited["invoice"]]},
+        orgs[2]: {"hands_off": [issued]},
+        orgs[3]: {},
+        orgs[4]: {},
+    }
+
+
+def test_a_utility_run_of_several_organizations_keeps_each_statement_to_its_organization(engine):
+    with engine.begin() as conn:
+        orgs = [add_organization(conn, f"Batch Meters {i}") for i in range(3)]
+        statements = {}
+        for org in orgs:
+            lease = add_lease(conn, org, date(2025, 1, 1))
+            statements[org] = (
+                add_statement(conn, org, lease, "41.17", date(2027, 1, 1), date(2027, 1, 31)),
+                add_statement(conn, org, lease, "12.03", date(2027, 1, 1), date(2027, 1, 31), utility_type="gas"),
+            )
+    [clean, *_] = run_steps(engine, RunType.UTILITY, UTILITY_TICK, "u1")
+    assert clean.ok, clean.describe()
+    with engine.begin() as conn:
+        # orgs[0]: a statement unlinked. orgs[1]: a line's amount edited. orgs[2]'s gas statement moved
+        # onto orgs[1]'s water line: that line now bills one statement and carries two.
+        conn.execute(sa.text("UPDATE utility_statements SET invoice_line_id = NULL WHERE id = :s"),
+                     {"s": statements[orgs[0]][0]})  # fmt: skip
+        invoice = conn.execute(
+            sa.text(
+                "UPDATE invoice_lines SET amount = amount + 1 WHERE line_type = 'utility' AND source_id = :s "
+                "RETURNING invoice_id"
+            ),
+            {"s": statements[orgs[1]][1]},
+        ).scalar_one()
+        conn.execute(
+            sa.text(
+                "UPDATE utility_statements SET invoice_line_id = "
+                "(SELECT invoice_line_id FROM utility_statements WHERE id = :water) WHERE id = :gas"
+            ),
+            {"water": statements[orgs[1]][0], "gas": statements[orgs[2]][1]},
+        )
+    results = reconcile_period(engine, run_type=RunType.UTILITY, period=_february())
+    assert verdicts(results) == {
+        orgs[0]: {"utility_coverage": [statements[orgs[0]][0]]},
+        orgs[1]: {"utility_coverage": sorted(statements[orgs[1]]), "totals": [invoice]},
+        # Its statement is on another organization's line, which that organization's check names.
+        orgs[2]: {},
+    }
+
+
+def test_large_runs_are_reconciled_alone_and_small_ones_in_batches_of_one_period(engine, monkeypatch):
+    with engine.begin() as conn:
+        orgs = [add_organization(conn, f"Sized Homes {i}") for i in range(6)]
+        for org, size in zip(orgs, (1, 3, 1, 2, 1, 1), strict=True):
+            for _ in range(size):
+                add_lease(conn, org, date(2025, 1, 1), None, "1000.00")
+    results = run_steps(engine, RunType.MONTHLY_RENT, RENT_TICK, "r1")
+    march = run_steps(engine, RunType.MONTHLY_RENT, datetime(2027, 2, 26, 2, tzinfo=UTC), "r2")
+    assert all(r.ok for r in results + march)
+    run_of = {r.organization_id: r.invoice_run_id for r in results}
+    monkeypatch.setattr(reconciliation, "BATCH_RUN_LEASES", 1)  # orgs 1 and 3 are large
+    monkeypatch.setattr(reconciliation, "BATCH_LEASES", 2)  # two one-lease runs per batch
+    ids = [run_of[org] for org in orgs] + [march[0].invoice_run_id]  # another period: a batch of its own
+    with engine.connect() as conn:
+        units = reconciliation.reconciliation_units(conn, ids)
+    assert [(u.invoice_run_ids, u.batched) for u in units] == [
+        ([run_of[orgs[1]]], False),  # 3 leases, the largest first
+        ([run_of[orgs[3]]], False),
+        ([run_of[orgs[0]], run_of[orgs[2]]], True),
+        ([run_of[orgs[4]], run_of[orgs[5]]], True),
+        ([march[0].invoice_run_id], True),
+    ]
+    with engine.connect() as conn, pytest.raises(ValueError, match="not one batch"):
+        reconciliation.reconcile_invoice_runs(conn, [run_of[orgs[0]], march[0].invoice_run_id])
 
 
 def test_the_command_reconciles_on_demand_and_exits_1_on_a_violation(engine, db_uri, rent_org):

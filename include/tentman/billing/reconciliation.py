@@ -37,6 +37,10 @@ organization billed nothing and has its own alert; one on hold was not billed.
 
 The checks share one read of the organization's rows of the period, staged in temporary tables
 (_stage) as the engines stage theirs; docs/scaling.md, "The cost of reconciliation", has the cost.
+The checks are stated twice, in SQL of two shapes with the same verdicts: for one organization
+(reconcile_invoice_run, tuned for hundreds of thousands of rows) and for a batch of small ones
+(reconcile_invoice_runs, each statement keyed by organization, at the end of this module).
+tests/runs/test_reconciliation.py runs every scenario through both.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from sqlalchemy.engine import Connection
 
 from tentman.billing.periods import BillingPeriod
-from tentman.billing.rent import RENT_LEASE_BINDS, RENT_LEASES_OF_PERIOD
+from tentman.billing.rent import RENT_LEASE_BINDS, RENT_LEASES_OF_PERIOD, rent_leases_of_period
 from tentman.billing.staging import analyze_staging, use_staging_settings
 from tentman.billing.timing import StageTimings, stage_clock
 from tentman.billing.utility import UTILITY_STATEMENT_ERROR
@@ -129,6 +133,23 @@ class Reconciliation:
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
 
+    @classmethod
+    def of_run(cls, run, checks: list[CheckResult]) -> Reconciliation:
+        """The result for `run`, a row of `invoice_runs` (its id, organization, type, period, DAG run)."""
+        return cls(
+            run.id,
+            run.organization_id,
+            run.run_type,
+            run.billing_period_start.isoformat(),
+            run.dag_id,
+            run.dag_run_id,
+            checks,
+        )
+
+
+# `hands_off` for a run opened by a release that recorded no window.
+_UNCHECKED_HANDS_OFF = CheckResult(HANDS_OFF, True, note="no run window recorded (a run of an earlier release)")
+
 
 def record_run_start(conn: Connection, invoice_run_id: int) -> None:
     """Note the transaction that opens an organization's run: the start of the `hands_off` window.
@@ -197,12 +218,7 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
     # batches at 200,000. `totals` sums the lines per invoice: streamed from the lines' index in
     # invoice order, half the time of a hash of 200,000 numeric sums (86 MB), which the planner
     # preferred.
-    execute(
-        conn,
-        "SELECT set_config('jit', 'off', true), set_config('work_mem', :work_mem, true), "
-        "set_config('enable_hashagg', 'off', true)",
-        {"work_mem": RECONCILIATION_WORK_MEM},
-    )
+    execute(conn, _SETTINGS, {"work_mem": RECONCILIATION_WORK_MEM})
     # The run, with the end of its `hands_off` window (this transaction, unless an earlier
     # reconciliation set it).
     run = execute(
@@ -249,7 +265,7 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
     checks = []
     for check in CHECKS_OF_RUN[RunType(run.run_type)]:
         if check == HANDS_OFF and run.started_xid is None:
-            checks.append(CheckResult(check, True, note="no run window recorded (a run of an earlier release)"))
+            checks.append(_UNCHECKED_HANDS_OFF)
             continue
         with clock.stage(check):
             if check in _MERGE_PASSES:
@@ -260,40 +276,47 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
         count, ids = found.pop("count"), found.pop("ids")
         params.update(found)  # what a later check reuses (rent_coverage: `invoiced`, for counts)
         checks.append(CheckResult(check, count == 0, count, list(ids or [])))
-    result = Reconciliation(
-        run.id,
-        run.organization_id,
-        run.run_type,
-        run.billing_period_start.isoformat(),
-        run.dag_id,
-        run.dag_run_id,
-        checks,
-    )
+    result = Reconciliation.of_run(run, checks)
     # Dropped now rather than at commit: a caller may reconcile several runs in one transaction.
     execute(conn, f"DROP TABLE IF EXISTS {', '.join(_STAGED_TABLES[RunType(run.run_type)])}")
     _store(conn, result)
     return result
 
 
+_SETTINGS = (
+    "SELECT set_config('jit', 'off', true), set_config('work_mem', :work_mem, true), "
+    "set_config('enable_hashagg', 'off', true)"
+)
+
+
 def _store(conn: Connection, result: Reconciliation) -> None:
+    _store_all(conn, [result])
+
+
+def _store_all(conn: Connection, results: list[Reconciliation]) -> None:
+    """Each result's verdict on its run's row, in one statement."""
     execute(
         conn,
         f"""
-            UPDATE {RECONCILIATIONS_TABLE}
-            SET organization_id = :org, run_type = :run_type, billing_period_start = :period_start,
-                dag_id = :dag_id, dag_run_id = :dag_run_id, checked_at = clock_timestamp(), ok = :ok,
-                checks = CAST(:checks AS jsonb)
-            WHERE invoice_run_id = :id
+            UPDATE {RECONCILIATIONS_TABLE} r
+            SET organization_id = v.organization_id, run_type = v.run_type,
+                billing_period_start = CAST(v.billing_period_start AS date), dag_id = v.dag_id,
+                dag_run_id = v.dag_run_id, checked_at = clock_timestamp(), ok = v.ok, checks = CAST(v.checks AS jsonb)
+            FROM unnest(CAST(:ids AS bigint[]), CAST(:organization_ids AS bigint[]), CAST(:run_types AS text[]),
+                        CAST(:period_starts AS text[]), CAST(:dag_ids AS text[]), CAST(:dag_run_ids AS text[]),
+                        CAST(:oks AS boolean[]), CAST(:checks AS text[]))
+                AS v(id, organization_id, run_type, billing_period_start, dag_id, dag_run_id, ok, checks)
+            WHERE r.invoice_run_id = v.id
             """,
         {
-            "id": result.invoice_run_id,
-            "org": result.organization_id,
-            "run_type": result.run_type,
-            "period_start": result.billing_period_start,
-            "dag_id": result.dag_id,
-            "dag_run_id": result.dag_run_id,
-            "ok": result.ok,
-            "checks": json.dumps([asdict(c) for c in result.checks]),
+            "ids": [r.invoice_run_id for r in results],
+            "organization_ids": [r.organization_id for r in results],
+            "run_types": [r.run_type for r in results],
+            "period_starts": [r.billing_period_start for r in results],
+            "dag_ids": [r.dag_id for r in results],
+            "dag_run_ids": [r.dag_run_id for r in results],
+            "oks": [r.ok for r in results],
+            "checks": [json.dumps([asdict(c) for c in r.checks]) for r in results],
         },
     )
 
@@ -353,11 +376,13 @@ _NAMED_LEASES = """
 
 # A row written by a transaction in [started_xid, ended_xid): modulo 2^32, as PostgreSQL's own xids
 # wrap; xids below 3 are special (2: frozen, i.e. written long before).
+# ({started} and {ended}: the window's bounds, the binds of one run or the columns of a batch's runs.)
 _WRITTEN_DURING_RUN = """
     CAST(CAST({row}.xmin AS text) AS bigint) >= 3
-    AND (CAST(CAST({row}.xmin AS text) AS bigint) - :started_xid + :space) % :space
-        < (:ended_xid - :started_xid + :space) % :space
+    AND (CAST(CAST({row}.xmin AS text) AS bigint) - {started} + :space) % :space
+        < ({ended} - {started} + :space) % :space
 """
+_RUN_WINDOW = {"started": ":started_xid", "ended": ":ended_xid"}
 
 # The rows the checks share, staged once per reconciliation and analyzed (analyze_staging), as the
 # engines stage theirs: each check then reads a temporary table with its own statistics instead of
@@ -390,10 +415,12 @@ SELECT s.lease_id, s.error FROM ({RENT_LEASES_OF_PERIOD}) s
 # - by one scan (_STAGE_STATEMENTS_BY_SCAN): the organization's statements due, every month's, for an
 #   organization that is a large part of the table, where a probe per statement costs more.
 # (The status is written in, not bound: the planner uses a partial index only where it sees the value.)
-_STATEMENT_DUE = f"""
-    s.organization_id = :org AND s.status = '{StatementStatus.FINALIZED}' AND s.period_end <= :period_end
-    AND (s.finalized_at IS NULL OR s.finalized_at <= :run_started_at)
+# ({organization} and {run_started_at}: the binds of one run, or the columns of a batch's runs.)
+_STATEMENT_DUE_OF = f"""
+    s.organization_id = {{organization}} AND s.status = '{StatementStatus.FINALIZED}' AND s.period_end <= :period_end
+    AND (s.finalized_at IS NULL OR s.finalized_at <= {{run_started_at}})
 """
+_STATEMENT_DUE = _STATEMENT_DUE_OF.format(organization=":org", run_started_at=":run_started_at")
 _STATEMENT_COLUMNS = "s.id, s.organization_id, s.lease_id, s.amount, s.period_start, s.period_end, s.invoice_line_id"
 _INDEX_INVOICES = "CREATE INDEX ON tm_recon_invoice (id)"
 _STAGE_STATEMENTS_BY_LINK = f"""
@@ -527,10 +554,10 @@ _OFFENDING = {
         WITH settled AS MATERIALIZED (
             SELECT i.id, i.xmin AS xmin FROM invoices i WHERE i.organization_id = :org AND i.status <> :draft
         )
-        SELECT i.id FROM settled i WHERE {_WRITTEN_DURING_RUN.format(row="i")}
+        SELECT i.id FROM settled i WHERE {_WRITTEN_DURING_RUN.format(row="i", **_RUN_WINDOW)}
         UNION ALL
         SELECT l.invoice_id FROM invoice_lines l
-        WHERE l.invoice_id = ANY(ARRAY(SELECT id FROM settled)) AND {_WRITTEN_DURING_RUN.format(row="l")}
+        WHERE l.invoice_id = ANY(ARRAY(SELECT id FROM settled)) AND {_WRITTEN_DURING_RUN.format(row="l", **_RUN_WINDOW)}
     """,
     # Per run type below (_COUNTS).
 }
@@ -577,5 +604,329 @@ _COUNTS = {
           AND (r.total_leases <> r.success_count + r.skipped_count + r.failure_count
                -- A lease may be billed and named (one bad statement among good ones): at least.
                OR r.skipped_count + r.failure_count > (SELECT count(DISTINCT lease_id) FROM ({_NAMED_LEASES}) n))
+    """,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Several small organizations at once (reconcile_invoice_runs).
+#
+# An organization of a few leases costs its statements, not its rows: alone, its reconciliation is
+# some 17 round trips, two temporary tables and a commit, about 2 ms of this process's CPU and 5 ms of
+# the server's, whatever its size; at 2,000 organizations that was most of a run's last task
+# (docs/scaling.md, "The cost of reconciliation"). The invoice runs of at most BATCH_RUN_LEASES leases
+# are therefore reconciled together, up to BATCH_LEASES leases (and BATCH_RUNS runs) in one
+# transaction: the same checks over the same rows, each statement keyed by organization (one invoice
+# run per organization in a batch), the verdicts stored together. A larger run is reconciled alone, by
+# the statements above, which are tuned for an organization of hundreds of thousands of rows.
+# tests/runs/test_reconciliation.py runs every scenario both ways.
+BATCH_RUN_LEASES = 1_000
+BATCH_LEASES = 20_000
+BATCH_RUNS = 250
+
+
+@dataclass(frozen=True)
+class _RunToReconcile:
+    id: int
+    organization_id: int
+    run_type: str
+    billing_period_start: object
+    total_leases: int
+
+
+@dataclass(frozen=True)
+class ReconciliationUnit:
+    """Invoice runs reconciled in one transaction: a batch of small ones (reconcile_invoice_runs), or
+    one large run alone (reconcile_invoice_run)."""
+
+    invoice_run_ids: list[int]
+    batched: bool
+
+
+def reconciliation_units(conn: Connection, invoice_run_ids: list[int]) -> list[ReconciliationUnit]:
+    """`invoice_run_ids` grouped into the units reconciled in one transaction each: every run of more
+    than BATCH_RUN_LEASES leases alone (largest first: the longest units start first), then the small
+    ones in batches of one run type and period, in the order given."""
+    runs = [
+        _RunToReconcile(*row)
+        for row in execute(
+            conn,
+            "SELECT id, organization_id, run_type, billing_period_start, coalesce(total_leases, 0) FROM invoice_runs "
+            "WHERE id = ANY(:ids)",
+            {"ids": list(invoice_run_ids)},
+        )
+    ]
+    order = {run_id: position for position, run_id in enumerate(invoice_run_ids)}
+    runs.sort(key=lambda run: order[run.id])
+    large = sorted((run for run in runs if run.total_leases > BATCH_RUN_LEASES), key=lambda run: -run.total_leases)
+    units = [ReconciliationUnit([run.id], batched=False) for run in large]
+    open_batches: dict[tuple, _Batch] = {}
+    for run in runs:
+        if run.total_leases > BATCH_RUN_LEASES:
+            continue
+        key = (run.run_type, run.billing_period_start)
+        batch = open_batches.setdefault(key, _Batch())
+        if batch.run_ids and (
+            len(batch.run_ids) >= BATCH_RUNS
+            or batch.leases + run.total_leases > BATCH_LEASES
+            or run.organization_id in batch.organization_ids
+        ):
+            units.append(ReconciliationUnit(batch.run_ids, batched=True))
+            batch = open_batches[key] = _Batch()
+        batch.run_ids.append(run.id)
+        batch.organization_ids.add(run.organization_id)
+        batch.leases += run.total_leases
+    units.extend(ReconciliationUnit(batch.run_ids, batched=True) for batch in open_batches.values())
+    return units
+
+
+@dataclass
+class _Batch:
+    run_ids: list[int] = field(default_factory=list)
+    organization_ids: set[int] = field(default_factory=set)
+    leases: int = 0
+
+
+def reconcile_invoice_runs(conn: Connection, invoice_run_ids: list[int]) -> list[Reconciliation]:
+    """Run every check of each invoice run and store the verdicts (on the caller's transaction), for
+    several runs of one run type and period, at most one per organization (reconciliation_units makes
+    such batches); the results in the order of `invoice_run_ids`. The same checks, verdicts and ids
+    as reconcile_invoice_run, for each."""
+    if not invoice_run_ids:
+        return []
+    execute(conn, _SETTINGS, {"work_mem": RECONCILIATION_WORK_MEM})
+    execute(conn, _BATCH_RUN_WINDOWS, {"run_ids": list(invoice_run_ids), "space": _XID_SPACE})
+    execute(conn, _STAGE_BATCH_RUNS, {"run_ids": list(invoice_run_ids)})
+    runs = {run.id: run for run in execute(conn, _BATCH_RUNS).all()}
+    kinds = {(run.run_type, run.billing_period_start, run.billing_period_end) for run in runs.values()}
+    organizations = [run.organization_id for run in runs.values()]
+    if len(kinds) != 1 or len(set(organizations)) != len(organizations) or set(runs) != set(invoice_run_ids):
+        raise ValueError(
+            f"invoice runs {sorted(invoice_run_ids)} are not one batch: a batch holds existing runs of one run type "
+            f"and billing period (found {sorted(map(str, kinds))}), at most one per organization"
+        )
+    [(run_type, period_start, period_end)] = kinds
+    run_type = RunType(run_type)
+    params = {
+        "organization_ids": organizations,
+        "period_start": period_start,
+        "period_end": period_end,
+        "invoice_type": InvoiceType.RENT.value if run_type == RunType.MONTHLY_RENT else InvoiceType.UTILITY.value,
+        "draft": InvoiceStatus.DRAFT.value,
+        "utility_line": LineType.UTILITY.value,
+        "space": _XID_SPACE,
+        "max_ids": MAX_IDS,
+        **RENT_LEASE_BINDS,
+    }
+    use_staging_settings(conn)
+    for statement in _BATCH_STAGING[run_type]:
+        execute(conn, statement, params)
+    found: dict[str, dict[int, dict]] = {}
+    for check in CHECKS_OF_RUN[run_type]:
+        if check == COUNTS and run_type == RunType.MONTHLY_RENT:
+            invoiced = found[RENT_COVERAGE]
+            params["figure_organization_ids"] = list(invoiced)
+            params["invoiced"] = [row["invoiced"] for row in invoiced.values()]
+        statement = _BATCH_FIGURES.get(check) or _by_organization(_BATCH_OFFENDING[(check, run_type)])
+        found[check] = {row.organization_id: row._asdict() for row in execute(conn, statement, params)}
+    results = []
+    for run_id in invoice_run_ids:
+        run = runs[run_id]
+        checks = []
+        for check in CHECKS_OF_RUN[run_type]:
+            if check == HANDS_OFF and run.started_xid is None:
+                checks.append(_UNCHECKED_HANDS_OFF)
+                continue
+            row = found[check].get(run.organization_id, {"count": 0, "ids": None})
+            checks.append(CheckResult(check, row["count"] == 0, row["count"], list(row["ids"] or [])))
+        results.append(Reconciliation.of_run(run, checks))
+    execute(conn, f"DROP TABLE IF EXISTS {', '.join(_BATCH_STAGED_TABLES)}")
+    _store_all(conn, results)
+    return results
+
+
+def _by_organization(offending: str) -> str:
+    """A check's statement over a batch: per organization, (count, the first :max_ids offending ids),
+    as _offending gives them for one; `offending` yields (organization_id, id)."""
+    return f"""
+        WITH offending AS ({offending})
+        SELECT organization_id, count(*) AS count, (array_agg(id ORDER BY id))[1:CAST(:max_ids AS integer)] AS ids
+        FROM (SELECT DISTINCT organization_id, id FROM offending) o
+        GROUP BY organization_id
+    """
+
+
+# Each run's window ends with this transaction, unless an earlier reconciliation ended it.
+_BATCH_RUN_WINDOWS = f"""
+    INSERT INTO {RECONCILIATIONS_TABLE} AS r (invoice_run_id, ended_xid)
+    SELECT id, CAST(CAST(pg_current_xact_id() AS text) AS bigint) % :space FROM unnest(CAST(:run_ids AS bigint[])) id
+    ON CONFLICT (invoice_run_id) DO UPDATE SET ended_xid = coalesce(r.ended_xid, excluded.ended_xid)
+"""
+# The batch's runs with their windows; the other staged tables are the ones above, per organization.
+_STAGE_BATCH_RUNS = f"""
+CREATE TEMP TABLE tm_recon_batch_run ON COMMIT DROP AS
+SELECT i.id, i.organization_id, i.run_type, i.billing_period_start, i.billing_period_end, i.started_at, i.dag_id,
+       i.dag_run_id, i.total_leases, i.success_count, i.skipped_count, i.failure_count, i.errors,
+       w.started_xid, w.ended_xid
+FROM invoice_runs i JOIN {RECONCILIATIONS_TABLE} w ON w.invoice_run_id = i.id
+WHERE i.id = ANY(:run_ids)
+"""
+_BATCH_RUNS = """
+SELECT id, organization_id, run_type, billing_period_start, billing_period_end, dag_id, dag_run_id, started_xid
+FROM tm_recon_batch_run
+"""
+_STAGE_BATCH_INVOICES = """
+CREATE TEMP TABLE tm_recon_batch_invoice ON COMMIT DROP AS
+SELECT i.organization_id, i.id, i.lease_id, i.status, i.subtotal, i.total FROM invoices i
+WHERE i.organization_id = ANY(:organization_ids) AND i.invoice_type = :invoice_type
+  AND i.billing_period_start = :period_start
+"""
+# The leases each run's errors name, by organization.
+_STAGE_BATCH_NAMED_LEASES = """
+CREATE TEMP TABLE tm_recon_batch_named ON COMMIT DROP AS
+SELECT r.organization_id, CAST(e->>'lease_id' AS bigint) AS lease_id
+FROM tm_recon_batch_run r CROSS JOIN LATERAL jsonb_array_elements(r.errors) e
+WHERE e->>'lease_id' IS NOT NULL
+"""
+_STAGE_BATCH_LEASES = f"""
+CREATE TEMP TABLE tm_recon_batch_lease ON COMMIT DROP AS
+SELECT b.organization_id, s.lease_id, s.error
+FROM ({rent_leases_of_period("l.organization_id = ANY(:organization_ids)")}) s JOIN leases b ON b.id = s.lease_id
+"""
+# The statements each run should have billed (_STATEMENT_DUE_OF), by index: the pending ones, and
+# those linked to a utility line of the period's invoices.
+_BATCH_STATEMENT_DUE = _STATEMENT_DUE_OF.format(organization="r.organization_id", run_started_at="r.started_at")
+_STAGE_BATCH_STATEMENTS = f"""
+CREATE TEMP TABLE tm_recon_batch_statement ON COMMIT DROP AS
+SELECT {_STATEMENT_COLUMNS} FROM tm_recon_batch_run r JOIN utility_statements s ON s.organization_id = r.organization_id
+WHERE s.invoice_line_id IS NULL AND {_BATCH_STATEMENT_DUE}
+UNION ALL
+SELECT {_STATEMENT_COLUMNS} FROM tm_recon_batch_invoice i
+JOIN tm_recon_batch_run r ON r.organization_id = i.organization_id
+JOIN invoice_lines l ON l.invoice_id = i.id AND l.line_type = '{LineType.UTILITY}'
+JOIN utility_statements s ON s.invoice_line_id = l.id
+WHERE {_BATCH_STATEMENT_DUE}
+"""
+# The lines the staged statements are linked to that some statement (of any organization) misuses:
+# linked to a line that does not bill it for its amount (_MERGE_PASSES, for one organization).
+_STAGE_BATCH_MISUSED_LINES = """
+CREATE TEMP TABLE tm_recon_batch_misused_line ON COMMIT DROP AS
+SELECT o.invoice_line_id, l.invoice_id FROM utility_statements o
+LEFT JOIN invoice_lines l ON l.id = o.invoice_line_id
+WHERE o.invoice_line_id = ANY(ARRAY(
+        SELECT s.invoice_line_id FROM tm_recon_batch_statement s WHERE s.invoice_line_id IS NOT NULL))
+  AND (l.id IS NULL OR l.line_type <> :utility_line OR l.source_id <> o.id OR l.amount <> o.amount)
+"""
+# What every batch stages first: its runs analyzed, its invoices, the leases its errors name.
+_BATCH_SHARED_STAGING = (
+    analyze_staging("tm_recon_batch_run", "id", "organization_id"),
+    _STAGE_BATCH_INVOICES,
+    analyze_staging("tm_recon_batch_invoice", "organization_id", "id", "lease_id", "status"),
+    _STAGE_BATCH_NAMED_LEASES,
+)
+_BATCH_STAGING = {
+    RunType.MONTHLY_RENT: (
+        *_BATCH_SHARED_STAGING,
+        _STAGE_BATCH_LEASES,
+        analyze_staging("tm_recon_batch_lease", "organization_id", "lease_id", "error"),
+    ),
+    RunType.UTILITY: (
+        *_BATCH_SHARED_STAGING,
+        _STAGE_BATCH_STATEMENTS,
+        analyze_staging("tm_recon_batch_statement", "id", "lease_id", "invoice_line_id"),
+        _STAGE_BATCH_MISUSED_LINES,
+    ),
+}
+_BATCH_STAGED_TABLES = (
+    "tm_recon_batch_run",
+    "tm_recon_batch_invoice",
+    "tm_recon_batch_named",
+    "tm_recon_batch_lease",
+    "tm_recon_batch_statement",
+    "tm_recon_batch_misused_line",
+)
+# (organization_id, lease_id) IN (...): NULL for a statement without a lease when its organization's
+# errors name any lease, as `lease_id IN (...)` is for one organization.
+_BATCH_NAMED = "SELECT n.organization_id, n.lease_id FROM tm_recon_batch_named n"
+_BATCH_WINDOW = {"started": "w.started_xid", "ended": "w.ended_xid"}
+
+_BATCH_OFFENDING = {
+    (UTILITY_COVERAGE, RunType.UTILITY): f"""
+        SELECT s.organization_id, s.id FROM tm_recon_batch_statement s LEFT JOIN leases l ON l.id = s.lease_id
+        WHERE s.invoice_line_id IS NULL
+          AND NOT ((s.organization_id, s.lease_id) IN ({_BATCH_NAMED}) AND (
+                ({UTILITY_STATEMENT_ERROR}) IS NOT NULL
+                OR NOT EXISTS (SELECT 1 FROM tm_recon_batch_invoice i
+                               WHERE i.organization_id = s.organization_id AND i.lease_id = s.lease_id
+                                 AND i.status = :draft)))
+        UNION ALL
+        SELECT s.organization_id, s.id FROM tm_recon_batch_statement s
+        JOIN tm_recon_batch_misused_line m ON m.invoice_line_id = s.invoice_line_id
+        WHERE m.invoice_id IS NULL OR EXISTS (
+            SELECT 1 FROM tm_recon_batch_invoice i WHERE i.id = m.invoice_id AND i.organization_id = s.organization_id)
+    """,
+    **{
+        (TOTALS, run_type): """
+        SELECT d.organization_id, d.id FROM tm_recon_batch_invoice d
+        LEFT JOIN (
+            SELECT l.invoice_id, sum(l.amount) AS amount FROM invoice_lines l
+            WHERE l.invoice_id = ANY(ARRAY(SELECT i.id FROM tm_recon_batch_invoice i WHERE i.status = :draft))
+            GROUP BY l.invoice_id
+        ) l ON l.invoice_id = d.id
+        WHERE d.status = :draft
+          AND (l.invoice_id IS NULL OR d.subtotal IS DISTINCT FROM l.amount OR d.total IS DISTINCT FROM l.amount)
+    """
+        for run_type in RunType
+    },
+    **{
+        (HANDS_OFF, run_type): f"""
+        WITH settled AS MATERIALIZED (
+            SELECT i.organization_id, i.id, i.xmin AS xmin FROM invoices i
+            WHERE i.organization_id = ANY(:organization_ids) AND i.status <> :draft
+        )
+        SELECT i.organization_id, i.id FROM settled i JOIN tm_recon_batch_run w ON w.organization_id = i.organization_id
+        WHERE w.started_xid IS NOT NULL AND {_WRITTEN_DURING_RUN.format(row="i", **_BATCH_WINDOW)}
+        UNION ALL
+        SELECT i.organization_id, l.invoice_id FROM invoice_lines l
+        JOIN settled i ON i.id = l.invoice_id JOIN tm_recon_batch_run w ON w.organization_id = i.organization_id
+        WHERE l.invoice_id = ANY(ARRAY(SELECT id FROM settled))
+          AND w.started_xid IS NOT NULL AND {_WRITTEN_DURING_RUN.format(row="l", **_BATCH_WINDOW)}
+    """
+        for run_type in RunType
+    },
+    (COUNTS, RunType.MONTHLY_RENT): """
+        SELECT r.organization_id, r.id FROM tm_recon_batch_run r
+        LEFT JOIN unnest(CAST(:figure_organization_ids AS bigint[]), CAST(:invoiced AS bigint[]))
+            AS f(organization_id, invoiced) ON f.organization_id = r.organization_id
+        WHERE r.total_leases <> r.success_count + r.skipped_count + r.failure_count
+           OR r.success_count + r.skipped_count <> coalesce(f.invoiced, 0)
+           OR r.failure_count <> (SELECT count(DISTINCT n.lease_id) FROM tm_recon_batch_named n
+                                  WHERE n.organization_id = r.organization_id)
+    """,
+    (COUNTS, RunType.UTILITY): """
+        SELECT r.organization_id, r.id FROM tm_recon_batch_run r
+        WHERE r.total_leases <> r.success_count + r.skipped_count + r.failure_count
+           -- A lease may be billed and named (one bad statement among good ones): at least.
+           OR r.skipped_count + r.failure_count > (SELECT count(DISTINCT n.lease_id) FROM tm_recon_batch_named n
+                                                   WHERE n.organization_id = r.organization_id)
+    """,
+}
+# rent_coverage, as _FIGURES has it for one organization, per organization of the batch.
+_BATCH_FIGURES = {
+    RENT_COVERAGE: f"""
+        SELECT organization_id,
+               count(DISTINCT id) FILTER (WHERE offending) AS count,
+               (array_agg(DISTINCT id ORDER BY id) FILTER (WHERE offending))[1:CAST(:max_ids AS integer)] AS ids,
+               count(*) FILTER (WHERE invoiced) AS invoiced
+        FROM (
+            SELECT coalesce(s.organization_id, i.organization_id) AS organization_id,
+                   coalesce(s.lease_id, i.lease_id) AS id,
+                   (s.error IS NULL AND i.lease_id IS NULL AND (s.organization_id, s.lease_id) NOT IN ({_BATCH_NAMED}))
+                   OR (i.status = :draft AND (s.lease_id IS NULL OR s.error IS NOT NULL)) AS offending,
+                   s.lease_id IS NOT NULL AND s.error IS NULL AND i.lease_id IS NOT NULL AS invoiced
+            FROM tm_recon_batch_lease s
+            FULL JOIN tm_recon_batch_invoice i ON i.organization_id = s.organization_id AND i.lease_id = s.lease_id
+        ) pairs
+        GROUP BY organization_id
     """,
 }

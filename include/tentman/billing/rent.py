@@ -167,9 +167,11 @@ FROM tm_rent_line WHERE lease_id = ANY(:lease_ids) ORDER BY lease_id, line_type 
 # The rent engine's rule, stated once: the leases of an organization in scope for a period, with the
 # reason each one cannot be billed (null = billable). Leases with an unknown status that touch the
 # period are in scope so the bad status is reported. Stage 1 stages it; the reconciliation after
-# each run (tentman.billing.reconciliation) reads it again. Binds :organization_id, :period_start,
-# :period_end, :active and :lease_statuses (RENT_LEASE_BINDS).
-RENT_LEASES_OF_PERIOD = """
+# each run (tentman.billing.reconciliation) reads it again, for one organization or for several
+# (`organizations`, a condition on `l`, the leases). Binds :period_start, :period_end, :active and
+# :lease_statuses (RENT_LEASE_BINDS), and RENT_LEASES_OF_PERIOD :organization_id.
+def rent_leases_of_period(organizations: str) -> str:
+    return f"""
 SELECT l.id AS lease_id,
        coalesce(l.unit_label, '') AS unit_label,
        l.monthly_rent,
@@ -187,11 +189,14 @@ SELECT l.id AS lease_id,
            WHEN l.monthly_rent < 0 THEN format('monthly_rent %s is negative', l.monthly_rent)
        END AS error
 FROM leases l
-WHERE l.organization_id = :organization_id
+WHERE {organizations}
   AND (l.status = :active OR l.status IS NULL OR l.status <> ALL(CAST(:lease_statuses AS text[])))
   AND (l.start_date IS NULL OR l.start_date <= :period_end)
   AND (l.end_date IS NULL OR l.end_date >= :period_start)
 """
+
+
+RENT_LEASES_OF_PERIOD = rent_leases_of_period("l.organization_id = :organization_id")
 
 # Stage 1: the leases in scope, with the reason each one cannot be billed (null = billable).
 _STAGE_LEASES = f"CREATE TEMP TABLE tm_rent_lease ON COMMIT DROP AS {RENT_LEASES_OF_PERIOD}"

@@ -12,19 +12,21 @@ from sqlalchemy.engine import Engine
 from tentman.billing.periods import BillingPeriod
 from tentman.billing.reconciliation import (
     Reconciliation,
+    ReconciliationUnit,
     invoice_runs_to_reconcile,
     latest_invoice_runs,
     reconcile_invoice_run,
+    reconcile_invoice_runs,
+    reconciliation_units,
 )
 from tentman.db import UnitOfWork
 from tentman.runs.organizations import organization_labels
 
 log = logging.getLogger(__name__)
 
-# Organizations reconciled at once, each in its own transaction on a connection of its own. A small
-# organization costs its round trips rather than its rows; one at a time, this process and the server
-# wait on each other, and a 2,000-organization run's reconciliation was the sum of those waits
-# (docs/scaling.md, "The cost of reconciliation").
+# Units reconciled at once (a large organization, or a batch of small ones: reconciliation_units),
+# each in its own transaction on a connection of its own: one at a time, this process and the server
+# wait on each other (docs/scaling.md, "The cost of reconciliation").
 RECONCILE_CONNECTIONS = 4
 
 
@@ -57,17 +59,25 @@ def reconcile_period(
 
 
 def _reconcile_each(engine: Engine, invoice_run_ids: list[int]) -> list[Reconciliation]:
-    """Each invoice run reconciled and committed on its own (RECONCILE_CONNECTIONS at once); the
-    results in the order of `invoice_run_ids`. The first error is raised once all have ended."""
+    """Each invoice run reconciled and committed, a large one on its own, small ones in batches
+    (reconciliation_units; RECONCILE_CONNECTIONS units at once); the results in the order of
+    `invoice_run_ids`. The first error is raised once all have ended."""
+    with UnitOfWork(engine, read_only=True) as uow:
+        units = reconciliation_units(uow.connection, invoice_run_ids)
     with ThreadPoolExecutor(max_workers=RECONCILE_CONNECTIONS, thread_name_prefix="reconcile") as pool:
-        return list(pool.map(partial(_reconcile_one, engine), invoice_run_ids))
+        by_run = {r.invoice_run_id: r for results in pool.map(partial(_reconcile_unit, engine), units) for r in results}
+    return [by_run[run_id] for run_id in invoice_run_ids]
 
 
-def _reconcile_one(engine: Engine, invoice_run_id: int) -> Reconciliation:
+def _reconcile_unit(engine: Engine, unit: ReconciliationUnit) -> list[Reconciliation]:
     with UnitOfWork(engine, statement_timeout="300s") as uow:
-        result = reconcile_invoice_run(uow.connection, invoice_run_id)
+        if unit.batched:
+            results = reconcile_invoice_runs(uow.connection, unit.invoice_run_ids)
+        else:
+            [invoice_run_id] = unit.invoice_run_ids
+            results = [reconcile_invoice_run(uow.connection, invoice_run_id)]
         uow.commit()
-    return result
+    return results
 
 
 def _reconcile(engine: Engine, invoice_run_ids: list[int]) -> list[Reconciliation]:
