@@ -354,9 +354,9 @@ def test_a_statement_billed_in_an_earlier_month_is_that_months_to_reconcile(
 
 
 def test_each_organization_of_a_run_is_reconciled_on_its_own_and_reported_in_order(engine):
-    """The organizations are reconciled several at once (RECONCILE_CONNECTIONS), each in its own
-    transaction: every verdict is stored, in organization order, and one organization's violation is
-    its own."""
+    """The organizations are reconciled several transactions at once (RECONCILE_CONNECTIONS), each
+    alone or in a batch: every verdict is stored, in organization order, and one organization's
+    violation is its own."""
     with engine.begin() as conn:
         orgs = [add_organization(conn, f"Homes {i}") for i in range(7)]
         leases = {org: add_lease(conn, org, date(2025, 1, 1), None, f"{1000 + org}.00") for org in orgs}
