@@ -279,7 +279,7 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
     result = Reconciliation.of_run(run, checks)
     # Dropped now rather than at commit: a caller may reconcile several runs in one transaction.
     execute(conn, f"DROP TABLE IF EXISTS {', '.join(_STAGED_TABLES[RunType(run.run_type)])}")
-    _store(conn, result)
+    _store(conn, [result])
     return result
 
 
@@ -289,11 +289,7 @@ _SETTINGS = (
 )
 
 
-def _store(conn: Connection, result: Reconciliation) -> None:
-    _store_all(conn, [result])
-
-
-def _store_all(conn: Connection, results: list[Reconciliation]) -> None:
+def _store(conn: Connection, results: list[Reconciliation]) -> None:
     """Each result's verdict on its run's row, in one statement."""
     execute(
         conn,
@@ -626,15 +622,6 @@ BATCH_RUNS = 250
 
 
 @dataclass(frozen=True)
-class _RunToReconcile:
-    id: int
-    organization_id: int
-    run_type: str
-    billing_period_start: object
-    total_leases: int
-
-
-@dataclass(frozen=True)
 class ReconciliationUnit:
     """Invoice runs reconciled in one transaction: a batch of small ones (reconcile_invoice_runs), or
     one large run alone (reconcile_invoice_run)."""
@@ -647,23 +634,19 @@ def reconciliation_units(conn: Connection, invoice_run_ids: list[int]) -> list[R
     """`invoice_run_ids` grouped into the units reconciled in one transaction each: every run of more
     than BATCH_RUN_LEASES leases alone (largest first: the longest units start first), then the small
     ones in batches of one run type and period, in the order given."""
-    runs = [
-        _RunToReconcile(*row)
-        for row in execute(
-            conn,
-            "SELECT id, organization_id, run_type, billing_period_start, coalesce(total_leases, 0) FROM invoice_runs "
-            "WHERE id = ANY(:ids)",
-            {"ids": list(invoice_run_ids)},
-        )
-    ]
-    order = {run_id: position for position, run_id in enumerate(invoice_run_ids)}
-    runs.sort(key=lambda run: order[run.id])
+    runs = execute(
+        conn,
+        """
+            SELECT id, organization_id, run_type, billing_period_start, coalesce(total_leases, 0) AS total_leases
+            FROM invoice_runs WHERE id = ANY(:ids) ORDER BY array_position(CAST(:ids AS bigint[]), id)
+            """,
+        {"ids": list(invoice_run_ids)},
+    ).all()
+    small = [run for run in runs if run.total_leases <= BATCH_RUN_LEASES]
     large = sorted((run for run in runs if run.total_leases > BATCH_RUN_LEASES), key=lambda run: -run.total_leases)
     units = [ReconciliationUnit([run.id], batched=False) for run in large]
     open_batches: dict[tuple, _Batch] = {}
-    for run in runs:
-        if run.total_leases > BATCH_RUN_LEASES:
-            continue
+    for run in small:
         key = (run.run_type, run.billing_period_start)
         batch = open_batches.setdefault(key, _Batch())
         if batch.run_ids and (
@@ -727,7 +710,9 @@ def reconcile_invoice_runs(conn: Connection, invoice_run_ids: list[int]) -> list
             invoiced = found[RENT_COVERAGE]
             params["figure_organization_ids"] = list(invoiced)
             params["invoiced"] = [row["invoiced"] for row in invoiced.values()]
-        statement = _BATCH_FIGURES.get(check) or _by_organization(_BATCH_OFFENDING[(check, run_type)])
+        statement = _BATCH_FIGURES.get(check) or _by_organization(
+            _BATCH_COUNTS[run_type] if check == COUNTS else _BATCH_OFFENDING[check]
+        )
         found[check] = {row.organization_id: row._asdict() for row in execute(conn, statement, params)}
     results = []
     for run_id in invoice_run_ids:
@@ -741,7 +726,7 @@ def reconcile_invoice_runs(conn: Connection, invoice_run_ids: list[int]) -> list
             checks.append(CheckResult(check, row["count"] == 0, row["count"], list(row["ids"] or [])))
         results.append(Reconciliation.of_run(run, checks))
     execute(conn, f"DROP TABLE IF EXISTS {', '.join(_BATCH_STAGED_TABLES)}")
-    _store_all(conn, results)
+    _store(conn, results)
     return results
 
 
@@ -851,7 +836,7 @@ _BATCH_NAMED = "SELECT n.organization_id, n.lease_id FROM tm_recon_batch_named n
 _BATCH_WINDOW = {"started": "w.started_xid", "ended": "w.ended_xid"}
 
 _BATCH_OFFENDING = {
-    (UTILITY_COVERAGE, RunType.UTILITY): f"""
+    UTILITY_COVERAGE: f"""
         SELECT s.organization_id, s.id FROM tm_recon_batch_statement s LEFT JOIN leases l ON l.id = s.lease_id
         WHERE s.invoice_line_id IS NULL
           AND NOT ((s.organization_id, s.lease_id) IN ({_BATCH_NAMED}) AND (
@@ -865,8 +850,7 @@ _BATCH_OFFENDING = {
         WHERE m.invoice_id IS NULL OR EXISTS (
             SELECT 1 FROM tm_recon_batch_invoice i WHERE i.id = m.invoice_id AND i.organization_id = s.organization_id)
     """,
-    **{
-        (TOTALS, run_type): """
+    TOTALS: """
         SELECT d.organization_id, d.id FROM tm_recon_batch_invoice d
         LEFT JOIN (
             SELECT l.invoice_id, sum(l.amount) AS amount FROM invoice_lines l
@@ -875,11 +859,8 @@ _BATCH_OFFENDING = {
         ) l ON l.invoice_id = d.id
         WHERE d.status = :draft
           AND (l.invoice_id IS NULL OR d.subtotal IS DISTINCT FROM l.amount OR d.total IS DISTINCT FROM l.amount)
-    """
-        for run_type in RunType
-    },
-    **{
-        (HANDS_OFF, run_type): f"""
+    """,
+    HANDS_OFF: f"""
         WITH settled AS MATERIALIZED (
             SELECT i.organization_id, i.id, i.xmin AS xmin FROM invoices i
             WHERE i.organization_id = ANY(:organization_ids) AND i.status <> :draft
@@ -891,10 +872,10 @@ _BATCH_OFFENDING = {
         JOIN settled i ON i.id = l.invoice_id JOIN tm_recon_batch_run w ON w.organization_id = i.organization_id
         WHERE l.invoice_id = ANY(ARRAY(SELECT id FROM settled))
           AND w.started_xid IS NOT NULL AND {_WRITTEN_DURING_RUN.format(row="l", **_BATCH_WINDOW)}
-    """
-        for run_type in RunType
-    },
-    (COUNTS, RunType.MONTHLY_RENT): """
+    """,
+}
+_BATCH_COUNTS = {
+    RunType.MONTHLY_RENT: """
         SELECT r.organization_id, r.id FROM tm_recon_batch_run r
         LEFT JOIN unnest(CAST(:figure_organization_ids AS bigint[]), CAST(:invoiced AS bigint[]))
             AS f(organization_id, invoiced) ON f.organization_id = r.organization_id
@@ -903,7 +884,7 @@ _BATCH_OFFENDING = {
            OR r.failure_count <> (SELECT count(DISTINCT n.lease_id) FROM tm_recon_batch_named n
                                   WHERE n.organization_id = r.organization_id)
     """,
-    (COUNTS, RunType.UTILITY): """
+    RunType.UTILITY: """
         SELECT r.organization_id, r.id FROM tm_recon_batch_run r
         WHERE r.total_leases <> r.success_count + r.skipped_count + r.failure_count
            -- A lease may be billed and named (one bad statement among good ones): at least.

@@ -43,7 +43,8 @@ def reconcile_dag_run(engine: Engine, *, dag_id: str, dag_run_id: str) -> list[R
     one line per organization. raise_on_violations then fails the run on a violation."""
     with UnitOfWork(engine, read_only=True) as uow:
         invoice_run_ids = invoice_runs_to_reconcile(uow.connection, dag_id=dag_id, dag_run_id=dag_run_id)
-    return _reconcile(engine, invoice_run_ids)
+        units = reconciliation_units(uow.connection, invoice_run_ids)
+    return _reconcile(engine, invoice_run_ids, units)
 
 
 def reconcile_period(
@@ -55,15 +56,16 @@ def reconcile_period(
         invoice_run_ids = latest_invoice_runs(
             uow.connection, run_type=run_type, period=period, organization_id=organization_id
         )
-    return _reconcile_each(engine, invoice_run_ids)
-
-
-def _reconcile_each(engine: Engine, invoice_run_ids: list[int]) -> list[Reconciliation]:
-    """Each invoice run reconciled and committed, a large one on its own, small ones in batches
-    (reconciliation_units; RECONCILE_CONNECTIONS units at once); the results in the order of
-    `invoice_run_ids`. The first error is raised once all have ended."""
-    with UnitOfWork(engine, read_only=True) as uow:
         units = reconciliation_units(uow.connection, invoice_run_ids)
+    return _reconcile_each(engine, invoice_run_ids, units)
+
+
+def _reconcile_each(
+    engine: Engine, invoice_run_ids: list[int], units: list[ReconciliationUnit]
+) -> list[Reconciliation]:
+    """Each unit (reconciliation_units: a large run on its own, small ones in a batch) reconciled and
+    committed, RECONCILE_CONNECTIONS at once; the results in the order of `invoice_run_ids`. The first
+    error is raised once all have ended."""
     with ThreadPoolExecutor(max_workers=RECONCILE_CONNECTIONS, thread_name_prefix="reconcile") as pool:
         by_run = {r.invoice_run_id: r for results in pool.map(partial(_reconcile_unit, engine), units) for r in results}
     return [by_run[run_id] for run_id in invoice_run_ids]
@@ -80,8 +82,8 @@ def _reconcile_unit(engine: Engine, unit: ReconciliationUnit) -> list[Reconcilia
     return results
 
 
-def _reconcile(engine: Engine, invoice_run_ids: list[int]) -> list[Reconciliation]:
-    results = _reconcile_each(engine, invoice_run_ids)
+def _reconcile(engine: Engine, invoice_run_ids: list[int], units: list[ReconciliationUnit]) -> list[Reconciliation]:
+    results = _reconcile_each(engine, invoice_run_ids, units)
     labels = organization_labels(engine, [r.organization_id for r in results])
     for r in results:
         label = labels[r.organization_id]
