@@ -147,6 +147,17 @@ class Reconciliation:
         )
 
 
+# The current transaction's id as the run windows store it: modulo :space (_XID_SPACE), as the xmin
+# of the rows _WRITTEN_DURING_RUN compares it with.
+_CURRENT_XID = "CAST(CAST(pg_current_xact_id() AS text) AS bigint) % :space"
+# The windows of the runs :run_ids end with this transaction, unless an earlier reconciliation ended
+# them; a run of an earlier release gets a window with no start (its hands_off is unchecked).
+_END_RUN_WINDOWS = f"""
+    INSERT INTO {RECONCILIATIONS_TABLE} AS r (invoice_run_id, ended_xid)
+    SELECT id, {_CURRENT_XID} FROM unnest(CAST(:run_ids AS bigint[])) id
+    ON CONFLICT (invoice_run_id) DO UPDATE SET ended_xid = coalesce(r.ended_xid, excluded.ended_xid)
+"""
+
 # `hands_off` for a run opened by a release that recorded no window.
 _UNCHECKED_HANDS_OFF = CheckResult(HANDS_OFF, True, note="no run window recorded (a run of an earlier release)")
 
@@ -159,7 +170,7 @@ def record_run_start(conn: Connection, invoice_run_id: int) -> None:
         conn,
         f"""
             INSERT INTO {RECONCILIATIONS_TABLE} (invoice_run_id, started_xid)
-            VALUES (:id, CAST(CAST(pg_current_xact_id() AS text) AS bigint) % :space)
+            VALUES (:id, {_CURRENT_XID})
             ON CONFLICT (invoice_run_id) DO UPDATE
             SET started_xid = excluded.started_xid, ended_xid = NULL, checked_at = NULL, ok = NULL, checks = NULL
             """,
@@ -219,24 +230,18 @@ def reconcile_invoice_run(conn: Connection, invoice_run_id: int, timings: StageT
     # invoice order, half the time of a hash of 200,000 numeric sums (86 MB), which the planner
     # preferred.
     execute(conn, _SETTINGS, {"work_mem": RECONCILIATION_WORK_MEM})
-    # The run, with the end of its `hands_off` window (this transaction, unless an earlier
-    # reconciliation set it).
+    # The run, with the end of its `hands_off` window.
     run = execute(
         conn,
         f"""
-            WITH run_window AS (
-                INSERT INTO {RECONCILIATIONS_TABLE} AS r (invoice_run_id, ended_xid)
-                VALUES (:id, CAST(CAST(pg_current_xact_id() AS text) AS bigint) % :space)
-                ON CONFLICT (invoice_run_id) DO UPDATE SET ended_xid = coalesce(r.ended_xid, excluded.ended_xid)
-                RETURNING started_xid, ended_xid
-            )
+            WITH run_window AS ({_END_RUN_WINDOWS} RETURNING started_xid, ended_xid)
             SELECT i.*, w.started_xid, w.ended_xid,
                    -- The size of the table the utility staging either probes or scans (_stage).
                    (SELECT c.reltuples FROM pg_class c WHERE c.oid = CAST('utility_statements' AS regclass))
                        AS statements_estimate
             FROM invoice_runs i, run_window w WHERE i.id = :id
             """,
-        {"id": invoice_run_id, "space": _XID_SPACE},
+        {"id": invoice_run_id, "run_ids": [invoice_run_id], "space": _XID_SPACE},
     ).one()
     params = {
         "org": run.organization_id,
@@ -355,11 +360,18 @@ def _offending(check: str, run_type: str) -> str:
     a figure a later check reuses (_FIGURES)."""
     if check in _FIGURES:
         return _FIGURES[check]
-    offending = _COUNTS[RunType(run_type)] if check == COUNTS else _OFFENDING[check]
+    return _count_and_ids(_COUNTS[RunType(run_type)] if check == COUNTS else _OFFENDING[check])
+
+
+def _count_and_ids(offending: str, *, by_organization: bool = False) -> str:
+    """(count, the first :max_ids ids) of the distinct ids `offending` yields; by_organization: per
+    organization of a batch, `offending` then yielding (organization_id, id)."""
+    key = "organization_id, " if by_organization else ""
     return f"""
         WITH offending AS ({offending})
-        SELECT count(*) AS count, (array_agg(id ORDER BY id))[1:CAST(:max_ids AS integer)] AS ids
-        FROM (SELECT DISTINCT id FROM offending) o
+        SELECT {key}count(*) AS count, (array_agg(id ORDER BY id))[1:CAST(:max_ids AS integer)] AS ids
+        FROM (SELECT DISTINCT {key}id FROM offending) o
+        {"GROUP BY organization_id" if by_organization else ""}
     """
 
 
@@ -678,7 +690,7 @@ def reconcile_invoice_runs(conn: Connection, invoice_run_ids: list[int]) -> list
     if not invoice_run_ids:
         return []
     execute(conn, _SETTINGS, {"work_mem": RECONCILIATION_WORK_MEM})
-    execute(conn, _BATCH_RUN_WINDOWS, {"run_ids": list(invoice_run_ids), "space": _XID_SPACE})
+    execute(conn, _END_RUN_WINDOWS, {"run_ids": list(invoice_run_ids), "space": _XID_SPACE})
     execute(conn, _STAGE_BATCH_RUNS, {"run_ids": list(invoice_run_ids)})
     runs = {run.id: run for run in execute(conn, _BATCH_RUNS).all()}
     kinds = {(run.run_type, run.billing_period_start, run.billing_period_end) for run in runs.values()}
@@ -710,10 +722,8 @@ def reconcile_invoice_runs(conn: Connection, invoice_run_ids: list[int]) -> list
             invoiced = found[RENT_COVERAGE]
             params["figure_organization_ids"] = list(invoiced)
             params["invoiced"] = [row["invoiced"] for row in invoiced.values()]
-        statement = _BATCH_FIGURES.get(check) or _by_organization(
-            _BATCH_COUNTS[run_type] if check == COUNTS else _BATCH_OFFENDING[check]
-        )
-        found[check] = {row.organization_id: row._asdict() for row in execute(conn, statement, params)}
+        rows = execute(conn, _batch_offending(check, run_type), params)
+        found[check] = {row.organization_id: row._asdict() for row in rows}
     results = []
     for run_id in invoice_run_ids:
         run = runs[run_id]
@@ -730,23 +740,14 @@ def reconcile_invoice_runs(conn: Connection, invoice_run_ids: list[int]) -> list
     return results
 
 
-def _by_organization(offending: str) -> str:
-    """A check's statement over a batch: per organization, (count, the first :max_ids offending ids),
-    as _offending gives them for one; `offending` yields (organization_id, id)."""
-    return f"""
-        WITH offending AS ({offending})
-        SELECT organization_id, count(*) AS count, (array_agg(id ORDER BY id))[1:CAST(:max_ids AS integer)] AS ids
-        FROM (SELECT DISTINCT organization_id, id FROM offending) o
-        GROUP BY organization_id
-    """
+def _batch_offending(check: str, run_type: RunType) -> str:
+    """The check's statement over a batch: _offending's row for each organization, keyed by it."""
+    if check in _BATCH_FIGURES:
+        return _BATCH_FIGURES[check]
+    offending = _BATCH_COUNTS[run_type] if check == COUNTS else _BATCH_OFFENDING[check]
+    return _count_and_ids(offending, by_organization=True)
 
 
-# Each run's window ends with this transaction, unless an earlier reconciliation ended it.
-_BATCH_RUN_WINDOWS = f"""
-    INSERT INTO {RECONCILIATIONS_TABLE} AS r (invoice_run_id, ended_xid)
-    SELECT id, CAST(CAST(pg_current_xact_id() AS text) AS bigint) % :space FROM unnest(CAST(:run_ids AS bigint[])) id
-    ON CONFLICT (invoice_run_id) DO UPDATE SET ended_xid = coalesce(r.ended_xid, excluded.ended_xid)
-"""
 # The batch's runs with their windows; the other staged tables are the ones above, per organization.
 _STAGE_BATCH_RUNS = f"""
 CREATE TEMP TABLE tm_recon_batch_run ON COMMIT DROP AS
